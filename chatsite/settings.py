@@ -1,0 +1,215 @@
+"""Chatsite settings, read from environment variables.
+
+Every variable is optional; with nothing set the site runs on SQLite under
+var/, an in-memory channel layer and the packaged SmolLM2 model. A bad value
+raises ImproperlyConfigured naming the variable and the value, which
+manage.py and asgi.py turn into one line instead of a traceback.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.getenv(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r}: expected 1 or 0")
+
+
+def env_int(name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
+    value = os.getenv(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not minimum <= number <= maximum:
+        raise ImproperlyConfigured(
+            f"{name}={value!r}: expected a whole number from {minimum} to {maximum}"
+        )
+    return number
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.getenv(name) or default
+    if value not in choices:
+        expected = ", ".join(choices[:-1]) + " or " + choices[-1]
+        raise ImproperlyConfigured(f"{name}={value!r}: expected {expected}")
+    return value
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in (os.getenv(name) or default).split(",") if item.strip()]
+
+
+def secret_key() -> str:
+    """The signing key: DJANGO_SECRET_KEY, else one generated once into var/."""
+    if os.getenv("DJANGO_SECRET_KEY"):
+        return os.environ["DJANGO_SECRET_KEY"]
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # Write, then hard-link into place: link() fails if another process
+        # got there first, so processes starting together agree on one key.
+        tmp = path.with_suffix(f".{os.getpid()}")
+        tmp.write_text(secrets.token_urlsafe(50))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+def database(url: str) -> dict:
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except (ValueError, KeyError) as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL={url!r}: {exc}") from None
+    if not config.get("ENGINE"):
+        raise ImproperlyConfigured(f"DATABASE_URL={url!r}: unknown database scheme")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # SQLite is shared by the web threads and the consumer's database
+        # calls; a generous timeout turns lock contention into a short wait.
+        config["OPTIONS"] = {"timeout": 20}
+        config["CONN_MAX_AGE"] = 0
+    return config
+
+
+def channel_layers(redis_url: str | None) -> dict:
+    if not redis_url:
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"REDIS_URL={redis_url!r}: expected a redis:// URL")
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [redis_url],
+                # A streaming reply sends many small frames; the defaults
+                # (100 messages, 60 s) drop tokens for a slow browser.
+                "capacity": 1000,
+                "expiry": 30,
+                "group_expiry": 3600,
+            },
+        }
+    }
+
+
+SECRET_KEY = secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "conversations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+WSGI_APPLICATION = "chatsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "conversations.context_processors.site",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = os.getenv("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+DATABASES = {"default": database(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.getenv("REDIS_URL") or None
+CHANNEL_LAYERS = channel_layers(REDIS_URL)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
+
+# Chatsite's own settings.
+CHATSITE_ALLOW_SIGNUP = env_bool("CHATSITE_ALLOW_SIGNUP", True)
+CHAT_INFERENCE = env_choice("CHAT_INFERENCE", "local", ("local", "worker"))
+if CHAT_INFERENCE == "worker" and not REDIS_URL:
+    raise ImproperlyConfigured("CHAT_INFERENCE='worker': needs REDIS_URL")
+CHAT_MODEL = os.getenv("CHAT_MODEL") or "smollm2-135m-instruct"
+CHAT_DEVICE = env_choice("CHAT_DEVICE", "auto", ("auto", "cuda", "mps", "cpu"))
+CHAT_DTYPE = env_choice(
+    "CHAT_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16")
+)
+CHAT_MODEL_CACHE = Path(os.getenv("CHAT_MODEL_CACHE") or VAR_DIR / "models")
+CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8, minimum=1, maximum=256)
+CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)
+# How often a growing reply is written to the database (seconds), so a crash
+# or a dropped client loses at most this much text.
+CHAT_SAVE_INTERVAL = float(env_int("CHAT_SAVE_INTERVAL_MS", 1000, maximum=60_000)) / 1000
+CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)
+# A reply nobody watches any more (every tab closed) is stopped after this
+# many seconds; a reload or a reconnect within it picks the reply back up.
+CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))

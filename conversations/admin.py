@@ -1,0 +1,78 @@
+"""The admin where staff review transcripts, read-only."""
+
+from django.contrib import admin
+from django.db.models import Count
+from django.http import HttpResponse
+
+from . import export
+from .models import Conversation, Message
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    can_delete = False
+    ordering = ("created_at", "id")
+    fields = (
+        "created_at", "role", "content", "status", "finish_reason",
+        "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ("display_title", "user", "message_count", "source", "model_name", "created_at", "updated_at")
+    list_filter = ("source", "user", "created_at")
+    list_select_related = ("user",)
+    search_fields = ("title", "messages__content", "user__username")
+    date_hierarchy = "created_at"
+    inlines = [MessageInline]
+    actions = ["export_json", "export_markdown"]
+    readonly_fields = ("id", "user", "title", "source", "model_name", "created_at", "updated_at", "system_prompt")
+    fieldsets = (
+        (None, {"fields": ("id", "title", "user", "source", "model_name", "created_at", "updated_at", "system_prompt")}),
+        (
+            "Generation parameters",
+            {
+                "classes": ("collapse",),
+                "fields": ("temperature", "top_p", "max_new_tokens", "repetition_penalty"),
+            },
+        ),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_message_count=Count("messages"))
+
+    def get_readonly_fields(self, request, obj=None):
+        # Transcripts are evidence: staff read them, nobody edits them here.
+        return self.readonly_fields + ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="title", ordering="title")
+    def display_title(self, obj: Conversation) -> str:
+        return obj.display_title
+
+    @admin.display(description="messages", ordering="_message_count")
+    def message_count(self, obj: Conversation) -> int:
+        return obj._message_count
+
+    @admin.action(description="Export selected conversations as JSON")
+    def export_json(self, request, queryset):
+        conversations = list(queryset.select_related("user").prefetch_related("messages"))
+        response = HttpResponse(export.to_json(conversations), content_type="application/json")
+        response["Content-Disposition"] = 'attachment; filename="conversations.json"'
+        return response
+
+    @admin.action(description="Export selected conversations as Markdown")
+    def export_markdown(self, request, queryset):
+        conversations = queryset.select_related("user").prefetch_related("messages")
+        text = "\n---\n\n".join(export.to_markdown(c) for c in conversations)
+        response = HttpResponse(text, content_type="text/markdown; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="conversations.md"'
+        return response

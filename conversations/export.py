@@ -1,0 +1,37 @@
+"""Transcripts as JSON and Markdown, for downloads and the admin's export action."""
+
+import json
+
+from .models import Conversation
+
+
+def as_json(conversation: Conversation) -> dict:
+    """The conversation and its messages in order, as plain data."""
+    data = conversation.as_dict()
+    data["messages"] = [message.as_dict() for message in conversation.messages.all()]
+    return data
+
+
+def to_json(conversations: list[Conversation]) -> str:
+    return json.dumps([as_json(c) for c in conversations], indent=2, ensure_ascii=False)
+
+
+def to_markdown(conversation: Conversation) -> str:
+    lines = [f"# {conversation.display_title}", ""]
+    lines.append(
+        f"_{conversation.user.get_username()} · {conversation.created_at:%Y-%m-%d %H:%M} UTC"
+        f" · {conversation.model_name or 'unknown model'} · {conversation.source}_"
+    )
+    lines.append("")
+    if conversation.system_prompt:
+        lines += ["**System:**", "", conversation.system_prompt, ""]
+    for message in conversation.messages.all():
+        heading = f"**{message.role.capitalize()}:**"
+        if message.role == "assistant" and message.status != "complete":
+            heading += f" _({message.status})_"
+        lines += [heading, "", message.content, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def filename(conversation: Conversation, extension: str) -> str:
+    return f"chat-{conversation.id}.{extension}"

@@ -1,0 +1,230 @@
+"""Conversations and their messages: the transcript users and staff read."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+TITLE_LENGTH = 60
+
+
+class ConversationQuerySet(models.QuerySet):
+    def for_user(self, user) -> ConversationQuerySet:
+        """Only `user`'s conversations: a foreign id then simply is not found."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(user=user)
+
+
+class Conversation(models.Model):
+    class Source(models.TextChoices):
+        WEB = "web"
+        BATCH = "batch"
+        API = "api"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=0.9)
+    max_new_tokens = models.PositiveIntegerField(default=256)
+    repetition_penalty = models.FloatField(default=1.05)
+    model_name = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["user", "-updated_at"], name="conv_user_recent")]
+
+    def __str__(self) -> str:
+        return self.display_title
+
+    @property
+    def display_title(self) -> str:
+        return self.title or "New chat"
+
+    def get_absolute_url(self) -> str:
+        return reverse("conversation", args=[self.id])
+
+    def params(self) -> dict:
+        """The conversation's generation parameters, as the inference app takes them."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+    def set_params(self, params: dict) -> None:
+        """Copy validated parameters onto the conversation (not saved)."""
+        for name in ("temperature", "top_p", "max_new_tokens", "repetition_penalty"):
+            if name in params:
+                setattr(self, name, params[name])
+
+    def prompt_history(self, until: Message | None = None) -> list[dict]:
+        """The transcript as chat messages for the model, oldest first.
+
+        Only finished text counts: empty or failed replies are left out, so a
+        failure does not teach the model to answer with nothing. With `until`,
+        the history stops before that message (used to regenerate it).
+        """
+        history = []
+        if self.system_prompt:
+            history.append({"role": "system", "content": self.system_prompt})
+        messages = self.messages.exclude(role=Message.Role.SYSTEM)
+        if until is not None:
+            messages = messages.filter(id__lt=until.id)
+        for message in messages:
+            if message.role == Message.Role.ASSISTANT and (
+                message.status == Message.Status.ERROR or not message.content
+            ):
+                continue
+            history.append({"role": message.role, "content": message.content})
+        return history
+
+    def title_from(self, text: str) -> str:
+        """A short title from the first user message: its first line, cut at a word."""
+        line = " ".join(text.split())
+        if len(line) <= TITLE_LENGTH:
+            return line
+        cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0] or line[:TITLE_LENGTH]
+        return cut.rstrip(",.;:") + "…"
+
+    def touch(self) -> None:
+        self.updated_at = timezone.now()
+        self.save(update_fields=["updated_at", "title"])
+
+    def live_reply(self) -> Message | None:
+        return self.messages.filter(status=Message.Status.STREAMING).last()
+
+    def as_dict(self) -> dict:
+        return {
+            "id": str(self.id),
+            "title": self.display_title,
+            "system_prompt": self.system_prompt,
+            "params": self.params(),
+            "model_name": self.model_name,
+            "source": self.source,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        CANCELLED = "cancelled"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    class FinishReason(models.TextChoices):
+        NONE = "", "—"
+        STOP = "stop"
+        LENGTH = "length"
+        CANCELLED = "cancelled"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
+    finish_reason = models.CharField(
+        max_length=12, choices=FinishReason.choices, blank=True, default=""
+    )
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    model_name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["conversation", "created_at", "id"], name="msg_conv_order"),
+            models.Index(
+                fields=["status"], name="msg_streaming", condition=Q(status="streaming")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if not self.completion_tokens or not self.duration_ms:
+            return None
+        generating_ms = max(self.duration_ms - (self.ttft_ms or 0), 1)
+        return round(self.completion_tokens * 1000 / generating_ms, 1)
+
+    # Finish reasons map onto statuses: a stopped reply is kept as cancelled,
+    # a failed one as error; anything the model ended itself is complete.
+    STATUS_FOR_REASON = {
+        "stop": Status.COMPLETE,
+        "length": Status.COMPLETE,
+        "cancelled": Status.CANCELLED,
+        "error": Status.ERROR,
+        "interrupted": Status.INTERRUPTED,
+    }
+
+    def finish(self, reason: str, text: str, usage: dict | None = None) -> None:
+        """Store the final text, status, reason, token counts and timings."""
+        usage = usage or {}
+        self.content = text
+        self.finish_reason = reason
+        self.status = self.STATUS_FOR_REASON[reason]
+        for field in ("prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms"):
+            if usage.get(field) is not None:
+                setattr(self, field, usage[field])
+        self.save(
+            update_fields=[
+                "content", "finish_reason", "status",
+                "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms",
+            ]
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": self.ttft_ms,
+            "duration_ms": self.duration_ms,
+            "tokens_per_s": self.tokens_per_s,
+            "model_name": self.model_name,
+            "created_at": self.created_at.isoformat(),
+        }
+
+    @classmethod
+    def interrupt_streaming(cls) -> int:
+        """Mark replies left `streaming` by a stopped server as interrupted.
+
+        Returns how many were marked. Called at start-up, when no reply of
+        this process can be live yet.
+        """
+        return cls.objects.filter(status=cls.Status.STREAMING).update(
+            status=cls.Status.INTERRUPTED, finish_reason=cls.FinishReason.INTERRUPTED
+        )

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("c/new/", views.new, name="new"),
+    path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
+    path("c/<uuid:conversation_id>/rename/", views.rename, name="rename"),
+    path("c/<uuid:conversation_id>/delete/", views.delete, name="delete"),
+    path("c/<uuid:conversation_id>/export.json", views.export_json, name="export_json"),
+    path("c/<uuid:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
+    path("api/conversations/", views.api_conversations, name="api_conversations"),
+    path("api/conversations/<uuid:conversation_id>/", views.api_conversation, name="api_conversation"),
+]

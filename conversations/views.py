@@ -1,0 +1,132 @@
+"""Pages and JSON endpoints. Every view is limited to the owner's conversations."""
+
+from django.conf import settings
+from django.contrib import messages as flash
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from . import export, runtime
+from .forms import ConversationForm, RenameForm, SignupForm
+from .models import Conversation
+
+
+def _get_conversation_for_user(request, conversation_id) -> Conversation:
+    """The user's conversation, or 404 — never 403, so ids of others stay secret."""
+    return get_object_or_404(Conversation.objects.for_user(request.user), id=conversation_id)
+
+
+def _chat_page(request, conversation: Conversation | None):
+    conversations = Conversation.objects.for_user(request.user).only(
+        "id", "title", "updated_at"
+    )
+    context = {
+        "conversations": conversations,
+        "conversation": conversation,
+        "messages_list": conversation.messages.all() if conversation else [],
+        "new_form": ConversationForm(),
+        "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+    }
+    return render(request, "conversations/chat.html", context)
+
+
+@login_required
+@require_GET
+def index(request):
+    return _chat_page(request, None)
+
+
+@login_required
+@require_GET
+def conversation(request, conversation_id):
+    return _chat_page(request, _get_conversation_for_user(request, conversation_id))
+
+
+@login_required
+@require_POST
+def new(request):
+    form = ConversationForm(request.POST)
+    if not form.is_valid():
+        flash.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+        return redirect("index")
+    conversation = form.save(commit=False)
+    conversation.user = request.user
+    conversation.model_name = runtime.model_name()
+    conversation.save()
+    return redirect(conversation)
+
+
+@login_required
+@require_POST
+def rename(request, conversation_id):
+    conversation = _get_conversation_for_user(request, conversation_id)
+    form = RenameForm(request.POST)
+    if form.is_valid():
+        conversation.title = form.cleaned_data["title"]
+        conversation.save(update_fields=["title"])
+    else:
+        flash.error(request, "A title needs 1 to 200 characters.")
+    return redirect(conversation)
+
+
+@login_required
+@require_POST
+def delete(request, conversation_id):
+    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation.delete()
+    return redirect("index")
+
+
+@login_required
+@require_GET
+def export_json(request, conversation_id):
+    conversation = _get_conversation_for_user(request, conversation_id)
+    response = JsonResponse(export.as_json(conversation), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = f'attachment; filename="{export.filename(conversation, "json")}"'
+    return response
+
+
+@login_required
+@require_GET
+def export_markdown(request, conversation_id):
+    conversation = _get_conversation_for_user(request, conversation_id)
+    response = HttpResponse(export.to_markdown(conversation), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{export.filename(conversation, "md")}"'
+    return response
+
+
+@login_required
+@require_GET
+def api_conversations(request):
+    conversations = Conversation.objects.for_user(request.user).annotate(
+        message_count=Count("messages")
+    )
+    items = [dict(c.as_dict(), message_count=c.message_count) for c in conversations]
+    return JsonResponse({"conversations": items})
+
+
+@login_required
+@require_GET
+def api_conversation(request, conversation_id):
+    conversation = _get_conversation_for_user(request, conversation_id)
+    return JsonResponse(export.as_json(conversation))
+
+
+def signup(request):
+    if not settings.CHATSITE_ALLOW_SIGNUP:
+        raise Http404("Sign-up is closed on this site.")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user)
+        return redirect("index")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@require_GET
+def healthz(request):
+    status = runtime.health()
+    return JsonResponse(status, status=200 if status["status"] == "ok" else 503)

@@ -1,0 +1,68 @@
+"""Shared fixtures: users, conversations, logged-in clients.
+
+Model fixtures (a tiny model of the real architecture, engines on it) live in
+tests/inference_fixtures.py; the throwaway PostgreSQL and Redis servers in
+scripts/services.py.
+"""
+
+import pytest
+from django.test import Client
+
+from conversations.models import Conversation, Message
+
+import importlib.util
+
+pytest_plugins = [m for m in ["tests.inference_fixtures"] if importlib.util.find_spec(m)]  # TEMP until it lands
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str, **extra):
+        return django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob")
+
+
+@pytest.fixture
+def staff(make_user):
+    return make_user("staffer", is_staff=True, is_superuser=True)
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def alice_client(alice) -> Client:
+    return logged_in(alice)
+
+
+@pytest.fixture
+def bob_client(bob) -> Client:
+    return logged_in(bob)
+
+
+@pytest.fixture
+def conversation():
+    """A factory: conversation(user, title=..., messages=[(role, text), ...])."""
+
+    def make(user, messages=(), **fields) -> Conversation:
+        fields.setdefault("title", "Test chat")
+        convo = Conversation.objects.create(user=user, **fields)
+        for role, text in messages:
+            Message.objects.create(conversation=convo, role=role, content=text)
+        return convo
+
+    return make

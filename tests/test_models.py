@@ -1,0 +1,56 @@
+import pytest
+
+from conversations.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+def test_replies_left_streaming_are_interrupted_at_start(alice, conversation):
+    convo = conversation(alice)
+    Message.objects.create(conversation=convo, role="assistant", status="streaming", content="half a rep")
+    assert Message.interrupt_streaming() == 1
+    reply = convo.messages.get()
+    assert (reply.status, reply.finish_reason, reply.content) == ("interrupted", "interrupted", "half a rep")
+
+
+def test_prompt_history_keeps_order_and_skips_failed_replies(alice, conversation):
+    convo = conversation(alice, system_prompt="Be kind.", messages=[("user", "one"), ("assistant", "two")])
+    Message.objects.create(conversation=convo, role="user", content="three")
+    Message.objects.create(conversation=convo, role="assistant", content="", status="error")
+    assert convo.prompt_history() == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three"},
+    ]
+
+
+def test_prompt_history_until_a_message(alice, conversation):
+    convo = conversation(alice, messages=[("user", "one"), ("assistant", "two")])
+    assert convo.prompt_history(until=convo.messages.last()) == [{"role": "user", "content": "one"}]
+
+
+@pytest.mark.parametrize("text, title", [
+    ("Hello", "Hello"),
+    ("  Plan   a\ntrip  ", "Plan a trip"),
+    ("word " * 30, "word word word word word word word word word word word word…"),
+])
+def test_titles_come_from_the_first_message(text, title):
+    assert Conversation().title_from(text) == title
+
+
+def test_finish_stores_status_reason_and_usage(alice, conversation):
+    convo = conversation(alice)
+    reply = Message.objects.create(conversation=convo, role="assistant", status="streaming")
+    reply.finish("cancelled", "partial", {"prompt_tokens": 10, "completion_tokens": 4, "ttft_ms": 50, "duration_ms": 500})
+    reply.refresh_from_db()
+    assert (reply.status, reply.finish_reason, reply.content) == ("cancelled", "cancelled", "partial")
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.ttft_ms, reply.duration_ms) == (10, 4, 50, 500)
+    assert reply.tokens_per_s == round(4 * 1000 / 450, 1)
+
+
+def test_conversations_list_newest_first(alice, conversation):
+    first = conversation(alice, title="first")
+    second = conversation(alice, title="second")
+    first.touch()
+    assert list(Conversation.objects.for_user(alice)) == [first, second]
