@@ -1,0 +1,1 @@
+"""Helpers for developers, tests and CI; importable, e.g. ``from scripts.services import redis_server``."""
