@@ -1,0 +1,322 @@
+"""The batch_prompts command, on the tiny model of the real architecture
+(and once on the real default model)."""
+
+import io
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from conversations import batch, runtime
+from conversations.models import Conversation, Message
+from inference import EngineConfig, GenerationParams, load_engine
+
+MODEL_CACHE = Path(__file__).resolve().parents[1] / "var" / "models"
+
+# Prompts of clearly different lengths, so length sorting reorders them.
+PROMPTS = [
+    "Tell me a very long story about a dragon who lived in a cave by the sea and collected shells",
+    "Hi",
+    "What is the capital of France?",
+    "Name three colours of the rainbow, please",
+    "Why?",
+]
+
+
+@pytest.fixture
+def engine(tiny_engine):
+    previous = runtime.loaded_engine()
+    runtime.set_engine(tiny_engine)
+    yield tiny_engine
+    runtime.set_engine(previous)
+
+
+@pytest.fixture
+def calls(engine, monkeypatch):
+    """The batches the engine was given, as lists of user prompts; the real
+    generate_batch still runs."""
+    seen = []
+    real = engine.generate_batch
+
+    def recording(requests):
+        seen.append([r.messages[-1]["content"] for r in requests])
+        return real(requests)
+
+    monkeypatch.setattr(engine, "generate_batch", recording)
+    return seen
+
+
+def run(*args, **options):
+    """Run the command; returns (stdout, stderr, the CommandError or None)."""
+    out, err = io.StringIO(), io.StringIO()
+    options.setdefault("max_new_tokens", 4)
+    try:
+        call_command("batch_prompts", *args, stdout=out, stderr=err, **options)
+        error = None
+    except CommandError as exc:
+        error = exc
+    return out.getvalue(), err.getvalue(), error
+
+
+def records(text):
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def write(tmp_path, name, lines):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.django_db
+def test_it_runs_a_txt_file(engine, tmp_path):
+    path = write(tmp_path, "prompts.txt", ["Hello there", "", "   ", "What is 2 + 2?"])
+    out, err, error = run(path, temperature=0)
+
+    assert error is None, err
+    rows = records(out)
+    assert [r["line"] for r in rows] == [1, 4]
+    assert [r["prompt"] for r in rows] == ["Hello there", "What is 2 + 2?"]
+    for row in rows:
+        assert set(row) >= {"line", "prompt", "reply", "finish_reason", "conversation_id",
+                            "prompt_tokens", "completion_tokens", "duration_ms"}
+        assert row["finish_reason"] in ("stop", "length")
+        assert row["prompt_tokens"] > 0
+    assert "2 of 2 prompts done, 0 failed" in err
+
+
+@pytest.mark.django_db
+def test_it_stores_batch_conversations_for_the_user(engine, tmp_path, alice):
+    path = write(tmp_path, "prompts.txt", ["What is the capital of France?"])
+    out, err, error = run(path, user="alice", system="Be brief.", temperature=0)
+
+    assert error is None, err
+    [row] = records(out)
+    convo = Conversation.objects.get(id=row["conversation_id"])
+    assert (convo.user, convo.source) == (alice, Conversation.Source.BATCH)
+    assert convo.title == "What is the capital of France?"
+    assert convo.system_prompt == "Be brief."
+    assert (convo.temperature, convo.max_new_tokens) == (0, 4)
+    assert convo.model_name == engine.info.model_name
+    user_msg, reply = convo.messages.all()
+    assert (user_msg.role, user_msg.content) == ("user", "What is the capital of France?")
+    assert reply.role == "assistant"
+    assert reply.content == row["reply"]
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.finish_reason == row["finish_reason"]
+    assert reply.completion_tokens == row["completion_tokens"] > 0
+    assert reply.prompt_tokens == row["prompt_tokens"]
+    assert reply.duration_ms is not None and reply.ttft_ms is not None
+    assert reply.model_name == engine.info.model_name
+
+
+@pytest.mark.django_db
+def test_it_creates_the_user_without_a_usable_password(engine, tmp_path):
+    path = write(tmp_path, "prompts.txt", ["Hi"])
+    _, err, error = run(path)
+
+    assert error is None, err
+    user = get_user_model().objects.get(username="batch")
+    assert not user.has_usable_password()
+    assert not user.is_staff
+    assert Conversation.objects.get().user == user
+
+
+@pytest.mark.django_db
+def test_it_reads_jsonl_with_system_and_params(engine, tmp_path):
+    path = write(tmp_path, "prompts.jsonl", [
+        json.dumps({"prompt": "Hi"}),
+        "",
+        json.dumps({"prompt": "Tell me a joke", "system": "You are funny.",
+                    "params": {"max_new_tokens": 2, "temperature": 0}}),
+    ])
+    out, err, error = run(path, system="Default system.", max_new_tokens=3)
+
+    assert error is None, err
+    first, second = records(out)
+    assert (first["line"], second["line"]) == (1, 3)
+    assert second["completion_tokens"] <= 2
+    convo = Conversation.objects.get(id=second["conversation_id"])
+    assert convo.system_prompt == "You are funny."
+    assert (convo.max_new_tokens, convo.temperature) == (2, 0)
+    convo = Conversation.objects.get(id=first["conversation_id"])
+    assert convo.system_prompt == "Default system."
+    assert convo.max_new_tokens == 3
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("text", [
+    "Hello\n\nHow are you?\n",
+    '{"prompt": "Hello"}\n\n{"prompt": "How are you?"}\n',
+])
+def test_it_reads_standard_input(engine, monkeypatch, text):
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    out, err, error = run("-")
+
+    assert error is None, err
+    assert [(r["line"], r["prompt"]) for r in records(out)] == [(1, "Hello"), (3, "How are you?")]
+
+
+@pytest.mark.django_db
+def test_it_writes_the_output_file(engine, tmp_path):
+    path = write(tmp_path, "prompts.txt", PROMPTS[:2])
+    output = tmp_path / "out.jsonl"
+    out, err, error = run(path, output=str(output))
+
+    assert error is None, err
+    assert out == ""
+    assert [r["prompt"] for r in records(output.read_text(encoding="utf-8"))] == PROMPTS[:2]
+
+
+@pytest.mark.django_db
+def test_it_keeps_input_order_though_batches_are_length_sorted(engine, calls, tmp_path):
+    path = write(tmp_path, "prompts.txt", PROMPTS)
+    out, err, error = run(path, batch_size=2)
+
+    assert error is None, err
+    assert [r["prompt"] for r in records(out)] == PROMPTS
+    assert [r["line"] for r in records(out)] == [1, 2, 3, 4, 5]
+    ran = [prompt for call in calls for prompt in call]
+    assert sorted(ran) == sorted(PROMPTS)
+    assert ran != PROMPTS
+    lengths = [engine.count_tokens([{"role": "user", "content": p}]) for p in ran]
+    assert lengths == sorted(lengths)
+
+
+@pytest.mark.django_db
+def test_it_makes_one_generate_call_a_batch(engine, calls, tmp_path):
+    path = write(tmp_path, "prompts.txt", PROMPTS)
+    _, err, error = run(path, batch_size=2)
+
+    assert error is None, err
+    assert [len(call) for call in calls] == [2, 2, 1]
+    assert Conversation.objects.filter(source="batch").count() == 5
+
+
+@pytest.mark.django_db
+def test_greedy_output_in_a_batch_equals_the_prompt_alone(engine, tmp_path):
+    path = write(tmp_path, "batch.txt", PROMPTS)
+    out, err, error = run(path, temperature=0, max_new_tokens=8, batch_size=8)
+    assert error is None, err
+    batched = {r["prompt"]: r["reply"] for r in records(out)}
+
+    for prompt in (PROMPTS[0], PROMPTS[1]):
+        path = write(tmp_path, "alone.txt", [prompt])
+        out, err, error = run(path, temperature=0, max_new_tokens=8, batch_size=1)
+        assert error is None, err
+        [alone] = records(out)
+        assert alone["reply"] == batched[prompt]
+
+
+@pytest.mark.django_db
+def test_it_reports_bad_lines_and_runs_the_rest(engine, tmp_path):
+    too_long = " ".join(["word"] * (engine.info.context_length + 10))
+    path = write(tmp_path, "prompts.jsonl", [
+        json.dumps({"prompt": "Good one"}),
+        '{"prompt": "broken',
+        json.dumps({"system": "no prompt"}),
+        json.dumps({"prompt": 42}),
+        json.dumps({"prompt": "   "}),
+        json.dumps({"prompt": "Hot", "params": {"temperature": 5}}),
+        json.dumps({"prompt": too_long}),
+        json.dumps({"prompt": "Another good one"}),
+    ])
+    out, err, error = run(path)
+
+    assert error is not None and error.returncode != 0
+    assert "6 of 8 prompts failed" in str(error)
+    assert [r["line"] for r in records(out)] == [1, 8]
+    assert Conversation.objects.count() == 2
+    lines = err.splitlines()
+    assert any(line.startswith("line 2: not valid JSON") for line in lines)
+    assert 'line 3: missing "prompt"' in lines
+    assert 'line 4: "prompt" must be a string' in lines
+    assert 'line 5: "prompt" is empty' in lines
+    assert any(line.startswith("line 6: bad params:") and "temperature" in line for line in lines)
+    assert any(line.startswith("line 7: prompt is too long") for line in lines)
+
+
+@pytest.mark.django_db
+def test_it_stops_after_the_current_batch_on_sigint(engine, monkeypatch, tmp_path):
+    real = engine.generate_batch
+
+    def interrupted(requests):
+        # A real Ctrl-C arriving while the first batch is on the model.
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(requests)
+
+    monkeypatch.setattr(engine, "generate_batch", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    path = write(tmp_path, "prompts.txt", PROMPTS)
+    out, err, error = run(path, batch_size=2)
+
+    assert error is not None
+    assert "stopped after 2 of 5 prompts" in str(error)
+    assert len(records(out)) == 2
+    assert Conversation.objects.count() == 2
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+@pytest.fixture
+def real_engine():
+    """The real default model (converted once into var/models, shared with other tests)."""
+    previous = runtime.loaded_engine()
+    engine = load_engine(EngineConfig(device="cpu", cache_dir=MODEL_CACHE))
+    runtime.set_engine(engine)
+    yield engine
+    runtime.set_engine(previous)
+    engine.close()
+
+
+@pytest.mark.django_db
+def test_it_answers_with_the_real_model(real_engine, tmp_path):
+    path = write(tmp_path, "prompts.txt", [
+        "What is the capital of France?",
+        "Name a colour.",
+        "Say hello.",
+    ])
+    out, err, error = run(path, temperature=0, max_new_tokens=24, batch_size=3)
+
+    assert error is None, err
+    rows = records(out)
+    assert len(rows) == 3
+    assert all(row["reply"].strip() for row in rows)
+    assert "Paris" in rows[0]["reply"]
+    assert Conversation.objects.get(id=rows[0]["conversation_id"]).model_name == real_engine.info.model_name
+
+
+def test_it_fails_on_a_missing_file(tmp_path):
+    with pytest.raises(CommandError, match="input file not found"):
+        call_command("batch_prompts", str(tmp_path / "nope.txt"), stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_it_fails_on_an_unknown_option(tmp_path):
+    with pytest.raises(CommandError, match="unrecognized arguments: --bogus"):
+        call_command("batch_prompts", "x.txt", "--bogus", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_it_fails_on_bad_parameters(tmp_path):
+    path = write(tmp_path, "prompts.txt", ["Hi"])
+    with pytest.raises(CommandError, match="bad parameters: .*temperature"):
+        call_command("batch_prompts", path, temperature=3, stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_plan_batches_sorts_by_length_across_params():
+    greedy, sampled = GenerationParams.from_dict({"temperature": 0}), GenerationParams()
+    prompts = [batch.Prompt(line, "p", "", params, tokens)
+               for line, params, tokens in [(1, greedy, 9), (2, sampled, 1), (3, greedy, 5), (4, sampled, 7)]]
+
+    plan = batch.plan_batches(prompts, 2)
+    assert [[p.line for p in b] for b in plan] == [[2, 3], [4, 1]]
+
+
+def test_detect_format():
+    assert batch.detect_format("x.jsonl", ["hello"]) == "jsonl"
+    assert batch.detect_format("x.TXT", ['{"prompt": "a"}']) == "txt"
+    assert batch.detect_format("-", ["", '  {"prompt": "a"}']) == "jsonl"
+    assert batch.detect_format("-", ["hello {"]) == "txt"
