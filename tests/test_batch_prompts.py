@@ -173,6 +173,26 @@ def test_it_writes_the_output_file(engine, tmp_path):
     assert [r["prompt"] for r in records(output.read_text(encoding="utf-8"))] == PROMPTS[:2]
 
 
+class Terminal(io.StringIO):
+    """Standard error as if it were a terminal, so the progress bar shows."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("quiet", [False, True])
+def test_it_shows_a_progress_bar_on_a_terminal(engine, tmp_path, quiet):
+    path = write(tmp_path, "prompts.txt", PROMPTS)
+    err = Terminal()
+    call_command("batch_prompts", path, batch_size=2, max_new_tokens=2, quiet=quiet,
+                 stdout=io.StringIO(), stderr=err)
+
+    shown = err.getvalue()
+    assert ("5/5" in shown and "prompt/s" in shown) is not quiet
+    assert "5 of 5 prompts done" in shown
+
+
 @pytest.mark.django_db
 def test_it_keeps_input_order_though_batches_are_length_sorted(engine, calls, tmp_path):
     path = write(tmp_path, "prompts.txt", PROMPTS)
