@@ -26,7 +26,7 @@ from typing import IO, Callable, Iterable
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from inference import GenerationParams, InferenceError, InvalidParams, Request, Result
+from inference import EngineClosed, GenerationParams, InferenceError, InvalidParams, Request, Result
 
 from .models import Conversation, Message
 
@@ -71,6 +71,7 @@ class Summary:
     completion_tokens: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    aborted: str = ""       # why the engine stopped taking batches, if it did
 
     @property
     def tokens_per_s(self) -> float:
@@ -256,8 +257,9 @@ class BatchRunner:
 
     def run(self, batches: list[list[Prompt]]) -> Summary:
         """Run every batch unless `stop` is set, which ends the run between
-        batches. Returns the summary; output for finished prompts whose
-        earlier lines never ran is still written, at the end."""
+        batches, or the engine closes. Returns the summary; output for
+        finished prompts whose earlier lines never ran is still written, at
+        the end."""
         model_name = self.engine.info.model_name
         in_order = sorted((p for batch in batches for p in batch), key=lambda p: p.line)
         pending: dict[int, dict] = {}   # finished lines waiting for an earlier one
@@ -268,7 +270,12 @@ class BatchRunner:
             if self.stop.is_set():
                 summary.interrupted = True
                 break
-            results = self._generate(batch)
+            try:
+                results = self._generate(batch)
+            except EngineClosed as exc:
+                # Every later batch would fail the same way: stop, keep what finished.
+                summary.aborted = str(exc)
+                break
             with transaction.atomic():
                 for prompt, result in zip(batch, results):
                     conversation = store(prompt, result, self.user, model_name)
@@ -283,7 +290,7 @@ class BatchRunner:
                 self.write(json.dumps(pending.pop(in_order[next_index].line), ensure_ascii=False))
                 next_index += 1
             self.progress(len(batch))
-        # Interrupted: lines after a gap (a prompt that never ran) are still
+        # Stopped early: lines after a gap (a prompt that never ran) are still
         # kept, in input order, rather than dropped.
         for line in sorted(pending):
             self.write(json.dumps(pending[line], ensure_ascii=False))
@@ -291,9 +298,14 @@ class BatchRunner:
         return summary
 
     def _generate(self, batch: list[Prompt]) -> list[Result]:
+        """The batch's results from one generate_batch call; a batch the engine
+        refuses (a request it finds invalid) fails row by row. Raises
+        EngineClosed when the engine takes nothing any more."""
         requests = [Request(messages=p.messages(), params=p.params, cancel=threading.Event()) for p in batch]
         try:
             results = self.engine.generate_batch(requests)
+        except EngineClosed:
+            raise
         except InferenceError as exc:
             # The engine refused the whole batch: every row fails, the run goes on.
             logger.warning("batch of %d failed: %s", len(batch), exc)

@@ -310,6 +310,23 @@ def test_it_answers_with_the_real_model(real_engine, tmp_path):
     assert Conversation.objects.get(id=rows[0]["conversation_id"]).model_name == real_engine.info.model_name
 
 
+@pytest.mark.django_db
+def test_it_stops_when_the_engine_is_closed(make_engine, tmp_path):
+    previous = runtime.loaded_engine()
+    closed = make_engine()
+    closed.close()
+    runtime.set_engine(closed)
+    try:
+        out, err, error = run(write(tmp_path, "prompts.txt", PROMPTS), batch_size=2)
+    finally:
+        runtime.set_engine(previous)
+
+    assert error is not None
+    assert "stopped after 0 of 5 prompts" in str(error)
+    assert out == ""
+    assert Conversation.objects.count() == 0
+
+
 def test_it_fails_on_a_missing_file(tmp_path):
     with pytest.raises(CommandError, match="input file not found"):
         call_command("batch_prompts", str(tmp_path / "nope.txt"), stdout=io.StringIO(), stderr=io.StringIO())

@@ -86,6 +86,9 @@ class Command(BaseCommand):
             summary = runner.run(plan)
 
         self.stderr.write(summary.describe(bad_lines=len(bad)), style_func=lambda x: x)
+        if summary.aborted:
+            raise CommandError(f"the model stopped ({summary.aborted}): "
+                               f"stopped after {summary.done} of {summary.total} prompts")
         if summary.interrupted:
             raise CommandError(f"interrupted: stopped after {summary.done} of {summary.total} prompts",
                                returncode=130)
