@@ -24,6 +24,8 @@ class _RawStream:
 
     def __init__(self, wrapper) -> None:
         self.wrapper = wrapper
+        # tqdm draws with block characters only when it knows the encoding.
+        self.encoding = getattr(wrapper, "encoding", None)
 
     def write(self, text: str) -> None:
         self.wrapper.write(text, style_func=lambda x: x, ending="")
