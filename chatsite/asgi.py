@@ -1,0 +1,37 @@
+"""The ASGI application daphne serves: HTTP pages and the chat WebSocket.
+
+Importing this module is what "server start-up" means: settings are checked
+(a bad one ends the process with one line), replies a previous run left
+streaming are marked interrupted, and the model is loaded once.
+"""
+
+import os
+import sys
+
+from django.core.exceptions import ImproperlyConfigured
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+try:
+    from django.core.asgi import get_asgi_application
+
+    django_application = get_asgi_application()
+except ImproperlyConfigured as exc:
+    sys.exit(f"chatsite: {exc}")
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from chatsite.routing import websocket_application  # noqa: E402
+from conversations import runtime  # noqa: E402
+
+runtime.start_server()
+
+application = ProtocolTypeRouter(
+    {
+        # Static files are served by the app itself so `make run` needs no
+        # proxy or collectstatic step; a deployment may put a proxy in front.
+        "http": ASGIStaticFilesHandler(django_application),
+        "websocket": websocket_application,
+    }
+)

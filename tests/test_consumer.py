@@ -1,0 +1,318 @@
+"""The chat WebSocket, driven in-process with WebsocketCommunicator and a tiny real model."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from chatsite.routing import websocket_application
+from conversations import runtime
+from conversations.models import Conversation, Message
+from conversations.replies import replies
+from inference import GenerationParams, Request
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+GREEDY = {"temperature": 0, "max_new_tokens": 12}
+LONG = {"temperature": 0, "max_new_tokens": 400}
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+@pytest.fixture
+def engine(tiny_engine):
+    previous = runtime.loaded_engine()
+    runtime.set_engine(tiny_engine)
+    yield tiny_engine
+    runtime.set_engine(previous)
+
+
+@pytest.fixture
+def chat(engine, alice, conversation):
+    return conversation(alice, title="")
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def connect(conversation_id, user=None, origin=ORIGIN):
+    headers = [origin] if origin else []
+    if user is not None:
+        cookie = await sync_to_async(session_cookie)(user)
+        headers.append((b"cookie", cookie))
+    communicator = WebsocketCommunicator(websocket_application, f"/ws/chat/{conversation_id}/", headers=headers)
+    connected, code = await communicator.connect(timeout=5)
+    return communicator, connected, code
+
+
+async def receive_until_end(communicator, timeout=30) -> list[dict]:
+    frames = []
+    while True:
+        frame = await communicator.receive_json_from(timeout=timeout)
+        frames.append(frame)
+        if frame["type"] in ("end",):
+            return frames
+
+
+def joined_tokens(frames) -> str:
+    return "".join(f["text"] for f in frames if f["type"] == "token")
+
+
+@sync_to_async
+def stored_reply(conversation) -> Message:
+    return conversation.messages.filter(role="assistant").last()
+
+
+@sync_to_async
+def greedy_alone(engine, messages, max_new_tokens=12) -> str:
+    params = GenerationParams.from_dict({"temperature": 0, "max_new_tokens": max_new_tokens})
+    return engine.generate_batch([Request(messages=messages, params=params)])[0].text
+
+
+async def test_it_streams_a_reply_and_stores_it(chat, alice, engine):
+    ws, connected, _ = await connect(chat.id, alice)
+    assert connected
+    await ws.send_json_to({"type": "send", "content": "Hello there", "params": GREEDY})
+    frames = await receive_until_end(ws)
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "message" and kinds[1] == "start" and kinds[-1] == "end"
+    assert set(kinds[2:-1]) <= {"token", "queued"}
+    assert frames[0]["message"]["content"] == "Hello there"
+    end = frames[-1]
+    assert end["message_id"] == frames[1]["message_id"]
+    reply = await stored_reply(chat)
+    assert reply.id == end["message_id"]
+    assert joined_tokens(frames) == reply.content
+    assert reply.status == "complete" and reply.finish_reason == end["finish_reason"] in ("stop", "length")
+    assert reply.completion_tokens == end["usage"]["completion_tokens"] > 0
+    assert reply.prompt_tokens == end["usage"]["prompt_tokens"] > 0
+    assert reply.duration_ms is not None and end["timing"]["tokens_per_s"] > 0
+    # The streamed text is exactly what the model says when asked directly.
+    assert reply.content == await greedy_alone(engine, [{"role": "user", "content": "Hello there"}])
+    await ws.disconnect()
+
+
+async def test_the_first_message_titles_the_conversation(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Plan a trip to Lisbon in spring", "params": GREEDY})
+    await receive_until_end(ws)
+    await sync_to_async(chat.refresh_from_db)()
+    assert chat.title == "Plan a trip to Lisbon in spring"
+    await ws.disconnect()
+
+
+async def test_the_conversation_settings_apply(engine, alice, conversation):
+    convo = await sync_to_async(conversation)(alice, system_prompt="You are terse.", temperature=0, max_new_tokens=5)
+    ws, _, _ = await connect(convo.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Hi"})
+    frames = await receive_until_end(ws)
+    reply = await stored_reply(convo)
+    assert frames[-1]["usage"]["completion_tokens"] <= 5
+    history = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+    assert reply.content == await greedy_alone(engine, history, max_new_tokens=5)
+    await ws.disconnect()
+
+
+async def test_stop_keeps_the_text_so_far(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Tell me a long story", "params": LONG})
+    frames = []
+    while not any(f["type"] == "token" for f in frames):
+        frames.append(await ws.receive_json_from(timeout=30))
+    await ws.send_json_to({"type": "stop"})
+    frames += await receive_until_end(ws)
+    end = frames[-1]
+    assert end["finish_reason"] == "cancelled" and end["status"] == "cancelled"
+    reply = await stored_reply(chat)
+    assert reply.status == "cancelled" and reply.finish_reason == "cancelled"
+    assert reply.content == joined_tokens(frames) != ""
+    assert reply.completion_tokens < 400
+    await ws.disconnect()
+
+
+async def test_regenerate_replaces_the_last_reply(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Hello", "params": GREEDY})
+    first = await receive_until_end(ws)
+    old_id = first[-1]["message_id"]
+    await ws.send_json_to({"type": "regenerate", "params": GREEDY})
+    frames = await receive_until_end(ws)
+    assert frames[0] == {"type": "start", "message_id": frames[-1]["message_id"], "replaces": old_id}
+    messages = await sync_to_async(lambda: list(chat.messages.values_list("role", "content", "status")))()
+    assert [m[0] for m in messages] == ["user", "assistant"]
+    assert messages[1][1] == joined_tokens(frames) == joined_tokens(first)  # greedy: same answer again
+    assert not await sync_to_async(Message.objects.filter(id=old_id).exists)()
+    await ws.disconnect()
+
+
+async def test_regenerate_needs_a_reply(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "regenerate"})
+    assert (await ws.receive_json_from())["code"] == "invalid"
+    await ws.disconnect()
+
+
+async def test_it_answers_busy_while_a_reply_streams(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "First", "params": LONG})
+    await ws.receive_json_from(timeout=10)  # message
+    await ws.receive_json_from(timeout=10)  # start
+    await ws.send_json_to({"type": "send", "content": "Second", "params": GREEDY})
+    frames = []
+    while not any(f["type"] == "error" for f in frames):
+        frames.append(await ws.receive_json_from(timeout=30))
+    assert frames[-1]["code"] == "busy"
+    await ws.send_json_to({"type": "stop"})
+    await receive_until_end(ws)
+    contents = await sync_to_async(lambda: list(chat.messages.values_list("content", flat=True)))()
+    assert "Second" not in contents
+    await ws.disconnect()
+
+
+async def test_it_refuses_anonymous_users(chat):
+    ws, connected, code = await connect(chat.id, user=None)
+    assert not connected and code == 4401
+
+
+async def test_it_refuses_other_users_conversations(chat, bob):
+    ws, connected, code = await connect(chat.id, bob)
+    assert not connected and code == 4404
+
+
+async def test_it_refuses_an_unknown_conversation(engine, alice):
+    ws, connected, code = await connect("00000000-0000-0000-0000-000000000000", alice)
+    assert not connected and code == 4404
+
+
+async def test_it_refuses_foreign_origin(chat, alice):
+    ws, connected, _ = await connect(chat.id, alice, origin=(b"origin", b"http://evil.example"))
+    assert not connected
+
+
+@pytest.mark.parametrize("frame, message", [
+    ("not json", "JSON"),
+    ('["send"]', "Unknown frame type"),
+    ('{"type": "dance"}', "Unknown frame type"),
+    ('{"type": "send", "content": "   "}', "needs some text"),
+    ('{"type": "send", "content": 42}', "needs some text"),
+    ('{"type": "send", "content": "' + "x" * 16001 + '"}', "at most 16000"),
+    ('{"type": "send", "content": "hi", "params": {"temperature": 3}}', "temperature must be between 0 and 2"),
+    ('{"type": "send", "content": "hi", "params": "hot"}', "params must be an object"),
+    ('{"type": "stop"}', "No reply"),
+])
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(chat, alice, frame, message):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_to(text_data=frame)
+    error = await ws.receive_json_from()
+    assert error["type"] == "error" and error["code"] == "invalid" and message in error["message"]
+    await ws.send_json_to({"type": "send", "content": "Still here?", "params": GREEDY})
+    frames = await receive_until_end(ws)
+    assert frames[-1]["type"] == "end"
+    count = await sync_to_async(chat.messages.filter(role="user").count)()
+    assert count == 1  # the bad frame stored nothing
+    await ws.disconnect()
+
+
+async def test_two_tabs_see_the_same_stream(chat, alice):
+    first, _, _ = await connect(chat.id, alice)
+    second, _, _ = await connect(chat.id, alice)
+    await first.send_json_to({"type": "send", "content": "Hello both", "params": GREEDY})
+    frames_a = await receive_until_end(first)
+    frames_b = await receive_until_end(second)
+    assert frames_a == frames_b
+    assert joined_tokens(frames_a) == (await stored_reply(chat)).content
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_a_socket_joining_mid_reply_gets_the_text_so_far_and_the_rest(chat, alice):
+    first, _, _ = await connect(chat.id, alice)
+    await first.send_json_to({"type": "send", "content": "Tell me more", "params": {"temperature": 0, "max_new_tokens": 60}})
+    early = []
+    while sum(f["type"] == "token" for f in early) < 3:
+        early.append(await first.receive_json_from(timeout=30))
+    late, _, _ = await connect(chat.id, alice)
+    resumed = await receive_until_end(late)
+    assert resumed[0]["type"] == "start" and "content" in resumed[0]
+    assert resumed[0]["content"].startswith(joined_tokens(early))
+    reply = await stored_reply(chat)
+    assert resumed[0]["content"] + joined_tokens(resumed) == reply.content
+    await receive_until_end(first)
+    await first.disconnect()
+    await late.disconnect()
+
+
+async def test_a_disconnect_does_not_stop_a_reply_others_watch(chat, alice):
+    leaving, _, _ = await connect(chat.id, alice)
+    staying, _, _ = await connect(chat.id, alice)
+    await leaving.send_json_to({"type": "send", "content": "Go on", "params": {"temperature": 0, "max_new_tokens": 30}})
+    await leaving.receive_json_from(timeout=10)
+    await leaving.disconnect()
+    frames = await receive_until_end(staying)
+    assert frames[-1]["finish_reason"] in ("stop", "length")
+    await staying.disconnect()
+
+
+async def test_the_last_watcher_leaving_stops_the_reply_after_the_grace(chat, alice, settings):
+    settings.CHAT_ORPHAN_GRACE = 0
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Talk a lot", "params": LONG})
+    frames = []
+    while not any(f["type"] == "token" for f in frames):
+        frames.append(await ws.receive_json_from(timeout=30))
+    live = replies.get(chat.id)
+    await ws.disconnect()
+    await asyncio.wait_for(live.task, timeout=30)
+    reply = await stored_reply(chat)
+    assert reply.status == "cancelled" and reply.content.startswith(joined_tokens(frames))
+    assert reply.completion_tokens < 400
+
+
+async def test_partial_text_is_saved_while_streaming(chat, alice, settings):
+    settings.CHAT_SAVE_INTERVAL = 0
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Keep going", "params": LONG})
+    frames = []
+    while sum(f["type"] == "token" for f in frames) < 3:
+        frames.append(await ws.receive_json_from(timeout=30))
+    partial = await stored_reply(chat)
+    assert partial.status == "streaming" and partial.content != ""
+    await ws.send_json_to({"type": "stop"})
+    await receive_until_end(ws)
+    final = await stored_reply(chat)
+    assert final.content.startswith(partial.content)
+    await ws.disconnect()
+
+
+async def test_history_is_the_stored_transcript(chat, alice):
+    await sync_to_async(Message.objects.create)(conversation=chat, role="user", content="Earlier question")
+    await sync_to_async(Message.objects.create)(conversation=chat, role="assistant", content="Earlier answer")
+    history = await sync_to_async(Conversation.prompt_history)(chat)
+    assert history == [{"role": "user", "content": "Earlier question"},
+                       {"role": "assistant", "content": "Earlier answer"}]
+
+
+async def test_waiting_requests_are_told_their_place(make_engine, alice, conversation):
+    """With room for one reply at a time, later requests hear their queue position."""
+    previous = runtime.loaded_engine()
+    runtime.set_engine(await sync_to_async(make_engine)(max_batch_size=1, max_queue=4))
+    try:
+        chats = [await sync_to_async(conversation)(alice) for _ in range(3)]
+        sockets = [(await connect(c.id, alice))[0] for c in chats]
+        for ws in sockets:
+            await ws.send_json_to({"type": "send", "content": "Count to ten", "params": {"temperature": 0, "max_new_tokens": 20}})
+        frames = [await receive_until_end(ws) for ws in sockets]
+        # The three sends reach the model in whatever order their tasks run.
+        positions = sorted([f["position"] for f in fs if f["type"] == "queued"] for fs in frames)
+        assert positions == [[], [1], [2, 1]]
+        for fs, chat in zip(frames, chats):
+            assert fs[-1]["finish_reason"] == "length"
+            assert joined_tokens(fs) == (await stored_reply(chat)).content
+        for ws in sockets:
+            await ws.disconnect()
+    finally:
+        runtime.set_engine(previous)
