@@ -1,0 +1,266 @@
+"""Real daphne servers for end-to-end tests (pytest plugin: ``tests.live_server``).
+
+    def test_it_serves(daphne_server):
+        urllib.request.urlopen(daphne_server.url + "/healthz")
+
+    def test_two_web_processes(daphne_factory):   # or call start_daphne() directly
+        shared = {"DATABASE_URL": postgres_url, "REDIS_URL": redis_url}
+        a = daphne_factory(shared)
+        b = daphne_factory(shared, migrate=False)   # the first one migrated
+        ...  # a.url, b.port, a.log_path, a.log(); stopped when the test ends
+
+Each server is ``python -m daphne`` on a free loopback port, started from the
+repository root with the real default model (converted once into
+``var/models``, so later starts are fast). It gets a fresh temporary folder
+holding its log and, unless ``DATABASE_URL`` is given, a fresh SQLite database
+that is migrated before the server starts. Nothing of the developer's own
+environment leaks in: DATABASE_URL, REDIS_URL, CHAT_* and CHATSITE_* are
+dropped unless passed explicitly.
+
+``start_daphne`` works outside pytest too (it is a plain function); the
+fixtures only make sure every server started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The first start converts the model into the cache; later ones only load it.
+HEALTH_TIMEOUT = 180.0
+MIGRATE_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+START_ATTEMPTS = 3  # a free port can be taken by someone else before daphne binds it
+# Every server of a test run signs cookies with the same key, so a session
+# made on one process is valid on the others (scale-out tests need that).
+TEST_SECRET_KEY = "chatsite-live-server-tests-only-not-a-secret"
+STRIPPED_PREFIXES = ("CHAT_", "CHATSITE_")
+STRIPPED_NAMES = ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG",
+                  "DJANGO_ALLOWED_HOSTS", "DJANGO_CSRF_TRUSTED_ORIGINS")
+
+
+class ServerError(RuntimeError):
+    """A server did not start or become healthy; the message includes its log."""
+
+
+@dataclass
+class ServerHandle:
+    """One running daphne process. Stop it with ``stop()`` or a ``with`` block."""
+
+    port: int
+    process: subprocess.Popen
+    workdir: Path
+    log_path: Path
+    env: dict = field(repr=False)
+    keep_workdir: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """Everything the process (and its migrate) wrote so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT; removes the temporary folder.
+
+        Returns the exit status. Safe to call twice.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.process.returncode
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(workdir: Path, env_overrides: dict | None = None) -> dict:
+    """The environment of a server process: ours, minus Chatsite's settings, plus the overrides."""
+    env = {
+        name: value for name, value in os.environ.items()
+        if name not in STRIPPED_NAMES and not name.startswith(STRIPPED_PREFIXES)
+    }
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "CHAT_MODEL_CACHE": str(REPO / "var" / "models"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({name: str(value) for name, value in (env_overrides or {}).items()})
+    return env
+
+
+def _tail(text: str, lines: int = 80) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _migrate(env: dict, log_path: Path) -> None:
+    with open(log_path, "ab") as log:
+        log.write(b"$ python manage.py migrate --noinput\n")
+        log.flush()
+        try:
+            result = subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env,
+                stdout=log, stderr=subprocess.STDOUT, timeout=MIGRATE_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise ServerError(f"migrate took over {MIGRATE_TIMEOUT:.0f} s:\n"
+                              f"{_tail(log_path.read_text(errors='replace'))}") from None
+    if result.returncode != 0:
+        raise ServerError(f"migrate failed (exit {result.returncode}):\n"
+                          f"{_tail(log_path.read_text(errors='replace'))}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def wait_healthy(server: ServerHandle, timeout: float = HEALTH_TIMEOUT) -> None:
+    """Poll /healthz until it answers 200; raise ServerError (with the log) otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerError(f"daphne exited with status {server.process.returncode} "
+                              f"before it was healthy:\n{_tail(server.log())}")
+        if _healthy(server.url):
+            return
+        time.sleep(0.25)  # polling a starting process; nothing to await instead
+    raise ServerError(f"{server.url}/healthz not 200 within {timeout:.0f} s:\n{_tail(server.log())}")
+
+
+def start_daphne(env_overrides: dict | None = None, *, migrate: bool = True,
+                 health_timeout: float = HEALTH_TIMEOUT, wait: bool = True,
+                 keep_workdir: bool = False) -> ServerHandle:
+    """Start one daphne process serving chatsite.asgi:application and wait until it is healthy.
+
+    env_overrides: environment variables for this server (DATABASE_URL,
+    REDIS_URL, CHAT_INFERENCE, ...). Without DATABASE_URL it gets a fresh
+    SQLite database in its temporary folder. migrate: run ``manage.py
+    migrate`` first (turn off for a second process on a shared, already
+    migrated database). wait: wait for /healthz to answer 200.
+
+    Returns a running ServerHandle; raises ServerError (with the log's tail)
+    if it cannot start, and then leaves no process behind.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="chatsite-daphne-"))
+    log_path = workdir / "server.log"
+    env = server_env(workdir, env_overrides)
+    try:
+        if migrate:
+            _migrate(env, log_path)
+        last_error: ServerError | None = None
+        for _attempt in range(START_ATTEMPTS):
+            port = free_port()
+            with open(log_path, "ab") as log:
+                log.write(f"$ python -m daphne -b 127.0.0.1 -p {port} chatsite.asgi:application\n".encode())
+                log.flush()
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                     "chatsite.asgi:application"],
+                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    # Its own process group: a Ctrl-C meant for pytest reaches
+                    # pytest, which then stops the server in an orderly way.
+                    start_new_session=True,
+                )
+            server = ServerHandle(port=port, process=process, workdir=workdir, log_path=log_path,
+                                  env=env, keep_workdir=True)
+            if not wait:
+                server.keep_workdir = keep_workdir
+                return server
+            try:
+                wait_healthy(server, health_timeout)
+            except ServerError as exc:
+                server.stop()
+                last_error = exc
+                if "Address already in use" in server.log():
+                    continue
+                raise
+            server.keep_workdir = keep_workdir
+            return server
+        raise last_error or ServerError("daphne did not start")
+    except BaseException:
+        if not keep_workdir:
+            # Print the log before it is deleted: it is the only clue.
+            sys.stderr.write(f"--- chatsite server log ({log_path}) ---\n")
+            try:
+                sys.stderr.write(_tail(log_path.read_text(errors="replace"), 200) + "\n")
+            except FileNotFoundError:
+                pass
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+@pytest.fixture
+def daphne_factory() -> Iterator:
+    """``start_daphne`` for one test: every server it started is stopped when the test ends."""
+    servers: list[ServerHandle] = []
+
+    def start(env_overrides: dict | None = None, **kwargs) -> ServerHandle:
+        server = start_daphne(env_overrides, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def daphne_server() -> Iterator[ServerHandle]:
+    """One daphne on a fresh SQLite database with the default model, for a test module."""
+    server = start_daphne()
+    try:
+        yield server
+    finally:
+        if not server.alive():
+            # A server that died during the tests explains their failures.
+            sys.stderr.write(f"daphne exited early with status {server.process.returncode}; "
+                             f"log tail:\n{_tail(server.log())}\n")
+        server.stop()
