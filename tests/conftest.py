@@ -10,9 +10,7 @@ from django.test import Client
 
 from conversations.models import Conversation, Message
 
-import importlib.util
-
-pytest_plugins = [m for m in ["tests.inference_fixtures"] if importlib.util.find_spec(m)]  # TEMP until it lands
+pytest_plugins = ["tests.inference_fixtures", "tests.live_server"]
 
 
 @pytest.fixture
