@@ -104,8 +104,13 @@ def channel_layers(redis_url: str | None) -> dict:
                 # A streaming reply sends many small frames; the defaults
                 # (100 messages, 60 s) drop tokens for a slow browser.
                 "capacity": 1000,
+                # An unread message (a request no worker took, a frame for a
+                # socket that is gone) is dropped after this many seconds.
                 "expiry": 30,
-                "group_expiry": 3600,
+                # Group membership lapses after this long. A tab stays open
+                # for hours, and a lapsed socket would silently stop getting
+                # frames: keep Channels' default of a day, not an hour.
+                "group_expiry": 86400,
             },
         }
     }
@@ -213,3 +218,11 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)
 # A reply nobody watches any more (every tab closed) is stopped after this
 # many seconds; a reload or a reconnect within it picks the reply back up.
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))
+# Worker mode (CHAT_INFERENCE=worker). A web process that hears nothing about
+# a live reply for this many seconds (no token, no heartbeat) tells the user
+# and marks the reply interrupted; workers send a heartbeat every fifth of it
+# (2 s by default) and /healthz wants a worker seen within it.
+CHAT_WORKER_TIMEOUT = float(env_int("CHAT_WORKER_TIMEOUT_S", 10, minimum=1, maximum=3600))
+# A worker told to stop (SIGTERM) lets its replies run this long, then cuts
+# the rest off as interrupted.
+CHAT_WORKER_DRAIN = float(env_int("CHAT_WORKER_DRAIN_S", 30, maximum=3600))

@@ -5,7 +5,7 @@ from django.db.models import Count
 from django.http import HttpResponse
 
 from . import export
-from .models import Conversation, Message
+from .models import Conversation, InferenceWorker, Message
 
 
 class MessageInline(admin.TabularInline):
@@ -76,3 +76,19 @@ class ConversationAdmin(admin.ModelAdmin):
         response = HttpResponse(text, content_type="text/markdown; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="conversations.md"'
         return response
+
+
+@admin.register(InferenceWorker)
+class InferenceWorkerAdmin(admin.ModelAdmin):
+    """Read-only: the workers write these rows themselves."""
+
+    list_display = ("name", "host", "pid", "model_name", "device", "dtype", "active_replies",
+                    "started_at", "last_seen")
+    search_fields = ("name", "host")
+    readonly_fields = list_display
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -13,6 +13,13 @@ Group events (handled by ChatConsumer methods of the same name):
   chat.token    {"message_id", "offset", "text"}        offset = characters before `text`
   chat.end      {"message_id", "finish_reason", "status", "usage", "timing"}
   chat.error    {"code", "message"}
+
+In worker mode (conversations.worker) the same run_reply runs in an inference
+worker and these events reach the web processes over Redis; the worker adds
+  chat.accepted {"message_id"}                          a worker took the request
+  chat.alive    {"message_id"}                          heartbeat while it holds it
+and answers a consumer's sync with chat.snapshot {"message_id", "text"} sent
+to that consumer's own channel.
 """
 
 from __future__ import annotations
@@ -46,11 +53,22 @@ def group_name(conversation_id) -> str:
 
 
 def group_publisher(conversation_id) -> Publish:
+    """Publish to the conversation's group; a channel layer that is down loses the event.
+
+    Losing a frame is better than losing the reply: generation goes on and
+    the text keeps being saved, and the web processes notice the silence
+    (their watchdog) and read the stored state.
+    """
+    from .dispatch import LAYER_ERRORS
+
     layer = get_channel_layer()
     group = group_name(conversation_id)
 
     async def publish(event: dict) -> None:
-        await layer.group_send(group, event)
+        try:
+            await layer.group_send(group, event)
+        except LAYER_ERRORS as exc:
+            logger.warning("cannot publish %s to %s: %s", event["type"], group, exc)
 
     return publish
 
@@ -62,6 +80,9 @@ class LiveReply:
     cancel: Event = field(default_factory=Event)
     text: str = ""
     task: asyncio.Task | None = None
+    # Set with `cancel` when the process stops: the reply then ends as
+    # interrupted (the server went away), not cancelled (the user asked).
+    interrupted: bool = False
 
 
 @database_sync_to_async
@@ -122,6 +143,10 @@ async def run_reply(reply: LiveReply, engine, history: list[dict], params: Gener
                 logger.info("reply %s started: %d prompt tokens, %d turns dropped",
                             reply.message_id, event.prompt_tokens, event.dropped_turns)
         await flush()
+        if reason == "cancelled" and reply.interrupted:
+            reason = "interrupted"
+            await publish({"type": "chat.error", "code": "generation_failed",
+                           "message": "The inference worker is shutting down; the text so far is kept."})
     except QueueFull:
         await publish({"type": "chat.error", "code": "busy",
                        "message": "The server is busy with other chats; try again in a moment."})
