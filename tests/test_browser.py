@@ -1,0 +1,340 @@
+"""The chat page in a real browser against a real daphne with the real model.
+
+Debian's chromium, driven by Playwright's sync API. One flow (sign up, chat,
+reload mid-reply, stop, markdown safety, screenshots) shares one browser
+page, since each step builds on the conversation the previous one made.
+Waits are Playwright's (expect / wait_for_function), never sleeps; replies
+are kept short with max_new_tokens wherever the step only needs some text.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+try:
+    from playwright.sync_api import Page, expect, sync_playwright
+except ImportError as exc:  # pragma: no cover - a broken install must fail, not skip
+    sync_playwright = None
+    PLAYWRIGHT_ERROR = f"playwright is not installed ({exc}); `make test` installs it"
+else:
+    PLAYWRIGHT_ERROR = ""
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PASSWORD = "a-long-Passw0rd!"
+# Generous for a CPU model at ~14 tokens/s; each step asks for far fewer tokens.
+REPLY_TIMEOUT_MS = 60_000
+
+LAST_REPLY = "() => [...document.querySelectorAll('#transcript li.msg-assistant')].pop() || null"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if sync_playwright is None:
+        pytest.fail(PLAYWRIGHT_ERROR)
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
+                    "(`apt-get install chromium`, or `make test`, which installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class PageProblems:
+    """Dialogs and script errors seen on a page: any of them fails the test."""
+
+    def __init__(self, page: Page) -> None:
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        page.on("dialog", self._on_dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def _on_dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def check(self) -> None:
+        assert not self.dialogs, f"a dialog opened (injected script ran?): {self.dialogs}"
+        assert not self.errors, f"script errors on the page: {self.errors}"
+
+
+def new_page(browser, **context_args):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, **context_args)
+    context.set_default_timeout(REPLY_TIMEOUT_MS)
+    page = context.new_page()
+    return context, page, PageProblems(page)
+
+
+def sign_up(page: Page, base_url: str, username: str) -> None:
+    page.goto(base_url + "/accounts/signup/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password confirmation").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page).to_have_url(base_url + "/")
+
+
+def set_settings(page: Page, **values) -> None:
+    """Open the settings drawer, fill in values, close it with Escape."""
+    page.get_by_role("button", name="Chat settings").click()
+    fields = {"temperature": "#set-temperature", "top_p": "#set-top-p",
+              "max_new_tokens": "#set-max-tokens", "repetition_penalty": "#set-rep"}
+    for name, value in values.items():
+        page.locator(fields[name]).fill(str(value))
+    page.keyboard.press("Escape")
+    expect(page.locator("#settings-panel")).not_to_have_class(re.compile(r"\bopen\b"))
+
+
+def reply_count(page: Page) -> int:
+    return page.locator("#transcript li.msg-assistant").count()
+
+
+def reply_length(page: Page) -> int:
+    return page.evaluate(f"() => {{ const li = ({LAST_REPLY})(); return li ? li.querySelector('.md').textContent.length : 0; }}")
+
+
+def send(page: Page, text: str) -> None:
+    """Type a message and press Enter; wait until its reply has started."""
+    before = reply_count(page)
+    composer = page.get_by_label("Message", exact=True)
+    composer.fill(text)
+    composer.press("Enter")
+    expect(page.locator("#transcript li.msg-assistant")).to_have_count(before + 1)
+
+
+def wait_streaming_text(page: Page, at_least: int = 1) -> int:
+    """Wait until the last reply is streaming with at least `at_least` characters."""
+    page.wait_for_function(
+        f"n => {{ const li = ({LAST_REPLY})(); return li && li.dataset.status === 'streaming'"
+        " && li.querySelector('.md').textContent.length >= n; }",
+        arg=at_least,
+    )
+    return reply_length(page)
+
+
+def wait_reply_end(page: Page) -> None:
+    page.wait_for_function(f"() => {{ const li = ({LAST_REPLY})(); return li && li.dataset.status !== 'streaming'; }}")
+
+
+def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    sign_up(page, base, "browser-tester")
+
+    # The welcome page: a new chat with its settings, started by the first message.
+    expect(page.get_by_role("heading", name="What shall we talk about?")).to_be_visible()
+    set_settings(page, temperature=0, max_new_tokens=48)
+    send(page, "Write a Python function that adds two numbers.")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    conversation_url = page.url
+    user_bubble = page.locator("#transcript li.msg-user").first
+    expect(user_bubble).to_contain_text("Write a Python function that adds two numbers.")
+    # The sidebar lists the new chat, highlighted, titled from the message.
+    current = page.locator(".conv.current a[aria-current=page]")
+    expect(current).to_have_text("Write a Python function that adds two numbers.")
+    expect(page.get_by_role("button", name="Stop generating")).to_be_visible()
+
+    # The reply appears token by token: its text grows while it streams.
+    first_length = wait_streaming_text(page)
+    page.wait_for_function(
+        f"n => ({LAST_REPLY})().querySelector('.md').textContent.length > n", arg=first_length
+    )
+    wait_reply_end(page)
+    first_reply = page.locator("#transcript li.msg-assistant").last
+    expect(first_reply).to_have_attribute("data-status", "complete")
+    expect(first_reply.locator(".msg-meta")).to_contain_text(re.compile(r"\d+ tokens? · [\d.]+ tok/s"))
+    expect(page.get_by_role("button", name="Send message")).to_be_visible()
+    expect(page.get_by_role("button", name="Regenerate this reply")).to_be_visible()
+
+    # Reload while a reply streams: it picks up where it was and runs to the end.
+    set_settings(page, temperature=0.7, max_new_tokens=64)
+    send(page, "Tell me a long story about a dragon who learns to cook.")
+    length_before_reload = wait_streaming_text(page, at_least=8)
+    reply_id = page.evaluate(f"() => ({LAST_REPLY})().dataset.id")
+    page.reload()
+    resumed = page.locator(f'#transcript li.msg-assistant[data-id="{reply_id}"]')
+    expect(resumed).to_have_count(1)
+    wait_reply_end(page)
+    expect(resumed).not_to_have_attribute("data-status", "streaming")
+    final_text = resumed.locator(".md").text_content()
+    assert len(final_text) > length_before_reload, (length_before_reload, final_text)
+    expect(resumed.locator(".msg-meta")).to_contain_text(re.compile(r"\d+ tokens?"))
+
+    # Reload again: the whole history is there, rendered from the server.
+    page.reload()
+    expect(page.locator("#transcript li.msg-user")).to_have_count(2)
+    expect(page.locator("#transcript li.msg-assistant")).to_have_count(2)
+    expect(resumed.locator(".md")).to_have_text(final_text)
+    expect(page.locator("#transcript li.msg-user").nth(1)).to_contain_text("a dragon who learns to cook")
+
+    # Markup in a message is text; a fenced block becomes <pre><code>.
+    set_settings(page, max_new_tokens=8)
+    send(page, "Echo this: <img src=x onerror=alert(1)>\n\n```python\nprint(1)\n```")
+    wait_reply_end(page)
+    mine = page.locator("#transcript li.msg-user").last
+    expect(mine).to_contain_text("<img src=x onerror=alert(1)>")
+    expect(mine.locator("pre code")).to_have_text("print(1)")
+    expect(mine.locator("pre code")).to_have_class("language-python")
+    expect(page.locator("#transcript img")).to_have_count(0)
+    page.reload()  # the same, rendered from the stored transcript
+    mine = page.locator("#transcript li.msg-user").last
+    expect(mine).to_contain_text("<img src=x onerror=alert(1)>")
+    expect(mine.locator("pre code")).to_have_text("print(1)")
+    expect(page.locator("#transcript img")).to_have_count(0)
+
+    # Stop a long reply: it is kept, marked stopped.
+    set_settings(page, max_new_tokens=1024)
+    send(page, "Write a very long essay about the history of computers, with many sections.")
+    wait_streaming_text(page, at_least=20)
+    page.get_by_role("button", name="Stop generating").click()
+    stopped = page.locator("#transcript li.msg-assistant").last
+    expect(stopped).to_have_attribute("data-status", "cancelled")
+    expect(stopped.locator(".badge-cancelled")).to_have_text("Stopped")
+    stopped_text = stopped.locator(".md").text_content()
+    assert len(stopped_text) >= 20
+    expect(page.get_by_role("button", name="Send message")).to_be_visible()
+    page.reload()
+    stopped = page.locator("#transcript li.msg-assistant").last
+    expect(stopped).to_have_attribute("data-status", "cancelled")
+    expect(stopped.locator(".badge-cancelled")).to_have_text("Stopped")
+    expect(stopped.locator(".md")).to_have_text(stopped_text)
+    assert page.url == conversation_url
+
+    # Screenshots for the docs, light and dark, from the top of the chat.
+    page.locator("#scroller").evaluate("node => { node.scrollTop = 0; }")
+    page.mouse.move(5, 500)  # over the sidebar's empty space: nothing in a hover state
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        expect(page.locator("html")).to_have_attribute("data-theme", scheme)
+        page.screenshot(path=str(DOCS / f"screenshot-{scheme}.png"))
+
+    problems.check()
+    context.close()
+
+
+def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_up(page, base, "phone-user")
+
+    # The chat list is a menu: opened by its button, closed by Escape.
+    sidebar = page.locator("#sidebar")
+    menu = page.get_by_role("button", name="Show the chat list")
+    expect(sidebar).not_to_be_visible()
+    menu.click()
+    expect(sidebar).to_be_visible()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    page.keyboard.press("Escape")
+    expect(sidebar).not_to_be_visible()
+    expect(menu).to_be_focused()
+
+    # The theme toggle flips the page and is remembered.
+    theme = page.locator("html").get_attribute("data-theme")
+    menu.click()
+    page.locator("#sidebar [data-theme-toggle]").click()
+    other = "dark" if theme == "light" else "light"
+    expect(page.locator("html")).to_have_attribute("data-theme", other)
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", other)
+
+    # Out-of-range settings are refused before anything is sent.
+    page.get_by_role("button", name="Chat settings").click()
+    page.locator("#set-temperature").fill("3")
+    page.keyboard.press("Escape")
+    page.get_by_label("Message", exact=True).fill("Hello")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(page.locator("#settings-panel")).to_have_class(re.compile(r"\bopen\b"))
+    expect(page).to_have_url(base + "/")
+
+    # Log out (a POST form) and back to the login page, which links to sign-up.
+    page.locator("#set-temperature").fill("0.7")
+    page.keyboard.press("Escape")
+    menu.click()
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    expect(page.get_by_role("link", name="Create an account")).to_be_visible()
+    page.get_by_label("Username").fill("phone-user")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator(".errorlist")).to_contain_text("correct username and password")
+
+    problems.check()
+    context.close()
+
+
+MARKDOWN_JS = Path(__file__).resolve().parent.parent / "static" / "chat" / "markdown.js"
+
+MARKDOWN_CASES = [
+    ("Hello *world*, **bold**, ***both*** and `a <b>`",
+     "<p>Hello <em>world</em>, <strong>bold</strong>, <strong><em>both</em></strong> and <code>a &lt;b&gt;</code></p>"),
+    ("snake_case_name stays, 2 * 3 * 4 too", "<p>snake_case_name stays, 2 * 3 * 4 too</p>"),
+    ("line one\nline two\n\nnext", "<p>line one<br>line two</p><p>next</p>"),
+    ("# Title\n### Small", "<h3>Title</h3><h5>Small</h5>"),
+    ("1. one\n2. two\n   - a\n   - b\n3. three",
+     "<ol><li>one</li><li>two<ul><li>a</li><li>b</li></ul></li><li>three</li></ol>"),
+    ("Steps:\n- first\n- second", "<p>Steps:</p><ul><li>first</li><li>second</li></ul>"),
+    ("> quoted\n\nafter", "<blockquote><p>quoted</p></blockquote><p>after</p>"),
+    ("~~gone~~", "<p><del>gone</del></p>"),
+    ("[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)",
+     "<p>[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)</p>"),
+    ("<script>alert(1)</script> &amp;", "<p>&lt;script&gt;alert(1)&lt;/script&gt; &amp;amp;</p>"),
+]
+
+# Every element and attribute the renderer may create; anything else is a bug.
+ALLOWED_TAGS = {"P", "BR", "H3", "H4", "H5", "H6", "STRONG", "EM", "DEL", "CODE", "PRE", "UL", "OL", "LI",
+                "BLOCKQUOTE", "HR", "A", "DIV", "SPAN", "BUTTON", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD"}
+ALLOWED_ATTRIBUTES = {"class", "href", "target", "rel", "title", "type", "aria-label", "tabindex", "scope",
+                      "style", "start"}
+NASTY = [
+    "<img src=x onerror=alert(1)>",
+    "[click](javascript:alert(1))",
+    "[click](JaVaScRiPt:alert(1))",
+    "[click]( javascript:alert(1) )",
+    "![x](javascript:alert(1))",
+    "<javascript:alert(1)>",
+    "<svg onload=alert(1)>",
+    "```\n</code></pre><img src=x onerror=alert(1)>\n```",
+    "| <b onmouseover=alert(1)> | x |\n|---|---|\n| <iframe src=javascript:alert(1)> | y |",
+    "**<img src=x onerror=alert(1)>**",
+    "[<img src=x onerror=alert(1)>](https://example.com)",
+    "```\" onmouseover=\"alert(1)\nx\n```",
+    "https://example.com/\"><img src=x onerror=alert(1)>",
+]
+
+
+def test_markdown_renderer_builds_only_safe_nodes(browser):
+    page = browser.new_page()
+    problems = PageProblems(page)
+    page.set_content("<div id=out></div>")
+    page.add_script_tag(path=str(MARKDOWN_JS))
+    render = "s => { const out = document.getElementById('out'); ChatMarkdown.render(s, out); return out.innerHTML; }"
+    for source, expected in MARKDOWN_CASES:
+        assert page.evaluate(render, source) == expected, source
+
+    code = page.evaluate(render, "```python\nprint('<b>')\n```")
+    assert '<code class="language-python">print(\'&lt;b&gt;\')</code>' in code and "Copy" in code
+    link = page.evaluate(render, "see [docs](https://example.com/a_(b)) and https://example.org/x.")
+    assert ('<a href="https://example.com/a_(b)" target="_blank" rel="noopener noreferrer nofollow"'
+            in link), link
+    assert '>https://example.org/x</a>.' in link
+
+    for source in NASTY:
+        page.evaluate(render, source)
+        found = page.evaluate("""() => [...document.querySelectorAll('#out *')].map(node => ({
+            tag: node.tagName, attrs: [...node.attributes].map(a => [a.name, a.value])}))""")
+        for node in found:
+            assert node["tag"] in ALLOWED_TAGS, (source, node)
+            for name, value in node["attrs"]:
+                assert name in ALLOWED_ATTRIBUTES, (source, node)
+                if name == "href":
+                    assert value.startswith(("http://", "https://")), (source, node)
+    problems.check()
+    page.close()
