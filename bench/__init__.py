@@ -1,0 +1,1 @@
+"""Chatsite's benchmark harness (``make bench``, ``python -m bench``); docs/performance.md explains it."""
