@@ -1,0 +1,43 @@
+"""python manage.py inference_worker: serve replies for CHAT_INFERENCE=worker web processes.
+
+See conversations/worker.py for how it works and docs/deploy.md for running it.
+"""
+
+import logging
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from conversations import runtime
+from conversations.worker import InferenceWorkerServer
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = ("Load the model and generate the replies that web processes in CHAT_INFERENCE=worker mode "
+            "hand over through Redis. Run as many as you like; SIGTERM stops one gracefully.")
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--name", help="how this worker is listed in /admin and logs "
+                                           "(default: HOST:PID; must be unique)")
+
+    def handle(self, *args, name: str | None = None, **options) -> None:
+        if not settings.REDIS_URL:
+            raise CommandError("inference_worker needs REDIS_URL (the channel layer the web processes use)")
+        problem = runtime.redis_problem()
+        if problem:
+            raise CommandError(problem)
+        try:
+            engine = runtime.get_engine()
+        except runtime.LOAD_ERRORS as exc:
+            raise CommandError(f"cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
+        server = InferenceWorkerServer(engine, name=name)
+        info = engine.info
+        logger.info("inference worker %s ready: %s on %s (%s), up to %d replies at once",
+                    server.name, info.model_name, info.device, info.dtype, engine.config.max_batch_size)
+        try:
+            server.run()
+        finally:
+            engine.close()
+        logger.info("inference worker %s stopped", server.name)
