@@ -364,8 +364,9 @@
         var queued = li.getAttribute('data-queued');
         var badge = el('span', 'badge badge-live');
         if (queued) {
-          var ahead = Math.max(parseInt(queued, 10) || 0, 0);
-          badge.textContent = ahead > 0 ? 'Waiting — ' + ahead + ' ahead of you' : 'Waiting for the model';
+          // `position` is the 1-based place in the model's queue.
+          var ahead = Math.max((parseInt(queued, 10) || 1) - 1, 0);
+          badge.textContent = ahead > 0 ? 'Waiting — ' + ahead + ' ahead of you' : 'Waiting — you are next';
         } else if (!state.connected && state.opened) {
           badge.textContent = 'Reconnecting…';
         } else {
@@ -580,12 +581,13 @@
       if (!conversationId) {
         // A new chat: the form posts the settings to /c/new/, which redirects
         // to the conversation; its page sends the message once its socket is up.
-        if (!input.value.trim()) { event.preventDefault(); return; }
+        if (form.getAttribute('data-submitting') || !input.value.trim()) { event.preventDefault(); return; }
         if (input.value.length > maxChars) { event.preventDefault(); submitMessage(); return; }
         if (settingsForm && !readParams()) { event.preventDefault(); return; }
         try {
           sessionStorage.setItem(PENDING_KEY, JSON.stringify({ content: input.value, at: Date.now() }));
         } catch (e) { /* the chat is still created; the text just is not carried over */ }
+        form.setAttribute('data-submitting', '1'); // one chat per Enter, however impatient
         sendButton.disabled = true;
         sendLabel.textContent = 'Starting…';
         return;
@@ -692,12 +694,17 @@
     var current = $('.conv.current');
     if (current) {
       $('a', current).textContent = title;
-      $all('[data-title]', current).forEach(function (button) {
-        button.setAttribute('data-title', title);
-        var verb = button.hasAttribute('data-rename-url') ? 'Rename ' : 'Delete ';
-        button.setAttribute('aria-label', verb + title);
-      });
+      $('a', current).title = title;
     }
+    // Rename/delete buttons for this chat, in the sidebar and in the ⋯ menu.
+    $all('[data-rename-url], [data-delete-url]').forEach(function (button) {
+      var url = button.getAttribute('data-rename-url') || button.getAttribute('data-delete-url');
+      if (url.indexOf(conversationId) === -1) return;
+      button.setAttribute('data-title', title);
+      if (button.hasAttribute('aria-label')) {
+        button.setAttribute('aria-label', (button.hasAttribute('data-rename-url') ? 'Rename ' : 'Delete ') + title);
+      }
+    });
   }
 
   function moveCurrentToTop() {
@@ -987,7 +994,7 @@
   }
 
   function reconnectNow() {
-    if (state.connected || state.socket || state.finalClose) return;
+    if (!conversationId || state.connected || state.socket || state.finalClose) return;
     clearTimeout(state.retryTimer);
     clearInterval(state.countdown);
     setBanner('Reconnecting…', false);
@@ -1002,7 +1009,11 @@
   window.addEventListener('pagehide', function () { state.unloading = true; });
   window.addEventListener('pageshow', function (event) {
     state.unloading = false;
-    if (event.persisted) reconnectNow();
+    if (!event.persisted) return;
+    // Back from the browser's page cache: nothing is being submitted any more.
+    if (form) form.removeAttribute('data-submitting');
+    updateComposer();
+    reconnectNow();
   });
 
   // -- start --
