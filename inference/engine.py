@@ -1,0 +1,291 @@
+"""The engine: the one object the rest of Chatsite talks to about the model.
+
+:class:`Engine` lists what an engine must implement (as Django's
+``sessions/backends/base.py`` does for session stores);
+:class:`TransformersEngine` is the local implementation: a transformers model
+served by the continuous-batching scheduler of ``batching.py``.
+
+Typical use::
+
+    engine = load_engine(EngineConfig())
+    async for event in engine.stream(Request(messages=[{"role": "user", "content": "Hi"}])):
+        ...  # Queued*, Started, Chunk*, Finished
+    engine.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .batching import EngineStats, Job, Scheduler, generate_together
+from .config import EngineConfig
+from .errors import InvalidParams
+from .loading import context_length, input_device, load_model, parameter_count, prepare_for_inference
+from .params import GenerationParams
+from .prompts import Prompt, check_messages, fit_prompt, render, with_system
+from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Chunk", "Engine", "EngineInfo", "EngineStats", "Finished", "Queued", "Request", "Result", "Started",
+    "TransformersEngine", "build_engine", "load_engine",
+]
+
+# How often a waiting reader checks that the scheduler is still alive.
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What was loaded, where, and how long it took."""
+
+    model_name: str
+    device: str
+    dtype: str
+    parameters: int
+    load_seconds: float
+    context_length: int
+
+
+class Engine:
+    """What an engine must implement. Subclasses set ``info`` and ``stats``."""
+
+    info: EngineInfo
+    stats: EngineStats
+
+    def stream(self, request: Request) -> AsyncIterator[Event]:
+        """Generate one reply, yielding Queued*, Started, Chunk* and exactly one Finished.
+
+        Never blocks the event loop. Raises QueueFull at once when the queue
+        is full, InvalidParams or PromptTooLong before anything starts.
+        Cancelling the consuming task cancels the request.
+        """
+        raise NotImplementedError("subclasses of Engine must provide a stream() method")
+
+    def generate_batch(self, requests: list[Request]) -> list[Result]:
+        """Generate replies for ``requests`` together (blocking); results in input order."""
+        raise NotImplementedError("subclasses of Engine must provide a generate_batch() method")
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        """The prompt length of ``messages`` in tokens, before any trimming."""
+        raise NotImplementedError("subclasses of Engine must provide a count_tokens() method")
+
+    def close(self) -> None:
+        """Stop serving; unfinished requests end with finish_reason "error"."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class TransformersEngine(Engine):
+    """A local transformers model behind a continuous-batching scheduler thread."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, *, model_name: str | None = None,
+                 load_seconds: float = 0.0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        device = input_device(model)
+        self.info = EngineInfo(
+            model_name=model_name or config.model,
+            device=str(device),
+            dtype=str(model.dtype).removeprefix("torch."),
+            parameters=parameter_count(model),
+            load_seconds=round(load_seconds, 2),
+            context_length=context_length(model),
+        )
+        self.stats = EngineStats()
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        # Fast tokenizers are not safe to encode from several threads at once
+        # ("Already borrowed"); prompts are built under this lock.
+        self._tokenizer_lock = threading.Lock()
+        self._device = device
+        # Public for tests and tools (stats, paused()); callers use the methods below.
+        self.scheduler = Scheduler(
+            model, tokenizer, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
+            eos_token_ids=self.eos_token_ids, device=device, stats=self.stats, num_threads=config.num_threads,
+        )
+
+    # -- streaming ------------------------------------------------------------
+
+    async def stream(self, request: Request) -> AsyncIterator[Event]:
+        """See Engine.stream."""
+        _check_request(request)
+        self.scheduler.check_room()
+        loop = asyncio.get_running_loop()
+        # Rendering and trimming a long history takes a few tokenizer passes: off the loop.
+        prompt = await loop.run_in_executor(None, self.prepare, request)
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        job = Job(request=request, prompt=prompt, deliver=_threadsafe_put(loop, queue, request.cancel))
+        self.scheduler.submit(job)
+        finished = False
+        try:
+            async with contextlib.aclosing(self._events(queue, job)) as events:
+                async for event in events:
+                    finished = isinstance(event, Finished)
+                    yield event
+        finally:
+            if not finished:
+                # The reader went away (task cancelled, aclose(), break): free the row.
+                request.cancel.set()
+                self.scheduler.wake()
+
+    async def _events(self, queue: asyncio.Queue[Event], job: Job) -> AsyncIterator[Event]:
+        """The job's events, consecutive Chunks already queued merged into one."""
+        text_so_far: list[str] = []
+        held: Event | None = None
+        while True:
+            event = held if held is not None else await self._next_event(queue, job, text_so_far)
+            held = None
+            if isinstance(event, Chunk):
+                parts = [event.text]
+                while not queue.empty():
+                    following = queue.get_nowait()
+                    if not isinstance(following, Chunk):
+                        held = following
+                        break
+                    parts.append(following.text)
+                event = Chunk("".join(parts)) if len(parts) > 1 else event
+                text_so_far.append(event.text)
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    async def _next_event(self, queue: asyncio.Queue[Event], job: Job, text_so_far: list[str]) -> Event:
+        """The next event, or a Finished "error" if the scheduler died or stalled."""
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), POLL_SECONDS)
+            except TimeoutError:
+                reason = self.scheduler.stall_reason(self.config.stall_timeout)
+                if reason is None:
+                    continue
+                logger.error("request %d abandoned: %s", job.id, reason)
+                job.request.cancel.set()
+                result = job.result("error", reason)
+                result.text = "".join(text_so_far)
+                return Finished(result)
+
+    # -- batch ------------------------------------------------------------------
+
+    def generate_batch(self, requests: list[Request]) -> list[Result]:
+        """Generate all ``requests`` in ONE left-padded ``model.generate`` call.
+
+        Blocks until done (call it from a worker thread, never from the event
+        loop); streaming requests pause meanwhile. Returns results in input
+        order. Raises InvalidParams or PromptTooLong (before generating) if any
+        request is malformed or cannot fit, EngineClosed after close().
+        """
+        if not requests:
+            return []
+        for request in requests:
+            _check_request(request)
+        jobs = [Job(request=request, prompt=self.prepare(request), deliver=_ignore) for request in requests]
+
+        def run() -> list[Result]:
+            self.stats.generate_calls += 1
+            return generate_together(self.model, self.tokenizer, jobs, eos_token_ids=self.eos_token_ids,
+                                     device=self._device)
+
+        results = self.scheduler.call(run)
+        logger.info("generated a batch of %d in one call: %d completion tokens",
+                    len(results), sum(r.completion_tokens for r in results))
+        return results
+
+    # -- prompts -----------------------------------------------------------------
+
+    def prepare(self, request: Request) -> Prompt:
+        """The request's prompt ids, trimmed to fit the context with room for the reply.
+
+        Raises InvalidParams for malformed messages, PromptTooLong when the
+        system prompt and the newest user turn alone do not fit.
+        """
+        messages = with_system(check_messages(request.messages), self.config.default_system_prompt)
+        with self._tokenizer_lock:
+            return fit_prompt(self.tokenizer, messages, request.params.max_new_tokens, self.info.context_length)
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        """The untrimmed prompt length of ``messages`` (default system prompt included)."""
+        checked = with_system(check_messages(messages), self.config.default_system_prompt)
+        with self._tokenizer_lock:
+            return len(render(self.tokenizer, checked))
+
+    def close(self) -> None:
+        """Stop the scheduler thread; unfinished requests end with finish_reason "error"."""
+        self.scheduler.close()
+
+
+def _check_request(request: Request) -> None:
+    if not isinstance(request.params, GenerationParams):
+        raise InvalidParams("params must be GenerationParams (use GenerationParams.from_dict)")
+
+
+def _threadsafe_put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event],
+                    cancel: threading.Event) -> Callable[[Event], None]:
+    """A deliver callback for the scheduler thread that puts events on ``queue`` in ``loop``."""
+
+    def deliver(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:
+            # The event loop is closed: nobody will read this reply, so stop making it.
+            cancel.set()
+
+    return deliver
+
+
+def _ignore(event: Event) -> None:
+    """generate_batch jobs report through their Result only."""
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token that ends a reply: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(token) for token in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+# -- construction -------------------------------------------------------------------
+
+def build_engine(model: Any, tokenizer: Any, config: EngineConfig | None = None, *,
+                 model_name: str | None = None, load_seconds: float = 0.0) -> TransformersEngine:
+    """An engine around an already-built ``model`` and ``tokenizer`` (tests use a tiny one).
+
+    Puts the model in eval mode, gives the tokenizer a pad token, and starts
+    the scheduler thread.
+    """
+    config = config if config is not None else EngineConfig()
+    prepare_for_inference(model, tokenizer)
+    return TransformersEngine(model, tokenizer, config, model_name=model_name, load_seconds=load_seconds)
+
+
+def load_engine(config: EngineConfig) -> TransformersEngine:
+    """Load the configured model and tokenizer once and serve them.
+
+    Logs one line: model, parameters, device, dtype, load time. Raises
+    InvalidConfig or ModelLoadError (see loading.load_model).
+    """
+    loaded = load_model(config)
+    engine = build_engine(loaded.model, loaded.tokenizer, config, model_name=loaded.name,
+                          load_seconds=loaded.load_seconds)
+    info = engine.info
+    logger.info("loaded model %s: %.1fM parameters on %s (%s) in %.1fs, context %d tokens",
+                info.model_name, info.parameters / 1e6, info.device, info.dtype, info.load_seconds,
+                info.context_length)
+    return engine
