@@ -100,7 +100,16 @@ def channel_layers(redis_url: str | None) -> dict:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [redis_url],
+                "hosts": [{
+                    "address": redis_url,
+                    # redis-py 8 reads with a 5 s socket timeout by default,
+                    # the same 5 s that channels_redis blocks in BZPOPMIN:
+                    # an idle receive then fails now and then with "Timeout
+                    # reading", which looks like Redis going away. Read
+                    # timeouts well above the 5 s; connect fails fast.
+                    "socket_timeout": 15,
+                    "socket_connect_timeout": 3,
+                }],
                 # A streaming reply sends many small frames; the defaults
                 # (100 messages, 60 s) drop tokens for a slow browser.
                 "capacity": 1000,

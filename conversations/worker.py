@@ -74,16 +74,28 @@ class ReplyConsumer(AsyncConsumer):
 
     async def generate(self, message: dict) -> None:
         worker: InferenceWorkerServer = self.scope["worker"]
+        try:
+            started = await self._start(worker, message)
+        except Exception:
+            # The database or the layer failed before the reply ran: give its room back.
+            worker.release(message["message_id"])
+            raise
+        if not started:
+            worker.release(message["message_id"])
+            raise StopConsumer
+
+    async def _start(self, worker: InferenceWorkerServer, message: dict) -> bool:
+        """Start the requested reply as a task; False when it is not to be run."""
         message_id, conversation_id = message["message_id"], message["conversation_id"]
         try:
             params = GenerationParams.from_dict(message["params"])
         except InvalidParams as exc:  # web processes validate; a stray sender may not
             logger.error("request for reply %s has bad params: %s", message_id, exc)
-            await self._drop(worker, message_id)
+            return False
         if not await _still_streaming(message_id):
             # A web process gave up on it while it waited in Redis.
             logger.info("request for reply %s is no longer wanted", message_id)
-            await self._drop(worker, message_id)
+            return False
         self.reply = LiveReply(conversation_id=conversation_id, message_id=message_id)
         publish = group_publisher(conversation_id)
         try:
@@ -94,6 +106,7 @@ class ReplyConsumer(AsyncConsumer):
         logger.info("reply %s accepted (%d held)", message_id, len(worker.held))
         self.reply.task = asyncio.create_task(self._run(worker, message["history"], params, publish))
         worker.held[message_id] = self.reply
+        return True
 
     async def _run(self, worker: InferenceWorkerServer, history: list[dict], params: GenerationParams,
                    publish) -> None:
@@ -113,10 +126,6 @@ class ReplyConsumer(AsyncConsumer):
         while True:
             await asyncio.sleep(heartbeat_interval())
             await publish({"type": "chat.alive", "message_id": self.reply.message_id})
-
-    async def _drop(self, worker: InferenceWorkerServer, message_id: int) -> None:
-        worker.release(message_id)
-        raise StopConsumer
 
     async def reply_stop(self, message: dict) -> None:
         if self.reply is not None:
