@@ -130,7 +130,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
 
     # The welcome page: a new chat with its settings, started by the first message.
     expect(page.get_by_role("heading", name="What shall we talk about?")).to_be_visible()
-    set_settings(page, temperature=0, max_new_tokens=48)
+    set_settings(page, temperature=0, max_new_tokens=32)
     send(page, "Write a Python function that adds two numbers.")
     expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
     conversation_url = page.url
@@ -154,7 +154,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     expect(page.get_by_role("button", name="Regenerate this reply")).to_be_visible()
 
     # Reload while a reply streams: it picks up where it was and runs to the end.
-    set_settings(page, temperature=0.7, max_new_tokens=64)
+    set_settings(page, temperature=0.7, max_new_tokens=48)
     send(page, "Tell me a long story about a dragon who learns to cook.")
     length_before_reload = wait_streaming_text(page, at_least=8)
     reply_id = page.evaluate(f"() => ({LAST_REPLY})().dataset.id")
@@ -174,24 +174,15 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     expect(resumed.locator(".md")).to_have_text(final_text)
     expect(page.locator("#transcript li.msg-user").nth(1)).to_contain_text("a dragon who learns to cook")
 
-    # Markup in a message is text; a fenced block becomes <pre><code>.
-    set_settings(page, max_new_tokens=8)
-    send(page, "Echo this: <img src=x onerror=alert(1)>\n\n```python\nprint(1)\n```")
-    wait_reply_end(page)
+    # Markup in a message is text and a fenced block a <pre><code>; and Stop on
+    # a long reply keeps it, marked stopped.
+    set_settings(page, max_new_tokens=1024)
+    send(page, "Write a very long essay about the history of computers. "
+               "Quote this first: <img src=x onerror=alert(1)>\n\n```python\nprint(1)\n```")
     mine = page.locator("#transcript li.msg-user").last
-    expect(mine).to_contain_text("<img src=x onerror=alert(1)>")
+    expect(mine).to_contain_text("Quote this first: <img src=x onerror=alert(1)>")
     expect(mine.locator("pre code")).to_have_text("print(1)")
     expect(mine.locator("pre code")).to_have_class("language-python")
-    expect(page.locator("#transcript img")).to_have_count(0)
-    page.reload()  # the same, rendered from the stored transcript
-    mine = page.locator("#transcript li.msg-user").last
-    expect(mine).to_contain_text("<img src=x onerror=alert(1)>")
-    expect(mine.locator("pre code")).to_have_text("print(1)")
-    expect(page.locator("#transcript img")).to_have_count(0)
-
-    # Stop a long reply: it is kept, marked stopped.
-    set_settings(page, max_new_tokens=1024)
-    send(page, "Write a very long essay about the history of computers, with many sections.")
     wait_streaming_text(page, at_least=20)
     page.get_by_role("button", name="Stop generating").click()
     stopped = page.locator("#transcript li.msg-assistant").last
@@ -200,7 +191,14 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     stopped_text = stopped.locator(".md").text_content()
     assert len(stopped_text) >= 20
     expect(page.get_by_role("button", name="Send message")).to_be_visible()
+    expect(page.locator("#transcript img")).to_have_count(0)
+
+    # After a reload both are as they were, rendered from the stored transcript.
     page.reload()
+    mine = page.locator("#transcript li.msg-user").last
+    expect(mine).to_contain_text("Quote this first: <img src=x onerror=alert(1)>")
+    expect(mine.locator("pre code")).to_have_text("print(1)")
+    expect(page.locator("#transcript img")).to_have_count(0)
     stopped = page.locator("#transcript li.msg-assistant").last
     expect(stopped).to_have_attribute("data-status", "cancelled")
     expect(stopped.locator(".badge-cancelled")).to_have_text("Stopped")

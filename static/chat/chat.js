@@ -485,7 +485,7 @@
       setText(sendLabel, state.unacked !== null ? 'Sending…' : 'Send');
       sendButton.setAttribute('aria-label', 'Send message');
       sendButton.disabled = (onPage && !state.connected) || state.unacked !== null;
-      setText(hint, onPage && !state.connected
+      setText(hint, onPage && !state.connected && !state.finalClose
         ? (state.opened ? 'Offline: your message waits here until the connection is back.' : 'Connecting…')
         : '');
     }
@@ -864,6 +864,7 @@
     setText(bannerText, text);
     setText(bannerCount, count || '');
     retryButton.hidden = !showRetry;
+    banner.classList.toggle('final', state.finalClose);
     banner.hidden = false;
   }
 
