@@ -253,14 +253,17 @@ def daphne_factory() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def daphne_server() -> Iterator[ServerHandle]:
+def daphne_server(request) -> Iterator[ServerHandle]:
     """One daphne on a fresh SQLite database with the default model, for a test module."""
     server = start_daphne()
+    failed_before = request.session.testsfailed
     try:
         yield server
     finally:
+        # The server's log explains most failures of tests that used it.
         if not server.alive():
-            # A server that died during the tests explains their failures.
             sys.stderr.write(f"daphne exited early with status {server.process.returncode}; "
                              f"log tail:\n{_tail(server.log())}\n")
+        elif request.session.testsfailed > failed_before:
+            sys.stderr.write(f"--- daphne log tail ({server.url}) ---\n{_tail(server.log())}\n")
         server.stop()
