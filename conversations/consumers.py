@@ -43,6 +43,10 @@ class Busy(Exception):
     """A reply is already being generated in this conversation."""
 
 
+class Gone(Exception):
+    """The conversation was deleted (in another tab) after this socket opened."""
+
+
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     dispatcher = None
     watchdog: asyncio.Task | None = None
@@ -111,7 +115,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if kind not in handlers:
             await self.send_error("invalid", "Unknown frame type; expected send, stop or regenerate.")
             return
-        await handlers[kind](content)
+        try:
+            await handlers[kind](content)
+        except Busy:
+            await self.send_error("busy", "A reply is already being generated in this conversation.")
+        except Gone:
+            await self.send_error("invalid", "This conversation no longer exists.")
+            await self.close(code=CLOSE_NOT_FOUND)
 
     async def handle_send(self, content: dict) -> None:
         text = content.get("content")
@@ -125,11 +135,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(params, str):
             await self.send_error("invalid", params)
             return
-        try:
-            user_message, reply, history = await self._create_turn(text, params)
-        except Busy:
-            await self.send_error("busy", "A reply is already being generated in this conversation.")
-            return
+        user_message, reply, history = await self._create_turn(text, params)
         await self._start_reply(reply, history, params, user_message=user_message)
 
     async def handle_regenerate(self, content: dict) -> None:
@@ -137,11 +143,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(params, str):
             await self.send_error("invalid", params)
             return
-        try:
-            created = await self._replace_last_reply()
-        except Busy:
-            await self.send_error("busy", "A reply is already being generated in this conversation.")
-            return
+        created = await self._replace_last_reply(params)
         if created is None:
             await self.send_error("invalid", "There is no reply to regenerate.")
             return
@@ -326,31 +328,35 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def _get_conversation(self, user, conversation_id) -> Conversation | None:
         return Conversation.objects.for_user(user).filter(id=conversation_id).first()
 
+    def _lock_idle_conversation(self) -> Conversation:
+        """This socket's conversation, locked for the transaction; raises Gone or Busy."""
+        conversation = Conversation.objects.select_for_update().filter(id=self.conversation.id).first()
+        if conversation is None:
+            raise Gone
+        if self.dispatcher.in_progress(conversation.id) or conversation.live_reply():
+            raise Busy
+        return conversation
+
     @database_sync_to_async
     def _create_turn(self, text: str, params: GenerationParams) -> tuple[dict, Message, list[dict]]:
-        """Store the user message and an empty streaming reply; raises Busy."""
+        """Store the user message and an empty streaming reply; raises Busy or Gone."""
         with transaction.atomic():
-            conversation = Conversation.objects.select_for_update().get(id=self.conversation.id)
-            if self.dispatcher.in_progress(conversation.id) or conversation.live_reply():
-                raise Busy
+            conversation = self._lock_idle_conversation()
             user_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=text)
             history = conversation.prompt_history()
             reply = Message.objects.create(
                 conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING,
                 model_name=runtime.model_name(),
             )
-            if not conversation.title:
-                conversation.title = conversation.title_from(text)
-            conversation.touch()
+            conversation.start_turn(params.to_dict(), first_text=text)
+        self.conversation.set_params(params.to_dict())
         return user_message.as_dict(), reply, history
 
     @database_sync_to_async
-    def _replace_last_reply(self) -> tuple[Message, list[dict], int] | None:
-        """Delete the last assistant reply and start a new one in its place."""
+    def _replace_last_reply(self, params: GenerationParams) -> tuple[Message, list[dict], int] | None:
+        """Delete the last assistant reply and start a new one in its place; raises Busy or Gone."""
         with transaction.atomic():
-            conversation = Conversation.objects.select_for_update().get(id=self.conversation.id)
-            if self.dispatcher.in_progress(conversation.id) or conversation.live_reply():
-                raise Busy
+            conversation = self._lock_idle_conversation()
             last = conversation.messages.last()
             if last is None or last.role != Message.Role.ASSISTANT:
                 return None
@@ -360,8 +366,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING,
                 model_name=runtime.model_name(),
             )
-            conversation.touch()
-            return reply, conversation.prompt_history(until=reply), replaced_id
+            conversation.start_turn(params.to_dict())
+        self.conversation.set_params(params.to_dict())
+        return reply, conversation.prompt_history(until=reply), replaced_id
 
     @database_sync_to_async
     def _get_message(self, message_id: int) -> Message | None:

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 TITLE_LENGTH = 60
+PARAM_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -70,7 +71,7 @@ class Conversation(models.Model):
 
     def set_params(self, params: dict) -> None:
         """Copy validated parameters onto the conversation (not saved)."""
-        for name in ("temperature", "top_p", "max_new_tokens", "repetition_penalty"):
+        for name in PARAM_FIELDS:
             if name in params:
                 setattr(self, name, params[name])
 
@@ -103,9 +104,15 @@ class Conversation(models.Model):
         cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0] or line[:TITLE_LENGTH]
         return cut.rstrip(",.;:") + "…"
 
-    def touch(self) -> None:
+    def start_turn(self, params: dict, first_text: str | None = None) -> None:
+        """Record a new turn: the parameters it used become the conversation's
+        (so a reload shows them), the first message names it, and it moves to
+        the top of the list."""
+        self.set_params(params)
+        if first_text and not self.title:
+            self.title = self.title_from(first_text)
         self.updated_at = timezone.now()
-        self.save(update_fields=["updated_at", "title"])
+        self.save(update_fields=["updated_at", "title", *PARAM_FIELDS])
 
     def live_reply(self) -> Message | None:
         return self.messages.filter(status=Message.Status.STREAMING).last()

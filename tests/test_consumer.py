@@ -316,3 +316,27 @@ async def test_waiting_requests_are_told_their_place(make_engine, alice, convers
             await ws.disconnect()
     finally:
         runtime.set_engine(previous)
+
+
+async def test_a_send_to_a_deleted_conversation_is_refused(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await sync_to_async(chat.delete)()
+    await ws.send_json_to({"type": "send", "content": "Anyone there?", "params": GREEDY})
+    error = await ws.receive_json_from()
+    assert error == {"type": "error", "code": "invalid", "message": "This conversation no longer exists."}
+    assert (await ws.receive_output())["code"] == 4404
+    assert not await sync_to_async(Message.objects.exists)()
+
+
+async def test_the_parameters_of_a_turn_become_the_conversations(chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Hi", "params": {"temperature": 0, "max_new_tokens": 7, "top_p": 0.5}})
+    await receive_until_end(ws)
+    await sync_to_async(chat.refresh_from_db)()
+    assert (chat.temperature, chat.max_new_tokens, chat.top_p, chat.repetition_penalty) == (0, 7, 0.5, 1.05)
+    await ws.send_json_to({"type": "regenerate", "params": {"temperature": 0, "max_new_tokens": 4}})
+    frames = await receive_until_end(ws)
+    assert frames[-1]["usage"]["completion_tokens"] == 4
+    await sync_to_async(chat.refresh_from_db)()
+    assert chat.max_new_tokens == 4
+    await ws.disconnect()

@@ -52,5 +52,5 @@ def test_finish_stores_status_reason_and_usage(alice, conversation):
 def test_conversations_list_newest_first(alice, conversation):
     first = conversation(alice, title="first")
     second = conversation(alice, title="second")
-    first.touch()
+    first.start_turn(first.params())
     assert list(Conversation.objects.for_user(alice)) == [first, second]

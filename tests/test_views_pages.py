@@ -17,7 +17,7 @@ def test_it_lists_own_conversations_newest_first(alice_client, alice, bob, conve
     old = conversation(alice, title="Older chat")
     new = conversation(alice, title="Newer chat")
     conversation(bob, title="Bob's secret")
-    new.touch()
+    new.start_turn(new.params())
     html = alice_client.get("/").content.decode()
     assert html.index("Newer chat") < html.index("Older chat")
     assert "Bob&#x27;s secret" not in html and "Bob's secret" not in html
