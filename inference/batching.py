@@ -55,6 +55,8 @@ _job_ids = itertools.count(1)
 NUCLEUS_CANDIDATES = 256
 # The top_p a greedy row carries: any value below 1 (it never samples).
 NUCLEUS_OFF = 0.5
+# Prompt tokens read per scheduler iteration, between two decoding steps.
+PREFILL_CHUNK = 512
 
 
 @dataclass
@@ -123,6 +125,16 @@ class Job:
             dropped_turns=self.prompt.dropped_turns,
             error=error,
         )
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """A request whose prompt is being read into its own cache, a chunk at a time."""
+
+    job: Job
+    cache: Any
+    done: int = 0  # prompt tokens already in the cache
+    logits: torch.Tensor | None = None  # after the last token read so far
 
 
 # -- sampling -------------------------------------------------------------------
@@ -406,6 +418,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()  # no row yet, in arrival order
         self._admitted: deque[Job] = deque()  # a row is reserved, prefill pending
+        self._prefilling: deque[_Prefill] = deque()  # prompts being read, touched by the thread only
         self._slots = 0  # rows reserved: admitted plus running
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._closed = False
@@ -533,7 +546,7 @@ class Scheduler:
     def _wait_for_work(self) -> bool:
         with self._cond:
             while not self._closed and (
-                self._pauses or not (self._calls or self._admitted or self._waiting or self._batch)
+                self._pauses or not (self._calls or self._admitted or self._waiting or self._prefilling or self._batch)
             ):
                 self._cond.wait()
             return not self._closed
@@ -541,7 +554,7 @@ class Scheduler:
     def _iteration(self) -> None:
         self._run_calls()
         self._drop_cancelled_waiting()
-        self._start_admitted()
+        self._prefill_some()
         if self._batch is not None:
             self._step()
 
@@ -571,48 +584,79 @@ class Scheduler:
         for job in gone:
             self._finish(job, "cancelled")
 
-    def _start_admitted(self) -> None:
+    def _prefill_some(self) -> None:
+        """Read up to PREFILL_CHUNK prompt tokens of starting requests; finished ones join the batch.
+
+        Long prompts are read a chunk per iteration, between decoding steps,
+        so a pasted document delays the other rows by a chunk, not by its
+        whole length (and no single step runs long enough to look stuck).
+        """
+        budget = PREFILL_CHUNK
+        while budget > 0:
+            item = self._next_prefill()
+            if item is None:
+                return
+            try:
+                budget -= self._prefill_chunk(item, budget)
+                if item.done < len(item.job.prompt.ids):
+                    continue
+                self._prefilling.popleft()
+                self._join(item)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one long prompt: fail that request only
+                logger.exception("prefill of request %d failed", item.job.id)
+                if item in self._prefilling:
+                    self._prefilling.remove(item)
+                self._finish(item.job, "error", f"{type(exc).__name__}: {exc}")
+
+    def _next_prefill(self) -> _Prefill | None:
+        """The request to read prompt tokens for next, starting an admitted one if none is under way."""
         while True:
+            if self._prefilling:
+                item = self._prefilling[0]
+                if not item.job.cancelled:
+                    return item
+                self._prefilling.popleft()
+                self._finish(item.job, "cancelled")
+                continue
             with self._cond:
                 if not self._admitted or self._pauses:
-                    return
+                    return None
                 job = self._admitted.popleft()
-            self._start(job)
+            if job.cancelled:
+                self._finish(job, "cancelled")
+                continue
+            job.started_at = time.monotonic()
+            job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.prompt.ids)
+            job.deliver(Started(prompt_tokens=len(job.prompt.ids), dropped_turns=job.prompt.dropped_turns))
+            self.stats.started += 1
+            self._prefilling.append(_Prefill(job, DynamicCache(config=self.model.config)))
 
-    def _start(self, job: Job) -> None:
-        """Prefill ``job`` alone, emit its first token, and merge it into the batch."""
-        if job.cancelled:
-            self._finish(job, "cancelled")
-            return
-        job.started_at = time.monotonic()
-        job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.prompt.ids)
-        job.deliver(Started(prompt_tokens=len(job.prompt.ids), dropped_turns=job.prompt.dropped_turns))
-        self.stats.started += 1
-        try:
-            row = self._prefill(job)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one long prompt: fail that request only
-            logger.exception("prefill of request %d failed", job.id)
-            self._finish(job, "error", f"{type(exc).__name__}: {exc}")
-            return
+    def _prefill_chunk(self, item: _Prefill, budget: int) -> int:
+        """Feed the next ``budget`` prompt tokens of ``item`` through the model; returns how many."""
+        ids = item.job.prompt.ids[item.done : item.done + budget]
+        # Position ids default to the cache length onwards, which is right for a lone row.
+        output = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+                            past_key_values=item.cache, use_cache=True, logits_to_keep=1)
+        item.done += len(ids)
+        item.logits = output.logits[:, -1, :]
+        return len(ids)
+
+    def _join(self, item: _Prefill) -> None:
+        """Sample the first token of a fully read prompt, emit it, and merge the row into the batch."""
+        job = item.job
+        sampler = Sampler.for_rows([job.params], [job.prompt.ids], self.device)
+        first = sampler.choose(item.logits.float())
+        sampler.observe(first)
+        self.stats.prefills += 1
         job.first_token_at = time.monotonic()
-        if self._accept(job, int(row.tokens[0, 0])):
+        row = Batch(job, item.cache, len(job.prompt.ids), first, sampler)
+        if self._accept(job, int(first[0])):
             return
         if self._batch is None:
             self._batch = row
         else:
             self._batch.merge(row)
             self.stats.joins += 1
-
-    def _prefill(self, job: Job) -> Batch:
-        ids = torch.tensor([job.prompt.ids], dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.model.config)
-        output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = output.logits[:, -1, :].float()
-        sampler = Sampler.for_rows([job.params], [job.prompt.ids], self.device)
-        first = sampler.choose(logits)
-        sampler.observe(first)
-        self.stats.prefills += 1
-        return Batch(job, output.past_key_values, ids.shape[1], first, sampler)
 
     def _step(self) -> None:
         """One decoding step for every active row."""
@@ -697,8 +741,10 @@ class Scheduler:
     def _shut_down(self) -> None:
         """Finish everything still held once the engine is closed."""
         self._fail_batch(EngineClosed("the inference engine was closed"))
+        left = [item.job for item in self._prefilling]
+        self._prefilling.clear()
         with self._cond:
-            left = list(self._admitted) + list(self._waiting)
+            left += list(self._admitted) + list(self._waiting)
             self._admitted.clear()
             self._waiting.clear()
             calls = list(self._calls)

@@ -7,8 +7,7 @@ second conversion while loading.
 
 import pytest
 
-from inference import Chunk, EngineConfig, Finished, GenerationParams, Request, load_engine
-from inference import loading
+from inference import Chunk, EngineConfig, Finished, GenerationParams, Request, load_engine, loading
 from inference.config import DEFAULT_MODEL
 from tests.inference_fixtures import MODEL_CACHE
 

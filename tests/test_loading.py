@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import EngineConfig, InvalidConfig, ModelLoadError
-from inference import loading
+from inference import EngineConfig, InvalidConfig, ModelLoadError, loading
 from inference.loading import (
     converted_folder,
     ensure_converted,

@@ -35,7 +35,8 @@ def conversation(pairs: int, words: int = 30) -> list[dict]:
 def test_it_uses_the_chat_template_and_opens_the_assistant_turn(tokenizer):
     ids = render(tokenizer, [SYSTEM, {"role": "user", "content": "Hello"}])
     text = tokenizer.decode(ids)
-    assert text == "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    assert text == ("<|im_start|>system\nYou are terse.<|im_end|>\n"
+                    "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_control_tokens_typed_by_a_user_stay_text(tokenizer):
