@@ -100,6 +100,7 @@ class Job:
     detokenizer: IncrementalDetokenizer | None = None
     holds_slot: bool = False
     position: int = 0  # place in the waiting queue last told to the reader
+    finished: bool = False
 
     @property
     def params(self) -> GenerationParams:
@@ -485,6 +486,11 @@ class Scheduler:
         with self._cond:
             self._cond.notify()
 
+    def heartbeat(self) -> None:
+        """Note progress from inside a long step (a generate_batch call), so readers do not think it stuck."""
+        if self.busy_since is not None:
+            self.busy_since = time.monotonic()
+
     def stall_reason(self, timeout: float) -> str | None:
         """Why readers should stop waiting: the thread died or one step ran over ``timeout`` s."""
         if not self._thread.is_alive():
@@ -546,7 +552,8 @@ class Scheduler:
     def _wait_for_work(self) -> bool:
         with self._cond:
             while not self._closed and (
-                self._pauses or not (self._calls or self._admitted or self._waiting or self._prefilling or self._batch)
+                # Waiting jobs alone are no work: they wait for a row, which only a running job frees.
+                self._pauses or not (self._calls or self._admitted or self._prefilling or self._batch)
             ):
                 self._cond.wait()
             return not self._closed
@@ -701,7 +708,10 @@ class Scheduler:
         return False
 
     def _finish(self, job: Job, reason: str, error: str = "") -> None:
-        """Send ``job``'s last text and its Finished event, and free its row."""
+        """Send ``job``'s last text and its Finished event, and free its row. Only the first call counts."""
+        if job.finished:
+            return
+        job.finished = True
         if job.detokenizer is not None:
             tail = job.detokenizer.flush()
             if tail:
@@ -759,12 +769,13 @@ class Scheduler:
 # -- generate_batch: one model.generate call for a list -------------------------------
 
 def generate_together(model: Any, tokenizer: Any, jobs: list[Job], *, eos_token_ids: set[int],
-                      device: torch.device) -> list[Result]:
+                      device: torch.device, on_step: Callable[[], None] | None = None) -> list[Result]:
     """Run ``jobs`` as ONE left-padded ``model.generate`` call; results in input order.
 
     Each row keeps its own temperature, top-p, repetition penalty and
     max_new_tokens (a logits processor and a per-row stopping criterion), and
-    its cancel event stops it at the next step.
+    its cancel event stops it at the next step. ``on_step`` is called once a
+    decoding step.
     """
     width = max(len(job.prompt.ids) for job in jobs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_token_ids)
@@ -793,7 +804,7 @@ def generate_together(model: Any, tokenizer: Any, jobs: list[Job], *, eos_token_
         job.started_at = started
     output = model.generate(
         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config,
-        logits_processor=LogitsProcessorList([_SamplerProcessor(sampler)]),
+        logits_processor=LogitsProcessorList([_SamplerProcessor(sampler, on_step)]),
         stopping_criteria=StoppingCriteriaList([stopper]), streamer=timer,
     )
     generated = output[:, width:].tolist()
@@ -823,11 +834,14 @@ def _row_result(job: Job, generated: list[int], stopper: _RowStop, row: int, fir
 class _SamplerProcessor(LogitsProcessor):
     """A transformers LogitsProcessor applying a Sampler's per-row settings."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, on_step: Callable[[], None] | None = None) -> None:
         self.sampler = sampler
+        self.on_step = on_step
         self.calls = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.on_step is not None:
+            self.on_step()
         if self.calls:
             # The previous step's token is now the last column.
             self.sampler.observe(input_ids[:, -1])

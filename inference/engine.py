@@ -195,7 +195,7 @@ class TransformersEngine(Engine):
         def run() -> list[Result]:
             self.stats.generate_calls += 1
             return generate_together(self.model, self.tokenizer, jobs, eos_token_ids=self.eos_token_ids,
-                                     device=self._device)
+                                     device=self._device, on_step=self.scheduler.heartbeat)
 
         results = self.scheduler.call(run)
         logger.info("generated a batch of %d in one call: %d completion tokens",
