@@ -208,6 +208,13 @@ class Sampler:
         self.history = self.history.index_select(0, index)
         self._refresh()
 
+    def to(self, device: torch.device) -> Sampler:
+        """This sampler with its tensors on ``device`` (where the logits are, under a device map)."""
+        if self.history.device != device:
+            self.temperature, self.top_p, self.penalty, self.greedy, self.history = (
+                t.to(device) for t in (self.temperature, self.top_p, self.penalty, self.greedy, self.history))
+        return self
+
     def observe(self, tokens: torch.Tensor) -> None:
         """Record each row's newly generated token (shape (rows,)) for the repetition penalty."""
         if self.any_penalty:
@@ -293,12 +300,11 @@ class Batch:
     """
 
     def __init__(self, job: Job, cache: Any, prompt_length: int, first_token: torch.Tensor,
-                 sampler: Sampler) -> None:
-        device = first_token.device
+                 sampler: Sampler, device: torch.device) -> None:
         self.jobs = [job]
         self.cache = cache
         self.mask = torch.ones(1, prompt_length, dtype=torch.long, device=device)
-        self.tokens = first_token.view(1, 1)
+        self.tokens = first_token.view(1, 1).to(device)
         self.positions = torch.tensor([[prompt_length]], dtype=torch.long, device=device)
         self.sampler = sampler
         self.padded = False
@@ -329,7 +335,7 @@ class Batch:
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Make ``tokens`` (rows,) the next input of each row."""
-        self.tokens = tokens.view(-1, 1)
+        self.tokens = tokens.view(-1, 1).to(self.mask.device)
         self.sampler.observe(tokens)
 
     def merge(self, other: Batch) -> None:
@@ -357,7 +363,7 @@ class Batch:
         self.mask = self.mask.index_select(0, index)
         self.tokens = self.tokens.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
-        self.sampler.select(index)
+        self.sampler.select(index.to(self.sampler.history.device))
         self.jobs = [self.jobs[row] for row in rows]
         # Real tokens sit right-aligned in each row, so the longest row bounds what is needed.
         unused = self.width - int(self.mask.sum(dim=1).max())
@@ -651,12 +657,13 @@ class Scheduler:
     def _join(self, item: _Prefill) -> None:
         """Sample the first token of a fully read prompt, emit it, and merge the row into the batch."""
         job = item.job
-        sampler = Sampler.for_rows([job.params], [job.prompt.ids], self.device)
+        # Sampling happens where the logits are: the last device under a device map.
+        sampler = Sampler.for_rows([job.params], [job.prompt.ids], item.logits.device)
         first = sampler.choose(item.logits.float())
         sampler.observe(first)
         self.stats.prefills += 1
         job.first_token_at = time.monotonic()
-        row = Batch(job, item.cache, len(job.prompt.ids), first, sampler)
+        row = Batch(job, item.cache, len(job.prompt.ids), first, sampler, self.device)
         if self._accept(job, int(first[0])):
             return
         if self._batch is None:
@@ -842,9 +849,10 @@ class _SamplerProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.on_step is not None:
             self.on_step()
+        self.sampler.to(scores.device)
         if self.calls:
             # The previous step's token is now the last column.
-            self.sampler.observe(input_ids[:, -1])
+            self.sampler.observe(input_ids[:, -1].to(scores.device))
         self.calls += 1
         return self.sampler.scores_for_generate(scores.float())
 
