@@ -220,6 +220,9 @@ CHAT_DTYPE = env_choice(
 CHAT_MODEL_CACHE = Path(os.getenv("CHAT_MODEL_CACHE") or VAR_DIR / "models")
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8, minimum=1, maximum=256)
 CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)
+# Threads for the model's CPU work; 0 keeps torch's default (one per core).
+# On a machine whose cores are busy with other work, 1 is often faster.
+CHAT_THREADS = env_int("CHAT_THREADS", 0, minimum=0, maximum=1024)
 # How often a growing reply is written to the database (seconds), so a crash
 # or a dropped client loses at most this much text.
 CHAT_SAVE_INTERVAL = float(env_int("CHAT_SAVE_INTERVAL_MS", 1000, maximum=60_000)) / 1000

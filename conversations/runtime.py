@@ -32,6 +32,7 @@ def engine_config():
         cache_dir=settings.CHAT_MODEL_CACHE,
         max_batch_size=settings.CHAT_MAX_BATCH,
         max_queue=settings.CHAT_MAX_QUEUE,
+        num_threads=settings.CHAT_THREADS,
     )
 
 

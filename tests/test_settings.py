@@ -25,6 +25,7 @@ def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
     ({"REDIS_URL": "http://localhost"}, "REDIS_URL='http://localhost'"),
     ({"CHAT_INFERENCE": "worker"}, "CHAT_INFERENCE='worker': needs REDIS_URL"),
     ({"CHAT_MAX_BATCH": "0"}, "CHAT_MAX_BATCH='0'"),
+    ({"CHAT_THREADS": "two"}, "CHAT_THREADS='two'"),
 ])
 def test_a_bad_setting_is_one_line(env, expected):
     result = manage(env, "check")
@@ -37,3 +38,14 @@ def test_a_bad_setting_is_one_line(env, expected):
 def test_defaults_run():
     result = manage({}, "check")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_engine_config_comes_from_settings(settings, tmp_path):
+    from conversations import runtime
+
+    settings.CHAT_MODEL, settings.CHAT_DEVICE, settings.CHAT_DTYPE = str(tmp_path), "cpu", "float32"
+    settings.CHAT_MODEL_CACHE, settings.CHAT_MAX_BATCH, settings.CHAT_MAX_QUEUE = tmp_path, 3, 5
+    settings.CHAT_THREADS = 1
+    config = runtime.engine_config()
+    assert (config.model, config.device, config.dtype, config.cache_dir) == (str(tmp_path), "cpu", "float32", tmp_path)
+    assert (config.max_batch_size, config.max_queue, config.num_threads) == (3, 5, 1)
