@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -151,7 +150,7 @@ def table(results: dict) -> str:
     add("1. Raw model, no server (greedy, %s new tokens, prompts through the chat template)"
         % raw.get("new_tokens", "?"))
     if bw:
-        add(f"   copy bandwidth {bw['gb_per_s']:.1f} GB/s; weights {raw.get('weight_bytes', 0) / 1e6:.0f} MB/token "
+        add(f"   copy bandwidth {bw['gb_per_s']:.1f} GB/s (read-only {bw.get('read_gb_per_s', 0):.1f}); weights {raw.get('weight_bytes', 0) / 1e6:.0f} MB/token "
             f"at {raw.get('dtype', '?')} -> bound {_f(results.get('bounds', {}).get('transformers_batch1'))} tokens/s")
     add(f"   {'':40s} {'tokens/s':>9s} {'ms/token':>9s} {'% of bound':>10s}")
     bounds = results.get("bounds", {})
@@ -194,6 +193,11 @@ def table(results: dict) -> str:
         add(f"   TTFT p50 {_f(one['ttft_p50_s'] and one['ttft_p50_s'] * 1000, '{:.0f}')} ms, "
             f"p95 {_f(one['ttft_p95_s'] and one['ttft_p95_s'] * 1000, '{:.0f}')} ms; stream "
             f"{_f(one['stream_tokens_per_s_p50'])} tokens/s; errors {one['errors']}")
+        bound = bounds.get("transformers_batch1")
+        rate = one["stream_tokens_per_s_p50"]
+        add(f"   {_f(100 * rate / bound if rate and bound else None, '{:.0f}')}% of the bandwidth bound; "
+            f"cores used: server {_f(one.get('server_cpu_util'), '{:.2f}')}, clients "
+            f"{_f(one.get('client_cpu_util'), '{:.2f}')}, other processes {_f(one.get('others_cores'), '{:.2f}')}")
         add(f"   ratio to raw batch 1: {_f(r['one_user_vs_raw'], '{:.2f}')}; to llama.cpp: "
             f"{_f(r['one_user_vs_llamacpp'], '{:.2f}')}; TTFT - raw prefill: "
             f"{_f(r['one_user_ttft_minus_prefill_ms'], '{:+.0f}')} ms")
@@ -202,11 +206,14 @@ def table(results: dict) -> str:
     add(f"3. Concurrency sweep (CHAT_MAX_BATCH={sweep.get('max_batch', '?')}, {sweep.get('turns_each', '?')} turns "
         f"per user, {sweep.get('max_new_tokens', '?')} max new tokens)")
     add(f"   {'users':>5s} {'turns':>5s} {'agg tok/s':>9s} {'per-user':>9s} {'TTFT p50':>9s} {'TTFT p95':>9s} "
-        f"{'errors':>6s} {'tok/reply':>9s}")
+        f"{'errors':>6s} {'tok/reply':>9s} {'server':>7s} {'others':>7s}")
     for level in sweep.get("levels", []):
         add(f"   {level['users']:>5d} {level['turns']:>5d} {level['aggregate_tokens_per_s']:>9.1f} "
             f"{_f(level['per_user_tokens_per_s']):>9s} {_f(level['ttft_p50_s'], '{:.2f}s'):>9s} "
-            f"{_f(level['ttft_p95_s'], '{:.2f}s'):>9s} {level['errors']:>6d} {level['mean_completion_tokens']:>9.0f}")
+            f"{_f(level['ttft_p95_s'], '{:.2f}s'):>9s} {level['errors']:>6d} {level['mean_completion_tokens']:>9.0f} "
+            f"{_f(level.get('server_cpu_util'), '{:.2f}'):>7s} {_f(level.get('others_cores'), '{:.2f}'):>7s}")
+    if sweep.get("levels"):
+        add("   (server, others: cores used by the server process and by processes outside the benchmark)")
     if sweep.get("levels"):
         add(f"   aggregate at 8 users / 1 user: {_f(r['sweep_8_vs_1'], '{:.2f}')}x")
     bp = results.get("batch_prompts") or {}
@@ -224,6 +231,12 @@ def table(results: dict) -> str:
     add(f"   first start (empty model cache) to /healthz ok: {_f(st.get('first_s'))} s; cached: {_f(st.get('cached_s'))} s")
     add(f"   server RSS: {_f(st.get('idle_rss_mb'), '{:.0f}')} MB idle with the model loaded, peak "
         f"{_f(st.get('peak_rss_mb'), '{:.0f}')} MB during the sweep")
+    busy = {name: cpu["others_cores"] for name, cpu in (results.get("phase_cpu") or {}).items()
+            if cpu["others_cores"] >= 0.2}
+    if busy:
+        add("")
+        add("WARNING: other processes used CPU during " + ", ".join(f"{n} ({c:.2f} cores)" for n, c in busy.items())
+            + f" of {m['logical_cores']}: those figures are lower than an idle machine gives")
     add("")
     add("Targets")
     for t in results.get("targets", []):
@@ -282,7 +295,7 @@ def chart(results: dict, path: Path) -> Path | None:
     right.set_ylim(bottom=0)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
-    left.legend(handles, labels, loc="upper left", fontsize=8)
+    left.legend(handles, labels, loc="best", fontsize=8)
     raw_info = results.get("raw") or {}
     left.set_title(f"Chatsite sweep: {raw_info.get('model', '')} {raw_info.get('dtype', '')}, "
                    f"{results['machine']['logical_cores']} cores, CHAT_MAX_BATCH="
@@ -293,6 +306,3 @@ def chart(results: dict, path: Path) -> Path | None:
     plt.close(fig)
     return path
 
-
-def python_executable() -> str:
-    return sys.executable

@@ -68,6 +68,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class CpuMeter:
+    """CPU used on the whole machine, and by this harness with its children, since ``start``.
+
+    The machine may be shared: ``others`` is what processes outside the
+    benchmark used meanwhile (in cores), so a reader can tell a slow figure
+    from a busy neighbour.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.system, self.ours = self._system(), self._ours()
+
+    @staticmethod
+    def _system() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    @staticmethod
+    def _ours() -> float:
+        mine = os.times()  # this process and its children that have been waited for
+        total = mine.user + mine.system + mine.children_user + mine.children_system
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def read(self) -> dict:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        system, ours = self._system() - self.system, self._ours() - self.ours
+        return {"busy_cores": round(system / elapsed, 2), "bench_cores": round(ours / elapsed, 2),
+                "others_cores": round(max(system - ours, 0.0) / elapsed, 2)}
+
+
 class Phases:
     """Runs each phase, recording a failure instead of stopping the whole run."""
 
@@ -75,11 +109,14 @@ class Phases:
         self.results = results
         results.setdefault("errors", {})
         results.setdefault("phase_seconds", {})
+        results.setdefault("phase_load_average", {})
+        results.setdefault("phase_cpu", {})
 
     @contextlib.contextmanager
     def phase(self, name: str):
         print(f"[bench] {name} ...", flush=True)
         started = time.monotonic()
+        meter = CpuMeter()
         try:
             yield
         except KeyboardInterrupt:
@@ -90,7 +127,11 @@ class Phases:
         finally:
             elapsed = time.monotonic() - started
             self.results["phase_seconds"][name] = round(elapsed, 1)
-            print(f"[bench] {name} done in {elapsed:.0f} s (load avg {os.getloadavg()[0]:.2f})", flush=True)
+            # The 1-minute load average as the phase ends: another job on the machine shows here.
+            self.results["phase_load_average"][name] = round(os.getloadavg()[0], 2)
+            cpu = self.results["phase_cpu"][name] = meter.read()
+            print(f"[bench] {name} done in {elapsed:.0f} s (other processes used {cpu['others_cores']:.2f} cores)",
+                  flush=True)
 
 
 def child_json(module: str, request: dict, workdir: Path, timeout: float = 1800) -> dict:
@@ -252,8 +293,10 @@ def one_user(args, prompts, results, server, server_process, me) -> list[clients
     user = clients.User.sign_up(server.url, "bench-1")
     # Every turn sends the same prompt (the raw prefill's), each in a new conversation.
     cpu0, me0, t0 = cpu_seconds(server_process), cpu_seconds(me), time.monotonic()
+    meter = CpuMeter()
     summary, turns = clients.run_level([user], [prompts[0]], args.turns, args.max_new_tokens)
     elapsed = time.monotonic() - t0
+    summary["others_cores"] = meter.read()["others_cores"]
     summary["server_cpu_util"] = (cpu_seconds(server_process) - cpu0) / elapsed
     summary["client_cpu_util"] = (cpu_seconds(me) - me0) / elapsed
     summary["turn_rows"] = clients.turn_rows(turns)
@@ -272,8 +315,10 @@ def sweep(args, prompts, results, server, server_process, me, users: list[client
     for count in args.users:
         print(f"[bench] sweep: {count} user(s) x {args.sweep_turns} turns ...", flush=True)
         cpu0, me0, t0 = cpu_seconds(server_process), cpu_seconds(me), time.monotonic()
+        meter = CpuMeter()
         summary, turns = clients.run_level(users[:count], prompts, args.sweep_turns, args.max_new_tokens)
         elapsed = time.monotonic() - t0
+        summary["others_cores"] = meter.read()["others_cores"]
         summary["users"] = count
         summary["server_cpu_util"] = (cpu_seconds(server_process) - cpu0) / elapsed
         summary["client_cpu_util"] = (cpu_seconds(me) - me0) / elapsed
