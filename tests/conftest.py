@@ -8,6 +8,7 @@ scripts/services.py.
 import pytest
 from django.test import Client
 
+from conversations import runtime
 from conversations.models import Conversation, Message
 
 pytest_plugins = ["tests.inference_fixtures", "tests.live_server"]
@@ -64,3 +65,12 @@ def conversation():
         return convo
 
     return make
+
+
+@pytest.fixture
+def engine(tiny_engine):
+    """The tiny engine as this process's engine (what the consumer and commands use)."""
+    previous = runtime.loaded_engine()
+    runtime.set_engine(tiny_engine)
+    yield tiny_engine
+    runtime.set_engine(previous)

@@ -29,14 +29,6 @@ PROMPTS = [
 
 
 @pytest.fixture
-def engine(tiny_engine):
-    previous = runtime.loaded_engine()
-    runtime.set_engine(tiny_engine)
-    yield tiny_engine
-    runtime.set_engine(previous)
-
-
-@pytest.fixture
 def calls(engine, monkeypatch):
     """The batches the engine was given, as lists of user prompts; the real
     generate_batch still runs."""

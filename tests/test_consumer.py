@@ -21,14 +21,6 @@ ORIGIN = (b"origin", b"http://127.0.0.1")
 
 
 @pytest.fixture
-def engine(tiny_engine):
-    previous = runtime.loaded_engine()
-    runtime.set_engine(tiny_engine)
-    yield tiny_engine
-    runtime.set_engine(previous)
-
-
-@pytest.fixture
 def chat(engine, alice, conversation):
     return conversation(alice, title="")
 

@@ -7,43 +7,15 @@ import pytest
 import requests
 import websockets
 
+from tests.clients import frames_until_end, joined_tokens, new_conversation, open_socket, sign_up
+
 pytestmark = pytest.mark.e2e
 
 
-def sign_up(base_url: str, username: str) -> requests.Session:
-    session = requests.Session()
-    session.get(f"{base_url}/accounts/signup/").raise_for_status()
-    password = "a-long-Passw0rd!"
-    response = session.post(
-        f"{base_url}/accounts/signup/",
-        data={"username": username, "password1": password, "password2": password,
-              "csrfmiddlewaretoken": session.cookies["csrftoken"]},
-        headers={"Referer": f"{base_url}/accounts/signup/"},
-        allow_redirects=False,
-    )
-    assert response.status_code == 302, response.text[:500]
-    return session
-
-
-def new_conversation(session: requests.Session, base_url: str) -> str:
-    response = session.post(
-        f"{base_url}/c/new/",
-        data={"csrfmiddlewaretoken": session.cookies["csrftoken"], "temperature": "0"},
-        headers={"Referer": f"{base_url}/"},
-        allow_redirects=False,
-    )
-    assert response.status_code == 302
-    return response.headers["Location"].strip("/").split("/")[-1]
-
-
-async def chat_turn(ws_url: str, cookies: str, origin: str, text: str) -> list[dict]:
-    headers = {"Cookie": cookies, "Origin": origin}
-    async with websockets.connect(ws_url, additional_headers=headers) as socket:
+async def chat_turn(server, session, conversation_id: str, text: str) -> list[dict]:
+    async with open_socket(server.ws_url, conversation_id, session, origin=server.url) as socket:
         await socket.send(json.dumps({"type": "send", "content": text, "params": {"max_new_tokens": 24}}))
-        frames = []
-        while not frames or frames[-1]["type"] not in ("end", "error"):
-            frames.append(json.loads(await asyncio.wait_for(socket.recv(), timeout=120)))
-        return frames
+        return await frames_until_end(socket, timeout=120)
 
 
 def test_a_user_chats_with_the_real_model_over_a_real_socket(daphne_server):
@@ -52,15 +24,12 @@ def test_a_user_chats_with_the_real_model_over_a_real_socket(daphne_server):
     assert health["status"] == "ok" and health["device"] == "cpu"
 
     session = sign_up(base, "erin")
-    conversation_id = new_conversation(session, base)
-    cookies = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
-    frames = asyncio.run(chat_turn(f"{daphne_server.ws_url}/ws/chat/{conversation_id}/", cookies, base,
-                                   "What is the capital of France?"))
+    conversation_id = new_conversation(session, base)  # greedy
+    frames = asyncio.run(chat_turn(daphne_server, session, conversation_id, "What is the capital of France?"))
 
     assert [f["type"] for f in frames][:2] == ["message", "start"]
     assert frames[-1]["type"] == "end", frames[-1]
-    streamed = "".join(f["text"] for f in frames if f["type"] == "token")
-    assert streamed.strip()
+    streamed = joined_tokens(frames)
     assert "Paris" in streamed
 
     stored = session.get(f"{base}/api/conversations/{conversation_id}/").json()
@@ -73,11 +42,9 @@ def test_a_user_chats_with_the_real_model_over_a_real_socket(daphne_server):
 def test_a_foreign_origin_is_refused_by_the_real_server(daphne_server):
     session = sign_up(daphne_server.url, "frank")
     conversation_id = new_conversation(session, daphne_server.url)
-    cookies = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
 
     async def attempt():
-        async with websockets.connect(f"{daphne_server.ws_url}/ws/chat/{conversation_id}/",
-                                      additional_headers={"Cookie": cookies, "Origin": "http://evil.example"}):
+        async with open_socket(daphne_server.ws_url, conversation_id, session, origin="http://evil.example"):
             pass
 
     with pytest.raises(websockets.exceptions.InvalidStatus):
