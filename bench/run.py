@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from . import batchcmd, clients, report
-from .server import Server, migrate, server_env
+from .server import Server, migrate, server_env, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     model_cache = REPO / "var" / "models"
     database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
     env = server_env(database_url, model_cache, args.max_batch)
+    results["settings"]["server_env"] = dict(
+        server_settings(database_url, model_cache, args.max_batch),
+        CHAT_MODEL_CACHE_first_start="<a new empty folder>", DATABASE_URL="sqlite:///<work folder>/bench.sqlite3")
+    results["settings"]["server_command"] = "python -m daphne -b 127.0.0.1 -p PORT chatsite.asgi:application"
     print(f"[bench] work folder {workdir}; load average {results['machine']['load_average_at_start']}", flush=True)
     if results["machine"]["load_average_at_start"][0] > 0.5 * (os.cpu_count() or 1):
         print("[bench] WARNING: the machine is busy; every figure below is lower than it would be on an idle one",
@@ -217,6 +221,10 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
         prompt_ids = raw.pop("prompt_ids")
         results["bandwidth"] = raw.pop("bandwidth")
         results["raw"] = raw
+        from .llamacpp import gguf_path
+        results["model"] = {"name": raw["model"], "device": raw["device"], "dtype": raw["dtype"],
+                            "parameters": raw["parameters"], "weight_bytes": raw["weight_bytes"],
+                            "gguf": str(gguf_path()), "converted_cache": str(model_cache)}
         bw = results["bandwidth"]["gb_per_s"] * 1e9
         # Decoding reads every weight once a step, whatever the batch size.
         results["bounds"] = {"transformers_batch1": bw / raw["weight_bytes"],

@@ -21,8 +21,10 @@ from pathlib import Path
 import psutil
 import requests
 
-# Settings that would change what is measured; the benchmark runs the defaults.
-_CLEARED = ("REDIS_URL", "CHAT_INFERENCE", "CHAT_MODEL", "CHAT_DEVICE", "CHAT_DTYPE", "DJANGO_DEBUG")
+# Settings that would change what is measured: the benchmark runs the defaults,
+# plus what server_env sets (and records).
+def _cleared(key: str) -> bool:
+    return key.startswith("CHAT_") or key in ("REDIS_URL", "DATABASE_URL", "DJANGO_DEBUG")
 
 
 class ServerFailed(RuntimeError):
@@ -37,10 +39,15 @@ def free_port() -> int:
 
 def server_env(database_url: str, model_cache: Path, max_batch: int) -> dict[str, str]:
     """The environment of the server and of manage.py commands: defaults plus the given settings."""
-    env = {key: value for key, value in os.environ.items() if key not in _CLEARED}
-    env.update(DATABASE_URL=database_url, CHAT_MODEL_CACHE=str(model_cache), CHAT_MAX_BATCH=str(max_batch),
-               PYTHONUNBUFFERED="1")
+    env = {key: value for key, value in os.environ.items() if not _cleared(key)}
+    env.update(server_settings(database_url, model_cache, max_batch))
     return env
+
+
+def server_settings(database_url: str, model_cache: Path, max_batch: int) -> dict[str, str]:
+    """The only settings the benchmark gives the server (everything else is Chatsite's default)."""
+    return {"DATABASE_URL": database_url, "CHAT_MODEL_CACHE": str(model_cache), "CHAT_MAX_BATCH": str(max_batch),
+            "PYTHONUNBUFFERED": "1"}
 
 
 def migrate(repo: Path, env: dict[str, str]) -> float:
