@@ -74,3 +74,18 @@ def engine(tiny_engine):
     runtime.set_engine(tiny_engine)
     yield tiny_engine
     runtime.set_engine(previous)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test that uses the database also runs in the PostgreSQL pass.
+
+    `.ci/run` runs `pytest -m postgres` against a real PostgreSQL, so the
+    marker goes on each database test rather than on a hand-kept list. Tests
+    that start their own server processes (`e2e`) bring their own database
+    and are left to the default and Redis passes.
+    """
+    for item in items:
+        uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)
+        if uses_db and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.postgres)
+
