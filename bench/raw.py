@@ -32,12 +32,12 @@ class Loaded:
     load_seconds: float
 
 
-def load(cache_dir: Path) -> Loaded:
+def load(cache_dir: Path, dtype: str = "auto") -> Loaded:
     """The default model, loaded as the server loads it (converting into ``cache_dir`` if needed)."""
     from inference import EngineConfig
     from inference.loading import load_model
 
-    loaded = load_model(EngineConfig(cache_dir=cache_dir))
+    loaded = load_model(EngineConfig(cache_dir=cache_dir, dtype=dtype))
     return Loaded(loaded.model, loaded.tokenizer, loaded.name, str(loaded.device),
                   str(loaded.dtype).removeprefix("torch."), loaded.load_seconds)
 
@@ -237,10 +237,10 @@ def profile_step(loaded: Loaded, ids: list[int], steps: int = 24) -> dict:
     return per_step
 
 
-def run(cache_dir: Path, prompts: list[str], new_tokens: int, batch: int, repeats: int) -> dict:
+def run(cache_dir: Path, prompts: list[str], new_tokens: int, batch: int, repeats: int, dtype: str = "auto") -> dict:
     """The whole raw section: load, bandwidth, prefill, batch 1, batch ``batch``, bare loop, profile."""
     torch.manual_seed(0)
-    loaded = load(cache_dir)
+    loaded = load(cache_dir, dtype)
     tokenizer = loaded.tokenizer
     ids = [chat_ids(tokenizer, prompt) for prompt in prompts]
     result: dict = {
@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
     result = {"bandwidth": copy_bandwidth(request.get("bandwidth_mb", 1024))}
     result.update(run(Path(request["cache_dir"]), request["prompts"], request["new_tokens"], request["batch"],
-                      request["repeats"]))
+                      request["repeats"], request.get("dtype", "auto")))
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

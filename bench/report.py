@@ -252,12 +252,13 @@ def table(results: dict) -> str:
 
 # -- files ----------------------------------------------------------------------------
 
-def write_json(results: dict, folder: Path, stamp: str) -> Path:
+def write_json(results: dict, folder: Path, name: str, latest: str) -> Path:
+    """``folder/name.json`` and a copy as ``folder/latest.json``; returns the first."""
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=1, sort_keys=False, default=str) + "\n"
-    path = folder / f"{stamp}.json"
+    path = folder / f"{name}.json"
     path.write_text(text)
-    (folder / "latest.json").write_text(text)
+    (folder / f"{latest}.json").write_text(text)
     return path
 
 

@@ -7,7 +7,9 @@ One run, on one model and machine, in this order (never two heavy things at once
 2. a first server start with an empty model cache (timed, then stopped);
 3. a cached start; one user over the WebSocket; the concurrency sweep;
 4. ``manage.py batch_prompts`` with batch size 1 and B;
-5. the table, ``bench/results/<stamp>.json`` and ``latest.json``, the chart.
+5. the table, ``bench/results/<stamp>.json`` and ``latest.json`` (``latest.txt``:
+   the table), the chart ``latest-sweep.png`` (``--update-docs``: also
+   docs/performance-sweep.png).
 
 A phase that fails is reported and the others still run; the server is
 always stopped.
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per reply (default 128)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the raw and batch_prompts runs (default 8)")
     parser.add_argument("--max-batch", type=int, default=16, help="CHAT_MAX_BATCH of the benchmarked server (default 16)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="CHAT_DTYPE for the server, batch_prompts and the raw runs (default: auto, fp32 on CPU)")
     parser.add_argument("--skip-first-start", action="store_true", help="no start with an empty model cache")
     parser.add_argument("--skip-batch-prompts", action="store_true", help="no batch_prompts runs")
     parser.add_argument("--update-docs", action="store_true", help=f"also write the chart to {DOCS_CHART.relative_to(REPO)}")
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "quick": args.quick, "users": args.users, "one_user_turns": args.turns, "sweep_turns": args.sweep_turns,
             "max_new_tokens": args.max_new_tokens, "batch": args.batch, "chat_max_batch": args.max_batch,
+            "dtype": args.dtype,
             "raw_repeats": args.raw_repeats, "batch_prompts": args.batch_prompts,
             "batch_prompts_max_new_tokens": args.batch_new_tokens, "decoding": "greedy",
             "tokens_per_s": "(completion tokens - 1) / (last token - first token); the first token is TTFT's",
@@ -174,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chatsite-bench-"))
     model_cache = REPO / "var" / "models"
     database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
-    env = server_env(database_url, model_cache, args.max_batch)
+    env = server_env(database_url, model_cache, args.max_batch, args.dtype)
     results["settings"]["server_env"] = dict(
-        server_settings(database_url, model_cache, args.max_batch),
+        server_settings(database_url, model_cache, args.max_batch, args.dtype),
         CHAT_MODEL_CACHE_first_start="<a new empty folder>", DATABASE_URL="sqlite:///<work folder>/bench.sqlite3")
     results["settings"]["server_command"] = "python -m daphne -b 127.0.0.1 -p PORT chatsite.asgi:application"
     print(f"[bench] work folder {workdir}; load average {results['machine']['load_average_at_start']}", flush=True)
@@ -193,15 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         results["total_seconds"] = round(time.monotonic() - started, 1)
         results["ratios"] = report.ratios(results)
         results["targets"] = report.targets(results)
-        path = report.write_json(results, RESULTS, stamp)
-        chart = report.chart(results, RESULTS / "latest-sweep.png")
-        if chart and args.update_docs:
+        # A run on a non-default dtype is a variant: it keeps its own "latest" and never touches the docs.
+        tag = "" if args.dtype == "auto" else f"-{args.dtype}"
+        latest = f"latest{tag}"
+        path = report.write_json(results, RESULTS, stamp + tag, latest)
+        chart = report.chart(results, RESULTS / f"{latest}-sweep.png")
+        if chart and args.update_docs and not tag:
             shutil.copyfile(chart, DOCS_CHART)
-        (RESULTS / "latest.txt").write_text(report.table(results) + "\n")
+        (RESULTS / f"{latest}.txt").write_text(report.table(results) + "\n")
         print()
         print(report.table(results))
         print()
-        print(f"[bench] results: {path.relative_to(REPO)}, {RESULTS.relative_to(REPO)}/latest.json"
+        print(f"[bench] results: {path.relative_to(REPO)}, {RESULTS.relative_to(REPO)}/{latest}.json"
               + (f", chart {chart.relative_to(REPO)}" if chart else ", no chart (pip install matplotlib)"))
         if results["errors"] or args.keep:
             print(f"[bench] server logs and database kept in {workdir}")
@@ -217,7 +225,7 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
     with phases.phase("raw"):
         raw = child_json("raw", {"cache_dir": str(model_cache), "prompts": raw_prompts,
                                  "new_tokens": args.max_new_tokens, "batch": args.batch,
-                                 "repeats": args.raw_repeats}, workdir)
+                                 "repeats": args.raw_repeats, "dtype": args.dtype}, workdir)
         prompt_ids = raw.pop("prompt_ids")
         results["bandwidth"] = raw.pop("bandwidth")
         results["raw"] = raw

@@ -37,17 +37,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(database_url: str, model_cache: Path, max_batch: int) -> dict[str, str]:
+def server_env(database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto") -> dict[str, str]:
     """The environment of the server and of manage.py commands: defaults plus the given settings."""
     env = {key: value for key, value in os.environ.items() if not _cleared(key)}
-    env.update(server_settings(database_url, model_cache, max_batch))
+    env.update(server_settings(database_url, model_cache, max_batch, dtype))
     return env
 
 
-def server_settings(database_url: str, model_cache: Path, max_batch: int) -> dict[str, str]:
+def server_settings(database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto") -> dict[str, str]:
     """The only settings the benchmark gives the server (everything else is Chatsite's default)."""
-    return {"DATABASE_URL": database_url, "CHAT_MODEL_CACHE": str(model_cache), "CHAT_MAX_BATCH": str(max_batch),
-            "PYTHONUNBUFFERED": "1"}
+    settings = {"DATABASE_URL": database_url, "CHAT_MODEL_CACHE": str(model_cache), "CHAT_MAX_BATCH": str(max_batch),
+                "PYTHONUNBUFFERED": "1"}
+    if dtype != "auto":
+        settings["CHAT_DTYPE"] = dtype
+    return settings
 
 
 def migrate(repo: Path, env: dict[str, str]) -> float:
