@@ -152,21 +152,26 @@ def table(results: dict) -> str:
     if bw:
         add(f"   copy bandwidth {bw['gb_per_s']:.1f} GB/s (read-only {bw.get('read_gb_per_s', 0):.1f}); weights {raw.get('weight_bytes', 0) / 1e6:.0f} MB/token "
             f"at {raw.get('dtype', '?')} -> bound {_f(results.get('bounds', {}).get('transformers_batch1'))} tokens/s")
-    add(f"   {'':40s} {'tokens/s':>9s} {'ms/token':>9s} {'% of bound':>10s}")
+    add(f"   {'':40s} {'tokens/s':>9s} {'ms/step':>9s} {'% of bound':>10s} {'weights GB/s':>12s}")
     bounds = results.get("bounds", {})
+
+    llama = results.get("llamacpp") or {}
+    weights = {"transformers": raw.get("weight_bytes"), "llamacpp": (llama.get("weights") or {}).get("bytes")}
 
     def row(label, rate, bound_key, rows=1):
         step = 1000 / rate * rows if rate else None
         bound = bounds.get(bound_key)
         share = 100 * rate / bound if rate and bound else None
-        add(f"   {label:40s} {_f(rate):>9s} {_f(step):>9s} {_f(share, '{:.0f}%'):>10s}")
+        # Weight bytes streamed per second: one full read of the weights per step, whatever the batch.
+        size = weights[bound_key.split("_")[0]]
+        streamed = rate / rows * size / 1e9 if rate and size else None
+        add(f"   {label:40s} {_f(rate):>9s} {_f(step):>9s} {_f(share, '{:.0f}%'):>10s} {_f(streamed):>12s}")
 
     if raw:
         row("transformers generate, batch 1", raw["batch1"]["decode_tokens_per_s"], "transformers_batch1")
         row(f"transformers generate, batch {raw['batch_n']['batch']} (sum)", raw["batch_n"]["decode_tokens_per_s"],
             "transformers_batch_n", raw["batch_n"]["batch"])
         row("bare loop (forward + argmax), batch 1", raw["bare_loop"]["decode_tokens_per_s"], "transformers_batch1")
-    llama = results.get("llamacpp") or {}
     if llama.get("batch1"):
         row(f"llama.cpp {llama.get('quant', '')}, batch 1, {llama.get('n_threads')} threads",
             llama["batch1"]["decode_tokens_per_s"], "llamacpp_batch1")
