@@ -171,18 +171,23 @@ def prefill_seconds(loaded: Loaded, ids: list[int], repeats: int = 7) -> dict:
     return {"prompt_tokens": len(ids), "median_s": statistics.median(times), "min_s": min(times)}
 
 
+def _prefill(model, ids: list[int]):
+    """Run the prompt once; returns the filled cache and the greedy first token."""
+    from transformers import DynamicCache
+
+    device = model.get_input_embeddings().weight.device
+    cache = DynamicCache(config=model.config)
+    output = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True,
+                   logits_to_keep=1)
+    return cache, output.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+
+
 def bare_decode(loaded: Loaded, ids: list[int], new_tokens: int) -> dict:
     """A hand-written greedy loop (forward, argmax, append) with no ``generate``: the floor of
     what any Python-driven decode loop on this model can do."""
-    from transformers import DynamicCache
-
     model = loaded.model
-    device = model.get_input_embeddings().weight.device
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        output = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
-        token = output.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        cache, token = _prefill(model, ids)
         started = time.perf_counter()
         for _ in range(new_tokens - 1):
             output = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -200,15 +205,10 @@ def profile_step(loaded: Loaded, ids: list[int], steps: int = 24) -> dict:
     framework overhead between operators).
     """
     from torch.profiler import ProfilerActivity, profile
-    from transformers import DynamicCache
 
     model = loaded.model
-    device = model.get_input_embeddings().weight.device
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        output = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
-        token = output.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        cache, token = _prefill(model, ids)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             started = time.perf_counter()
             for _ in range(steps):
