@@ -4,6 +4,7 @@
 #   make test            install, then the whole suite   (PYTEST_ARGS="-k name -x")
 #   make test-postgres   tests marked `postgres`, on a throwaway PostgreSQL
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
+#   make lint            ruff (lint + format check), mypy on inference/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make clean           remove the virtual environment and test output
 
@@ -27,7 +28,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis bench system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -50,6 +51,12 @@ test-postgres: $(INSTALLED) system-packages
 
 test-redis: $(INSTALLED) system-packages
 	$(SERVICES) --postgres --redis -- $(PYTEST) -m redis $(PYTEST_ARGS)
+
+# ruff and mypy settings live in pyproject.toml.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)

@@ -48,9 +48,15 @@ class User:
         password = "bench-" + secrets.token_urlsafe(12)
         response = session.post(
             f"{base_url}/accounts/signup/",
-            data={"csrfmiddlewaretoken": session.cookies.get("csrftoken", ""), "username": name,
-                  "password1": password, "password2": password},
-            headers={"Referer": f"{base_url}/accounts/signup/"}, allow_redirects=False, timeout=60,
+            data={
+                "csrfmiddlewaretoken": session.cookies.get("csrftoken", ""),
+                "username": name,
+                "password1": password,
+                "password2": password,
+            },
+            headers={"Referer": f"{base_url}/accounts/signup/"},
+            allow_redirects=False,
+            timeout=60,
         )
         if response.status_code != 302 or "sessionid" not in session.cookies:
             raise SetupFailed(f"sign-up of {name!r} answered {response.status_code}: {response.text[:300]}")
@@ -60,10 +66,17 @@ class User:
         """A new conversation with greedy settings; returns its id. Raises SetupFailed."""
         response = self.session.post(
             f"{self.base_url}/c/new/",
-            data={"csrfmiddlewaretoken": self.session.cookies.get("csrftoken", ""), "system_prompt": "",
-                  "temperature": "0", "top_p": "1", "max_new_tokens": str(max_new_tokens),
-                  "repetition_penalty": "1"},
-            headers={"Referer": f"{self.base_url}/"}, allow_redirects=False, timeout=30,
+            data={
+                "csrfmiddlewaretoken": self.session.cookies.get("csrftoken", ""),
+                "system_prompt": "",
+                "temperature": "0",
+                "top_p": "1",
+                "max_new_tokens": str(max_new_tokens),
+                "repetition_penalty": "1",
+            },
+            headers={"Referer": f"{self.base_url}/"},
+            allow_redirects=False,
+            timeout=30,
         )
         location = response.headers.get("Location", "")
         if response.status_code != 302 or not location.startswith("/c/"):
@@ -105,13 +118,23 @@ async def chat_turn(user: User, conversation_id: str, prompt: str, max_new_token
     turn = Turn(user=user.name)
     parts = urlsplit(user.base_url)
     uri = f"ws://{parts.netloc}/ws/chat/{conversation_id}/"
-    frame = {"type": "send", "content": prompt,
-             "params": {"temperature": 0, "top_p": 1, "repetition_penalty": 1, "max_new_tokens": max_new_tokens}}
+    frame = {
+        "type": "send",
+        "content": prompt,
+        "params": {"temperature": 0, "top_p": 1, "repetition_penalty": 1, "max_new_tokens": max_new_tokens},
+    }
     try:
         # No keepalive pings (browsers send none): under load a late pong would
         # count as the client's error, not the server's.
-        async with connect(uri, origin=f"{parts.scheme}://{parts.netloc}", additional_headers=user.ws_headers(),
-                           proxy=None, open_timeout=60, max_size=None, ping_interval=None) as socket:
+        async with connect(
+            uri,
+            origin=f"{parts.scheme}://{parts.netloc}",
+            additional_headers=user.ws_headers(),
+            proxy=None,
+            open_timeout=60,
+            max_size=None,
+            ping_interval=None,
+        ) as socket:
             turn.sent_at = time.perf_counter()
             await socket.send(json.dumps(frame))
             async with asyncio.timeout(TURN_TIMEOUT):
@@ -154,7 +177,7 @@ async def chat_turn(user: User, conversation_id: str, prompt: str, max_new_token
 async def user_session(user: User, conversations: list[str], prompts: list[str], max_new_tokens: int) -> list[Turn]:
     """One user's turns, one after another, each in its own conversation."""
     turns = []
-    for conversation_id, prompt in zip(conversations, prompts):
+    for conversation_id, prompt in zip(conversations, prompts, strict=True):
         turns.append(await chat_turn(user, conversation_id, prompt, max_new_tokens))
     return turns
 
@@ -193,8 +216,9 @@ def summarize(turns: list[Turn], wall_s: float) -> dict:
         "ttft_max_s": max(ttfts) if ttfts else None,
         "queued_frames": sum(turn.queued_frames for turn in turns),
         "prompt_tokens": sorted({turn.prompt_tokens for turn in good}),
-        "finish_reasons": {reason: sum(t.finish_reason == reason for t in good)
-                           for reason in sorted({t.finish_reason for t in good})},
+        "finish_reasons": {
+            reason: sum(t.finish_reason == reason for t in good) for reason in sorted({t.finish_reason for t in good})
+        },
     }
 
 

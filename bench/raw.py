@@ -38,8 +38,14 @@ def load(cache_dir: Path, dtype: str = "auto") -> Loaded:
     from inference.loading import load_model
 
     loaded = load_model(EngineConfig(cache_dir=cache_dir, dtype=dtype))
-    return Loaded(loaded.model, loaded.tokenizer, loaded.name, str(loaded.device),
-                  str(loaded.dtype).removeprefix("torch."), loaded.load_seconds)
+    return Loaded(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.name,
+        str(loaded.device),
+        str(loaded.dtype).removeprefix("torch."),
+        loaded.load_seconds,
+    )
 
 
 def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -84,9 +90,13 @@ def copy_bandwidth(megabytes: int = 1024, repeats: int = 5) -> dict:
         read_best = min(read_best, time.perf_counter() - started)
     read = source.numel() * source.element_size()
     del source, target
-    return {"gb_per_s": moved / best / 1e9, "read_gb_per_s": read / read_best / 1e9, "buffer_mb": megabytes,
-            "threads": torch.get_num_threads(),
-            "method": "torch Tensor.copy_ of a float32 buffer, best of %d, (read+write)/time" % repeats}
+    return {
+        "gb_per_s": moved / best / 1e9,
+        "read_gb_per_s": read / read_best / 1e9,
+        "buffer_mb": megabytes,
+        "threads": torch.get_num_threads(),
+        "method": "torch Tensor.copy_ of a float32 buffer, best of %d, (read+write)/time" % repeats,
+    }
 
 
 class _Timestamps:
@@ -107,9 +117,17 @@ def _generation_config(model: Any, new_tokens: int, tokenizer: Any):
 
     config = GenerationConfig.from_dict(model.generation_config.to_dict())
     # Greedy, exactly new_tokens tokens: min_new_tokens masks EOS until the end.
-    config.update(do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0,
-                  num_beams=1, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                  pad_token_id=tokenizer.pad_token_id)
+    config.update(
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        repetition_penalty=1.0,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return config
 
 
@@ -125,15 +143,16 @@ def generate_run(loaded: Loaded, prompts_ids: list[list[int]], new_tokens: int) 
     input_ids = torch.full((len(prompts_ids), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts_ids), width), dtype=torch.long)
     for row, ids in enumerate(prompts_ids):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        mask[row, width - len(ids):] = 1
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
     device = model.get_input_embeddings().weight.device
     stamps = _Timestamps()
     config = _generation_config(model, new_tokens, tokenizer)
     with torch.inference_mode():
         started = time.perf_counter()
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                generation_config=config, streamer=stamps)
+        output = model.generate(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, streamer=stamps
+        )
         finished = time.perf_counter()
     generated = output.shape[1] - width
     rows = len(prompts_ids)
@@ -163,8 +182,9 @@ def prefill_seconds(loaded: Loaded, ids: list[int], repeats: int = 7) -> dict:
     with torch.inference_mode():
         for _ in range(repeats + 1):
             started = time.perf_counter()
-            output = model(input_ids=tensor, past_key_values=DynamicCache(config=model.config), use_cache=True,
-                           logits_to_keep=1)
+            output = model(
+                input_ids=tensor, past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1
+            )
             int(output.logits[:, -1, :].argmax(dim=-1))
             times.append(time.perf_counter() - started)
     times = times[1:]  # the first pays for allocations
@@ -177,8 +197,9 @@ def _prefill(model, ids: list[int]):
 
     device = model.get_input_embeddings().weight.device
     cache = DynamicCache(config=model.config)
-    output = model(input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True,
-                   logits_to_keep=1)
+    output = model(
+        input_ids=torch.tensor([ids], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1
+    )
     return cache, output.logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
 
@@ -232,8 +253,9 @@ def profile_step(loaded: Loaded, ids: list[int], steps: int = 24) -> dict:
     per_step["python_and_dispatch"] = max(wall_ms - sum(per_step.values()), 0.0)
     per_step["wall_ms_profiled"] = wall_ms
     top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    per_step["top_ops"] = [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1000 / steps, "calls": e.count // steps}
-                           for e in top]
+    per_step["top_ops"] = [
+        {"op": e.key, "ms_per_step": e.self_cpu_time_total / 1000 / steps, "calls": e.count // steps} for e in top
+    ]
     return per_step
 
 
@@ -244,7 +266,9 @@ def run(cache_dir: Path, prompts: list[str], new_tokens: int, batch: int, repeat
     tokenizer = loaded.tokenizer
     ids = [chat_ids(tokenizer, prompt) for prompt in prompts]
     result: dict = {
-        "model": loaded.name, "device": loaded.device, "dtype": loaded.dtype,
+        "model": loaded.name,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
         "load_seconds": round(loaded.load_seconds, 2),
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "weight_bytes": weight_bytes(loaded.model),
@@ -265,10 +289,14 @@ def run(cache_dir: Path, prompts: list[str], new_tokens: int, batch: int, repeat
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in singles),
         "step_ms": statistics.median(r["step_ms"] for r in singles),
     }
-    batched = sorted((generate_run(loaded, ids[:batch], new_tokens) for _ in range(repeats)),
-                     key=lambda r: r["decode_tokens_per_s"])
-    result["batch_n"] = dict(batched[len(batched) // 2], batch=batch,  # the median run
-                             runs_decode_tokens_per_s=[r["decode_tokens_per_s"] for r in batched])
+    batched = sorted(
+        (generate_run(loaded, ids[:batch], new_tokens) for _ in range(repeats)), key=lambda r: r["decode_tokens_per_s"]
+    )
+    result["batch_n"] = dict(
+        batched[len(batched) // 2],
+        batch=batch,  # the median run
+        runs_decode_tokens_per_s=[r["decode_tokens_per_s"] for r in batched],
+    )
     result["bare_loop"] = bare_decode(loaded, ids[0], new_tokens)
     result["profile"] = profile_step(loaded, ids[0])
     del loaded
@@ -281,8 +309,16 @@ def main(argv: list[str]) -> int:
 
     request = json.loads(Path(argv[0]).read_text())
     result = {"bandwidth": copy_bandwidth(request.get("bandwidth_mb", 1024))}
-    result.update(run(Path(request["cache_dir"]), request["prompts"], request["new_tokens"], request["batch"],
-                      request["repeats"], request.get("dtype", "auto")))
+    result.update(
+        run(
+            Path(request["cache_dir"]),
+            request["prompts"],
+            request["new_tokens"],
+            request["batch"],
+            request["repeats"],
+            request.get("dtype", "auto"),
+        )
+    )
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

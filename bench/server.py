@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import requests
 
+
 # Settings that would change what is measured: the benchmark runs the defaults,
 # plus what server_env sets (and records).
 def _cleared(key: str) -> bool:
@@ -46,8 +47,12 @@ def server_env(database_url: str, model_cache: Path, max_batch: int, dtype: str 
 
 def server_settings(database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto") -> dict[str, str]:
     """The only settings the benchmark gives the server (everything else is Chatsite's default)."""
-    settings = {"DATABASE_URL": database_url, "CHAT_MODEL_CACHE": str(model_cache), "CHAT_MAX_BATCH": str(max_batch),
-                "PYTHONUNBUFFERED": "1"}
+    settings = {
+        "DATABASE_URL": database_url,
+        "CHAT_MODEL_CACHE": str(model_cache),
+        "CHAT_MAX_BATCH": str(max_batch),
+        "PYTHONUNBUFFERED": "1",
+    }
     if dtype != "auto":
         settings["CHAT_DTYPE"] = dtype
     return settings
@@ -56,8 +61,9 @@ def server_settings(database_url: str, model_cache: Path, max_batch: int, dtype:
 def migrate(repo: Path, env: dict[str, str]) -> float:
     """``manage.py migrate`` on the throwaway database; returns seconds. Raises ServerFailed."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=repo, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=repo, env=env, capture_output=True, text=True
+    )
     if done.returncode:
         raise ServerFailed(f"manage.py migrate failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return time.monotonic() - started
@@ -89,7 +95,10 @@ class Server:
         started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
-            cwd=self.repo, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.repo,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C on the harness must not reach it before we stop it
         )
         self._sampler = threading.Thread(target=self._sample_rss, daemon=True)

@@ -10,6 +10,4 @@ from channels.security.websocket import AllowedHostsOriginValidator
 
 from conversations import routing
 
-websocket_application = AllowedHostsOriginValidator(
-    AuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns))
-)
+websocket_application = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(routing.websocket_urlpatterns)))

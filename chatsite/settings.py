@@ -37,9 +37,7 @@ def env_int(name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> 
     except ValueError:
         number = None
     if number is None or not minimum <= number <= maximum:
-        raise ImproperlyConfigured(
-            f"{name}={value!r}: expected a whole number from {minimum} to {maximum}"
-        )
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a whole number from {minimum} to {maximum}")
     return number
 
 
@@ -100,16 +98,18 @@ def channel_layers(redis_url: str | None) -> dict:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{
-                    "address": redis_url,
-                    # redis-py 8 reads with a 5 s socket timeout by default,
-                    # the same 5 s that channels_redis blocks in BZPOPMIN:
-                    # an idle receive then fails now and then with "Timeout
-                    # reading", which looks like Redis going away. Read
-                    # timeouts well above the 5 s; connect fails fast.
-                    "socket_timeout": 15,
-                    "socket_connect_timeout": 3,
-                }],
+                "hosts": [
+                    {
+                        "address": redis_url,
+                        # redis-py 8 reads with a 5 s socket timeout by default,
+                        # the same 5 s that channels_redis blocks in BZPOPMIN:
+                        # an idle receive then fails now and then with "Timeout
+                        # reading", which looks like Redis going away. Read
+                        # timeouts well above the 5 s; connect fails fast.
+                        "socket_timeout": 15,
+                        "socket_connect_timeout": 3,
+                    }
+                ],
                 # A streaming reply sends many small frames; the defaults
                 # (100 messages, 60 s) drop tokens for a slow browser.
                 "capacity": 1000,
@@ -214,9 +214,7 @@ if CHAT_INFERENCE == "worker" and not REDIS_URL:
     raise ImproperlyConfigured("CHAT_INFERENCE='worker': needs REDIS_URL")
 CHAT_MODEL = os.getenv("CHAT_MODEL") or "smollm2-135m-instruct"
 CHAT_DEVICE = env_choice("CHAT_DEVICE", "auto", ("auto", "cuda", "mps", "cpu"))
-CHAT_DTYPE = env_choice(
-    "CHAT_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16")
-)
+CHAT_DTYPE = env_choice("CHAT_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16"))
 CHAT_MODEL_CACHE = Path(os.getenv("CHAT_MODEL_CACHE") or VAR_DIR / "models")
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8, minimum=1, maximum=256)
 CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)

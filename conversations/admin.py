@@ -14,8 +14,15 @@ class MessageInline(admin.TabularInline):
     can_delete = False
     ordering = ("created_at", "id")
     fields = (
-        "created_at", "role", "content", "status", "finish_reason",
-        "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms",
+        "created_at",
+        "role",
+        "content",
+        "status",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "duration_ms",
     )
     readonly_fields = fields
 
@@ -34,7 +41,10 @@ class ConversationAdmin(admin.ModelAdmin):
     actions = ["export_json", "export_markdown"]
     readonly_fields = ("id", "user", "title", "source", "model_name", "created_at", "updated_at", "system_prompt")
     fieldsets = (
-        (None, {"fields": ("id", "title", "user", "source", "model_name", "created_at", "updated_at", "system_prompt")}),
+        (
+            None,
+            {"fields": ("id", "title", "user", "source", "model_name", "created_at", "updated_at", "system_prompt")},
+        ),
         (
             "Generation parameters",
             {
@@ -82,8 +92,7 @@ class ConversationAdmin(admin.ModelAdmin):
 class InferenceWorkerAdmin(admin.ModelAdmin):
     """Read-only: the workers write these rows themselves."""
 
-    list_display = ("name", "host", "pid", "model_name", "device", "dtype", "active_replies",
-                    "started_at", "last_seen")
+    list_display = ("name", "host", "pid", "model_name", "device", "dtype", "active_replies", "started_at", "last_seen")
     search_fields = ("name", "host")
     readonly_fields = list_display
 

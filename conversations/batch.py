@@ -64,14 +64,14 @@ class BadLine:
 
 @dataclass
 class Summary:
-    total: int = 0          # prompts planned (good lines)
-    done: int = 0           # prompts that went through the model (even if it failed them)
-    failed: int = 0         # generation errors among `done`
+    total: int = 0  # prompts planned (good lines)
+    done: int = 0  # prompts that went through the model (even if it failed them)
+    failed: int = 0  # generation errors among `done`
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    aborted: str = ""       # why the engine stopped taking batches, if it did
+    aborted: str = ""  # why the engine stopped taking batches, if it did
 
     @property
     def tokens_per_s(self) -> float:
@@ -87,6 +87,7 @@ class Summary:
 
 
 # -- reading -----------------------------------------------------------------
+
 
 def detect_format(name: str, lines: list[str]) -> str:
     """`txt` or `jsonl`: by the file's extension, else by its first non-blank line.
@@ -104,8 +105,9 @@ def detect_format(name: str, lines: list[str]) -> str:
     return "jsonl" if first.startswith("{") else "txt"
 
 
-def read_prompts(lines: Iterable[str], fmt: str, base: GenerationParams,
-                 system: str = "") -> tuple[list[Prompt], list[BadLine]]:
+def read_prompts(
+    lines: Iterable[str], fmt: str, base: GenerationParams, system: str = ""
+) -> tuple[list[Prompt], list[BadLine]]:
     """Parse input lines (1-based numbering) into prompts and bad lines.
 
     `base` gives the parameters a JSONL line's `params` start from; `system`
@@ -165,8 +167,9 @@ def measure(prompts: list[Prompt], engine) -> tuple[list[Prompt], list[BadLine]]
     for prompt in prompts:
         prompt.tokens = engine.count_tokens(prompt.messages())
         if prompt.tokens + 1 > context:
-            bad.append(BadLine(prompt.line, f"prompt is too long: {prompt.tokens} tokens, "
-                                            f"the model's context is {context}"))
+            bad.append(
+                BadLine(prompt.line, f"prompt is too long: {prompt.tokens} tokens, the model's context is {context}")
+            )
         else:
             fitting.append(prompt)
     return fitting, bad
@@ -181,10 +184,11 @@ def plan_batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
     repetition penalty and max_new_tokens.
     """
     ordered = sorted(prompts, key=lambda p: (p.tokens, p.line))
-    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
 # -- storing -----------------------------------------------------------------
+
 
 def batch_user(username: str):
     """The user batch conversations belong to; created as an ordinary user
@@ -198,20 +202,26 @@ def batch_user(username: str):
 
 def store(prompt: Prompt, result: Result, user, model_name: str) -> Conversation:
     """Save one prompt and its reply as a `source=batch` conversation."""
-    conversation = Conversation(user=user, system_prompt=prompt.system, model_name=model_name,
-                                source=Conversation.Source.BATCH)
+    conversation = Conversation(
+        user=user, system_prompt=prompt.system, model_name=model_name, source=Conversation.Source.BATCH
+    )
     conversation.title = conversation.title_from(prompt.text)
     conversation.set_params(prompt.params.to_dict())
     conversation.save()
     Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt.text)
-    reply = Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT,
-                                   status=Message.Status.STREAMING, model_name=model_name)
-    reply.finish(result.finish_reason, result.text, {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "ttft_ms": result.ttft_ms,
-        "duration_ms": result.duration_ms,
-    })
+    reply = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model_name=model_name
+    )
+    reply.finish(
+        result.finish_reason,
+        result.text,
+        {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "ttft_ms": result.ttft_ms,
+            "duration_ms": result.duration_ms,
+        },
+    )
     return conversation
 
 
@@ -233,11 +243,21 @@ def output_record(prompt: Prompt, result: Result, conversation: Conversation) ->
 
 def failed_result(prompt: Prompt, error: str) -> Result:
     """A result for a row whose whole batch the engine refused."""
-    return Result(text="", finish_reason="error", prompt_tokens=prompt.tokens, completion_tokens=0,
-                  ttft_ms=0, duration_ms=0, tokens_per_s=0.0, dropped_turns=0, error=error)
+    return Result(
+        text="",
+        finish_reason="error",
+        prompt_tokens=prompt.tokens,
+        completion_tokens=0,
+        ttft_ms=0,
+        duration_ms=0,
+        tokens_per_s=0.0,
+        dropped_turns=0,
+        error=error,
+    )
 
 
 # -- running -----------------------------------------------------------------
+
 
 @dataclass
 class BatchRunner:
@@ -262,7 +282,7 @@ class BatchRunner:
         the end."""
         model_name = self.engine.info.model_name
         in_order = sorted((p for batch in batches for p in batch), key=lambda p: p.line)
-        pending: dict[int, dict] = {}   # finished lines waiting for an earlier one
+        pending: dict[int, dict] = {}  # finished lines waiting for an earlier one
         next_index = 0
         summary = Summary(total=len(in_order))
         started = time.monotonic()
@@ -277,7 +297,7 @@ class BatchRunner:
                 summary.aborted = str(exc)
                 break
             with transaction.atomic():
-                for prompt, result in zip(batch, results):
+                for prompt, result in zip(batch, results, strict=True):
                     conversation = store(prompt, result, self.user, model_name)
                     pending[prompt.line] = output_record(prompt, result, conversation)
                     summary.done += 1

@@ -129,7 +129,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("invalid", "A message needs some text.")
             return
         if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
-            await self.send_error("invalid", f"A message can have at most {settings.CHAT_MAX_MESSAGE_CHARS} characters.")
+            await self.send_error(
+                "invalid", f"A message can have at most {settings.CHAT_MAX_MESSAGE_CHARS} characters."
+            )
             return
         params = self._params(content.get("params"))
         if isinstance(params, str):
@@ -159,8 +161,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not stopped:
             await self.send_error("invalid", "No reply is being generated.")
 
-    async def _start_reply(self, reply: Message, history: list[dict], params: GenerationParams,
-                           replaces: int | None = None, user_message: dict | None = None) -> None:
+    async def _start_reply(
+        self,
+        reply: Message,
+        history: list[dict],
+        params: GenerationParams,
+        replaces: int | None = None,
+        user_message: dict | None = None,
+    ) -> None:
         try:
             if user_message is not None:
                 await self.channel_layer.group_send(self.group, {"type": "chat.message", "message": user_message})
@@ -247,13 +255,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if message_id not in self.sent:
             await self.send_json({"type": "start", "message_id": message_id, "content": message.content})
         self.sent.pop(message_id, None)
-        await self.send_json({
-            "type": "end", "message_id": message_id, "finish_reason": message.finish_reason,
-            "status": message.status,
-            "usage": {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
-            "timing": {"ttft_ms": message.ttft_ms, "duration_ms": message.duration_ms,
-                       "tokens_per_s": message.tokens_per_s},
-        })
+        await self.send_json(
+            {
+                "type": "end",
+                "message_id": message_id,
+                "finish_reason": message.finish_reason,
+                "status": message.status,
+                "usage": {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
+                "timing": {
+                    "ttft_ms": message.ttft_ms,
+                    "duration_ms": message.duration_ms,
+                    "tokens_per_s": message.tokens_per_s,
+                },
+            }
+        )
 
     def _params(self, raw) -> GenerationParams | str:
         """The conversation's parameters overridden by the frame's; an error text if invalid."""
@@ -308,7 +323,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         already = self.sent[message_id]
         if offset + len(text) <= already:
             return
-        text = text[max(already - offset, 0):]
+        text = text[max(already - offset, 0) :]
         self.sent[message_id] = offset + len(event["text"])
         await self.send_json({"type": "token", "message_id": message_id, "text": text})
 
@@ -316,8 +331,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.watched == event["message_id"]:
             self._stop_watching()
         self.sent.pop(event["message_id"], None)
-        await self.send_json({key: event[key] for key in ("message_id", "finish_reason", "status", "usage", "timing")}
-                             | {"type": "end"})
+        await self.send_json(
+            {key: event[key] for key in ("message_id", "finish_reason", "status", "usage", "timing")} | {"type": "end"}
+        )
 
     async def chat_error(self, event: dict) -> None:
         await self.send_error(event["code"], event["message"])
@@ -345,7 +361,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             user_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=text)
             history = conversation.prompt_history()
             reply = Message.objects.create(
-                conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING,
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
                 model_name=runtime.model_name(),
             )
             conversation.start_turn(params.to_dict(), first_text=text)
@@ -363,7 +381,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             replaced_id = last.id
             last.delete()
             reply = Message.objects.create(
-                conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING,
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
                 model_name=runtime.model_name(),
             )
             conversation.start_turn(params.to_dict())
@@ -382,8 +402,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         the same reply only the first changes it, and a reply that did end is
         left alone.
         """
-        return bool(Message.objects.filter(id=message_id, status=Message.Status.STREAMING).update(
-            status=Message.STATUS_FOR_REASON[reason], finish_reason=reason))
+        return bool(
+            Message.objects.filter(id=message_id, status=Message.Status.STREAMING).update(
+                status=Message.STATUS_FOR_REASON[reason], finish_reason=reason
+            )
+        )
 
     @database_sync_to_async
     def _workers_alive(self) -> bool:

@@ -57,8 +57,7 @@ class Dispatcher:
         """Whether this process knows of a live reply (checked with the database's own)."""
         raise NotImplementedError
 
-    async def start(self, conversation_id, message_id: int, history: list[dict],
-                    params: GenerationParams) -> None:
+    async def start(self, conversation_id, message_id: int, history: list[dict], params: GenerationParams) -> None:
         """Start generating; returns at once. Raises DispatchError."""
         raise NotImplementedError
 
@@ -95,7 +94,8 @@ class LocalDispatcher(Dispatcher):
         if live is None:
             return None
         await get_channel_layer().send(
-            reply_to, {"type": "chat.snapshot", "message_id": live.message_id, "text": live.text})
+            reply_to, {"type": "chat.snapshot", "message_id": live.message_id, "text": live.text}
+        )
         return live.message_id
 
     def watch(self, conversation_id) -> None:
@@ -120,22 +120,29 @@ class WorkerDispatcher(Dispatcher):
         return False  # nothing runs here; the database check covers every process
 
     async def start(self, conversation_id, message_id, history, params) -> None:
-        request = {"type": "generate", "conversation_id": str(conversation_id), "message_id": message_id,
-                   "history": history, "params": params.to_dict()}
+        request = {
+            "type": "generate",
+            "conversation_id": str(conversation_id),
+            "message_id": message_id,
+            "history": history,
+            "params": params.to_dict(),
+        }
         try:
             await get_channel_layer().send(REQUESTS_CHANNEL, request)
         except ChannelFull:
             raise DispatchError("busy", "The server is busy with other chats; try again in a moment.") from None
         except LAYER_ERRORS as exc:
             logger.warning("cannot hand reply %s to the workers: %s", message_id, exc)
-            raise DispatchError("generation_failed",
-                                "The inference service is unreachable; try again in a moment.") from None
+            raise DispatchError(
+                "generation_failed", "The inference service is unreachable; try again in a moment."
+            ) from None
 
     async def stop(self, conversation_id) -> bool:
         if await _streaming_message_id(conversation_id) is None:
             return False
         await get_channel_layer().group_send(
-            control_group(conversation_id), {"type": "reply.stop", "conversation_id": str(conversation_id)})
+            control_group(conversation_id), {"type": "reply.stop", "conversation_id": str(conversation_id)}
+        )
         return True
 
     async def sync(self, conversation_id, reply_to: str) -> int | None:
@@ -143,14 +150,18 @@ class WorkerDispatcher(Dispatcher):
         if message_id is not None:
             await get_channel_layer().group_send(
                 control_group(conversation_id),
-                {"type": "reply.sync", "conversation_id": str(conversation_id), "reply_to": reply_to})
+                {"type": "reply.sync", "conversation_id": str(conversation_id), "reply_to": reply_to},
+            )
         return message_id
 
 
 @database_sync_to_async
 def _streaming_message_id(conversation_id) -> int | None:
-    return (Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING)
-            .values_list("id", flat=True).last())
+    return (
+        Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING)
+        .values_list("id", flat=True)
+        .last()
+    )
 
 
 def get_dispatcher() -> Dispatcher:

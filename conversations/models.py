@@ -30,9 +30,7 @@ class Conversation(models.Model):
         API = "api"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(default=0.7)
@@ -155,9 +153,7 @@ class Message(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
-    finish_reason = models.CharField(
-        max_length=12, choices=FinishReason.choices, blank=True, default=""
-    )
+    finish_reason = models.CharField(max_length=12, choices=FinishReason.choices, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -169,9 +165,7 @@ class Message(models.Model):
         ordering = ["created_at", "id"]
         indexes = [
             models.Index(fields=["conversation", "created_at", "id"], name="msg_conv_order"),
-            models.Index(
-                fields=["status"], name="msg_streaming", condition=Q(status="streaming")
-            ),
+            models.Index(fields=["status"], name="msg_streaming", condition=Q(status="streaming")),
         ]
 
     def __str__(self) -> str:
@@ -205,8 +199,13 @@ class Message(models.Model):
                 setattr(self, field, usage[field])
         self.save(
             update_fields=[
-                "content", "finish_reason", "status",
-                "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms",
+                "content",
+                "finish_reason",
+                "status",
+                "prompt_tokens",
+                "completion_tokens",
+                "ttft_ms",
+                "duration_ms",
             ]
         )
 

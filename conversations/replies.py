@@ -96,8 +96,7 @@ def _save_final(message_id: int, reason: str, text: str, usage: dict) -> None:
     message.finish(reason, text, usage)
 
 
-async def run_reply(reply: LiveReply, engine, history: list[dict], params: GenerationParams,
-                    publish: Publish) -> None:
+async def run_reply(reply: LiveReply, engine, history: list[dict], params: GenerationParams, publish: Publish) -> None:
     """Generate one reply, publishing frames and saving the text as it grows.
 
     Ends with the message stored in a final state, whatever happens: the
@@ -111,8 +110,7 @@ async def run_reply(reply: LiveReply, engine, history: list[dict], params: Gener
         nonlocal pending, flushed_at
         if pending:
             offset = len(reply.text) - len(pending)
-            await publish({"type": "chat.token", "message_id": reply.message_id,
-                           "offset": offset, "text": pending})
+            await publish({"type": "chat.token", "message_id": reply.message_id, "offset": offset, "text": pending})
             pending, flushed_at = "", time.monotonic()
 
     try:
@@ -127,36 +125,56 @@ async def run_reply(reply: LiveReply, engine, history: list[dict], params: Gener
                     saved_at = now
                     await _save_partial(reply.message_id, reply.text)
             elif isinstance(event, Queued):
-                await publish({"type": "chat.queued", "message_id": reply.message_id,
-                               "position": event.position})
+                await publish({"type": "chat.queued", "message_id": reply.message_id, "position": event.position})
             elif isinstance(event, Finished):
                 result = event.result
                 reason = result.finish_reason
                 reply.text = result.text
-                usage = {"prompt_tokens": result.prompt_tokens,
-                         "completion_tokens": result.completion_tokens}
-                timing = {"ttft_ms": result.ttft_ms, "duration_ms": result.duration_ms,
-                          "tokens_per_s": round(result.tokens_per_s, 1)}
+                usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+                timing = {
+                    "ttft_ms": result.ttft_ms,
+                    "duration_ms": result.duration_ms,
+                    "tokens_per_s": round(result.tokens_per_s, 1),
+                }
                 if result.error:
                     logger.error("reply %s failed: %s", reply.message_id, result.error)
             elif isinstance(event, Started):
-                logger.info("reply %s started: %d prompt tokens, %d turns dropped",
-                            reply.message_id, event.prompt_tokens, event.dropped_turns)
+                logger.info(
+                    "reply %s started: %d prompt tokens, %d turns dropped",
+                    reply.message_id,
+                    event.prompt_tokens,
+                    event.dropped_turns,
+                )
         await flush()
         if reason == "cancelled" and reply.interrupted:
             reason = "interrupted"
-            await publish({"type": "chat.error", "code": "generation_failed",
-                           "message": "The inference worker is shutting down; the text so far is kept."})
+            await publish(
+                {
+                    "type": "chat.error",
+                    "code": "generation_failed",
+                    "message": "The inference worker is shutting down; the text so far is kept.",
+                }
+            )
     except QueueFull:
-        await publish({"type": "chat.error", "code": "busy",
-                       "message": "The server is busy with other chats; try again in a moment."})
+        await publish(
+            {
+                "type": "chat.error",
+                "code": "busy",
+                "message": "The server is busy with other chats; try again in a moment.",
+            }
+        )
     except InferenceError as exc:
         await publish({"type": "chat.error", "code": "invalid", "message": str(exc)})
     except Exception:
         # A bug or a broken model must not leave the reply streaming forever.
         logger.exception("reply %s crashed", reply.message_id)
-        await publish({"type": "chat.error", "code": "generation_failed",
-                       "message": "The model failed to answer; the text so far is kept."})
+        await publish(
+            {
+                "type": "chat.error",
+                "code": "generation_failed",
+                "message": "The model failed to answer; the text so far is kept.",
+            }
+        )
     except asyncio.CancelledError:
         reason = "cancelled"
         raise
@@ -166,12 +184,23 @@ async def run_reply(reply: LiveReply, engine, history: list[dict], params: Gener
 
 
 async def _finish(reply: LiveReply, reason: str, usage: dict, timing: dict, publish: Publish) -> None:
-    await _save_final(reply.message_id, reason, reply.text,
-                      dict(usage, ttft_ms=timing.get("ttft_ms"), duration_ms=timing.get("duration_ms")))
-    await publish({"type": "chat.end", "message_id": reply.message_id, "finish_reason": reason,
-                   "status": Message.STATUS_FOR_REASON[reason], "usage": usage, "timing": timing})
-    logger.info("reply %s ended: %s, %s tokens", reply.message_id, reason,
-                usage.get("completion_tokens"))
+    await _save_final(
+        reply.message_id,
+        reason,
+        reply.text,
+        dict(usage, ttft_ms=timing.get("ttft_ms"), duration_ms=timing.get("duration_ms")),
+    )
+    await publish(
+        {
+            "type": "chat.end",
+            "message_id": reply.message_id,
+            "finish_reason": reason,
+            "status": Message.STATUS_FOR_REASON[reason],
+            "usage": usage,
+            "timing": timing,
+        }
+    )
+    logger.info("reply %s ended: %s, %s tokens", reply.message_id, reason, usage.get("completion_tokens"))
 
 
 class ReplyManager:
@@ -184,8 +213,9 @@ class ReplyManager:
     def get(self, conversation_id) -> LiveReply | None:
         return self.replies.get(str(conversation_id))
 
-    def start(self, conversation_id, message_id: int, history: list[dict],
-              params: GenerationParams, engine) -> LiveReply:
+    def start(
+        self, conversation_id, message_id: int, history: list[dict], params: GenerationParams, engine
+    ) -> LiveReply:
         """Start generating a reply as a task of this module; returns at once."""
         key = str(conversation_id)
         reply = LiveReply(conversation_id=key, message_id=message_id)
@@ -220,14 +250,11 @@ class ReplyManager:
         if self.watchers[key] == 0:
             del self.watchers[key]
             if key in self.replies:
-                asyncio.get_running_loop().call_later(
-                    settings.CHAT_ORPHAN_GRACE, self._stop_if_unwatched, key
-                )
+                asyncio.get_running_loop().call_later(settings.CHAT_ORPHAN_GRACE, self._stop_if_unwatched, key)
 
     def _stop_if_unwatched(self, key: str) -> None:
         if not self.watchers.get(key) and self.stop(key):
-            logger.info("reply in %s stopped: nobody watched it for %.0f s", key,
-                        settings.CHAT_ORPHAN_GRACE)
+            logger.info("reply in %s stopped: nobody watched it for %.0f s", key, settings.CHAT_ORPHAN_GRACE)
 
 
 replies = ReplyManager()

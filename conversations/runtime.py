@@ -100,12 +100,22 @@ def _worker_health() -> dict:
     seconds = settings.CHAT_WORKER_TIMEOUT
     workers = list(InferenceWorker.seen_since(seconds))
     if not workers:
-        return {"status": "unavailable", "mode": "worker", "model": settings.CHAT_MODEL,
-                "reason": f"no inference worker seen in the last {seconds:.0f} s"}
+        return {
+            "status": "unavailable",
+            "mode": "worker",
+            "model": settings.CHAT_MODEL,
+            "reason": f"no inference worker seen in the last {seconds:.0f} s",
+        }
     first = workers[0]
-    return {"status": "ok", "mode": "worker", "model": first.model_name, "device": first.device,
-            "dtype": first.dtype, "workers": len(workers),
-            "active_replies": sum(worker.active_replies for worker in workers)}
+    return {
+        "status": "ok",
+        "mode": "worker",
+        "model": first.model_name,
+        "device": first.device,
+        "dtype": first.dtype,
+        "workers": len(workers),
+        "active_replies": sum(worker.active_replies for worker in workers),
+    }
 
 
 def start_server() -> None:

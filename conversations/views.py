@@ -20,9 +20,7 @@ def _get_conversation_for_user(request, conversation_id) -> Conversation:
 
 
 def _chat_page(request, conversation: Conversation | None):
-    conversations = Conversation.objects.for_user(request.user).only(
-        "id", "title", "updated_at"
-    )
+    conversations = Conversation.objects.for_user(request.user).only("id", "title", "updated_at")
     context = {
         "conversations": conversations,
         "conversation": conversation,
@@ -101,9 +99,7 @@ def export_markdown(request, conversation_id):
 @login_required
 @require_GET
 def api_conversations(request):
-    conversations = Conversation.objects.for_user(request.user).annotate(
-        message_count=Count("messages")
-    )
+    conversations = Conversation.objects.for_user(request.user).annotate(message_count=Count("messages"))
     items = [dict(c.as_dict(), message_count=c.message_count) for c in conversations]
     return JsonResponse({"conversations": items})
 

@@ -108,8 +108,7 @@ class ReplyConsumer(AsyncConsumer):
         worker.held[message_id] = self.reply
         return True
 
-    async def _run(self, worker: InferenceWorkerServer, history: list[dict], params: GenerationParams,
-                   publish) -> None:
+    async def _run(self, worker: InferenceWorkerServer, history: list[dict], params: GenerationParams, publish) -> None:
         reply = self.reply
         heartbeat = asyncio.create_task(self._heartbeat(publish))
         try:
@@ -135,8 +134,10 @@ class ReplyConsumer(AsyncConsumer):
         if self.reply is None:
             return
         try:
-            await self.channel_layer.send(message["reply_to"], {
-                "type": "chat.snapshot", "message_id": self.reply.message_id, "text": self.reply.text})
+            await self.channel_layer.send(
+                message["reply_to"],
+                {"type": "chat.snapshot", "message_id": self.reply.message_id, "text": self.reply.text},
+            )
         except LAYER_ERRORS as exc:
             logger.warning("reply %s: cannot answer a sync: %s", self.reply.message_id, exc)
 
@@ -212,7 +213,8 @@ class InferenceWorkerServer(Worker):
             message_id = message["message_id"]
             self.held[message_id] = None
             queue = self.get_or_create_application_instance(
-                f"reply.{message_id}", {"type": "channel", "channel": channel, "worker": self})
+                f"reply.{message_id}", {"type": "channel", "channel": channel, "worker": self}
+            )
             await queue.put(message)
 
     async def receive(self, channel: str) -> dict:
@@ -257,11 +259,19 @@ class InferenceWorkerServer(Worker):
 
     def register(self) -> None:
         info = self.engine.info
-        InferenceWorker.objects.update_or_create(name=self.name, defaults={
-            "host": socket.gethostname(), "pid": os.getpid(), "model_name": info.model_name,
-            "device": info.device, "dtype": info.dtype, "started_at": self.started_at,
-            "last_seen": timezone.now(), "active_replies": len(self.held),
-        })
+        InferenceWorker.objects.update_or_create(
+            name=self.name,
+            defaults={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "model_name": info.model_name,
+                "device": info.device,
+                "dtype": info.dtype,
+                "started_at": self.started_at,
+                "last_seen": timezone.now(),
+                "active_replies": len(self.held),
+            },
+        )
 
     def unregister(self) -> None:
         try:

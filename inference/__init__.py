@@ -40,10 +40,29 @@ _LAZY = {
 }
 
 __all__ = [
-    "DEFAULT_MODEL", "Chunk", "Engine", "EngineClosed", "EngineConfig", "EngineInfo", "EngineStats", "Event",
-    "Finished", "GenerationParams", "InferenceError", "InvalidConfig", "InvalidParams", "ModelLoadError",
-    "PromptTooLong", "Queued", "QueueFull", "Request", "Result", "Started", "TransformersEngine",
-    "build_engine", "load_engine",
+    "DEFAULT_MODEL",
+    "Chunk",
+    "Engine",
+    "EngineClosed",
+    "EngineConfig",
+    "EngineInfo",
+    "EngineStats",
+    "Event",
+    "Finished",
+    "GenerationParams",
+    "InferenceError",
+    "InvalidConfig",
+    "InvalidParams",
+    "ModelLoadError",
+    "PromptTooLong",
+    "Queued",
+    "QueueFull",
+    "Request",
+    "Result",
+    "Started",
+    "TransformersEngine",
+    "build_engine",
+    "load_engine",
 ]
 
 

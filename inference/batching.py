@@ -140,6 +140,7 @@ class _Prefill:
 
 # -- sampling -------------------------------------------------------------------
 
+
 class Sampler:
     """Per-row sampling settings held as tensors, so one call samples every row.
 
@@ -155,16 +156,24 @@ class Sampler:
     on the 256 most likely tokens whenever they hold the whole nucleus.
     """
 
-    def __init__(self, temperature: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor,
-                 greedy: torch.Tensor, history: torch.Tensor) -> None:
+    def __init__(
+        self,
+        temperature: torch.Tensor,
+        top_p: torch.Tensor,
+        penalty: torch.Tensor,
+        greedy: torch.Tensor,
+        history: torch.Tensor,
+    ) -> None:
         self.temperature, self.top_p, self.penalty = temperature, top_p, penalty
         self.greedy, self.history = greedy, history
         self._refresh()
 
     @classmethod
-    def for_rows(cls, params: Sequence[GenerationParams], prompts: Sequence[Sequence[int]],
-                 device: torch.device) -> Sampler:
+    def for_rows(
+        cls, params: Sequence[GenerationParams], prompts: Sequence[Sequence[int]], device: torch.device
+    ) -> Sampler:
         """A sampler for rows with these params whose prompts were these token ids."""
+
         def column(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
 
@@ -175,8 +184,9 @@ class Sampler:
         penalty = column([p.repetition_penalty for p in params])
         greedy = torch.tensor([p.greedy for p in params], dtype=torch.bool, device=device)
         width = max(len(ids) for ids in prompts)
-        history = torch.tensor([[ids[0]] * (width - len(ids)) + list(ids) for ids in prompts],
-                               dtype=torch.long, device=device)
+        history = torch.tensor(
+            [[ids[0]] * (width - len(ids)) + list(ids) for ids in prompts], dtype=torch.long, device=device
+        )
         return cls(temperature, top_p, penalty, greedy, history)
 
     def _refresh(self) -> None:
@@ -212,7 +222,8 @@ class Sampler:
         """This sampler with its tensors on ``device`` (where the logits are, under a device map)."""
         if self.history.device != device:
             self.temperature, self.top_p, self.penalty, self.greedy, self.history = (
-                t.to(device) for t in (self.temperature, self.top_p, self.penalty, self.greedy, self.history))
+                t.to(device) for t in (self.temperature, self.top_p, self.penalty, self.greedy, self.history)
+            )
         return self
 
     def observe(self, tokens: torch.Tensor) -> None:
@@ -291,6 +302,7 @@ def _pad_history(history: torch.Tensor, width: int) -> torch.Tensor:
 
 # -- the rows decoded together -----------------------------------------------------
 
+
 class Batch:
     """The rows decoded together: their jobs, KV cache and per-row tensors.
 
@@ -299,8 +311,15 @@ class Batch:
     ``positions`` its position id (the row's real length so far).
     """
 
-    def __init__(self, job: Job, cache: Any, prompt_length: int, first_token: torch.Tensor,
-                 sampler: Sampler, device: torch.device) -> None:
+    def __init__(
+        self,
+        job: Job,
+        cache: Any,
+        prompt_length: int,
+        first_token: torch.Tensor,
+        sampler: Sampler,
+        device: torch.device,
+    ) -> None:
         self.jobs = [job]
         self.cache = cache
         self.mask = torch.ones(1, prompt_length, dtype=torch.long, device=device)
@@ -343,7 +362,7 @@ class Batch:
         width = max(self.width, other.width)
         self._left_pad(width - self.width)
         other._left_pad(width - other.width)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
             mine.keys = torch.cat([mine.keys, theirs.keys])
             mine.values = torch.cat([mine.values, theirs.values])
         self.mask = torch.cat([self.mask, other.mask])
@@ -399,6 +418,7 @@ def cache_is_mergeable(model: Any) -> bool:
 
 # -- the scheduler thread ------------------------------------------------------------
 
+
 class Scheduler:
     """The thread that owns the model: admits requests, prefills, decodes, finishes.
 
@@ -407,9 +427,18 @@ class Scheduler:
     back through their ``deliver`` callback, called on this thread.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int, max_queue: int,
-                 eos_token_ids: set[int], device: torch.device, stats: EngineStats | None = None,
-                 num_threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        eos_token_ids: set[int],
+        device: torch.device,
+        stats: EngineStats | None = None,
+        num_threads: int = 0,
+    ) -> None:
         self.model = model
         self.num_threads = num_threads
         self.tokenizer = tokenizer
@@ -648,8 +677,12 @@ class Scheduler:
         """Feed the next ``budget`` prompt tokens of ``item`` through the model; returns how many."""
         ids = item.job.prompt.ids[item.done : item.done + budget]
         # Position ids default to the cache length onwards, which is right for a lone row.
-        output = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
-                            past_key_values=item.cache, use_cache=True, logits_to_keep=1)
+        output = self.model(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+            past_key_values=item.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         item.done += len(ids)
         item.logits = output.logits[:, -1, :]
         return len(ids)
@@ -685,7 +718,11 @@ class Scheduler:
         self.stats.max_rows = max(self.stats.max_rows, batch.size)
         tokens = batch.sampler.choose(batch.forward(self.model))
         batch.advance(tokens)
-        done = [row for row, (job, token) in enumerate(zip(batch.jobs, tokens.tolist())) if self._accept(job, token)]
+        done = [
+            row
+            for row, (job, token) in enumerate(zip(batch.jobs, tokens.tolist(), strict=True))
+            if self._accept(job, token)
+        ]
         if done:
             self._remove(done)
 
@@ -730,7 +767,12 @@ class Scheduler:
         self.stats.errors += reason == "error"
         logger.info(
             "request %d %s: %d prompt + %d completion tokens, ttft %d ms, %.1f tokens/s",
-            job.id, reason, result.prompt_tokens, result.completion_tokens, result.ttft_ms, result.tokens_per_s,
+            job.id,
+            reason,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.ttft_ms,
+            result.tokens_per_s,
         )
         if job.holds_slot:
             job.holds_slot = False
@@ -775,8 +817,16 @@ class Scheduler:
 
 # -- generate_batch: one model.generate call for a list -------------------------------
 
-def generate_together(model: Any, tokenizer: Any, jobs: list[Job], *, eos_token_ids: set[int],
-                      device: torch.device, on_step: Callable[[], None] | None = None) -> list[Result]:
+
+def generate_together(
+    model: Any,
+    tokenizer: Any,
+    jobs: list[Job],
+    *,
+    eos_token_ids: set[int],
+    device: torch.device,
+    on_step: Callable[[], None] | None = None,
+) -> list[Result]:
     """Run ``jobs`` as ONE left-padded ``model.generate`` call; results in input order.
 
     Each row keeps its own temperature, top-p, repetition penalty and
@@ -789,16 +839,21 @@ def generate_together(model: Any, tokenizer: Any, jobs: list[Job], *, eos_token_
     input_ids = torch.full((len(jobs), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(jobs), width), dtype=torch.long)
     for row, job in enumerate(jobs):
-        input_ids[row, width - len(job.prompt.ids):] = torch.tensor(job.prompt.ids)
-        attention_mask[row, width - len(job.prompt.ids):] = 1
+        input_ids[row, width - len(job.prompt.ids) :] = torch.tensor(job.prompt.ids)
+        attention_mask[row, width - len(job.prompt.ids) :] = 1
     sampler = Sampler.for_rows([job.params for job in jobs], [job.prompt.ids for job in jobs], device)
     limits = [job.prompt.max_new_tokens for job in jobs]
     stopper = _RowStop(width, limits, [job.request.cancel for job in jobs])
     timer = _FirstTokenTimer()
     config = GenerationConfig.from_dict(model.generation_config.to_dict())
     config.update(
-        do_sample=not sampler.all_greedy, max_new_tokens=max(limits), min_new_tokens=None, num_beams=1,
-        repetition_penalty=1.0, eos_token_id=sorted(eos_token_ids), pad_token_id=pad,
+        do_sample=not sampler.all_greedy,
+        max_new_tokens=max(limits),
+        min_new_tokens=None,
+        num_beams=1,
+        repetition_penalty=1.0,
+        eos_token_id=sorted(eos_token_ids),
+        pad_token_id=pad,
     )
     # The sampler applies each row's own settings; generate's own must be
     # neutral (top_k would otherwise default to 50), or unset when greedy.
@@ -810,17 +865,29 @@ def generate_together(model: Any, tokenizer: Any, jobs: list[Job], *, eos_token_
     for job in jobs:
         job.started_at = started
     output = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config,
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        generation_config=config,
         logits_processor=LogitsProcessorList([_SamplerProcessor(sampler, on_step)]),
-        stopping_criteria=StoppingCriteriaList([stopper]), streamer=timer,
+        stopping_criteria=StoppingCriteriaList([stopper]),
+        streamer=timer,
     )
     generated = output[:, width:].tolist()
-    return [_row_result(job, generated[row], stopper, row, timer.first_at, tokenizer, eos_token_ids)
-            for row, job in enumerate(jobs)]
+    return [
+        _row_result(job, generated[row], stopper, row, timer.first_at, tokenizer, eos_token_ids)
+        for row, job in enumerate(jobs)
+    ]
 
 
-def _row_result(job: Job, generated: list[int], stopper: _RowStop, row: int, first_at: float,
-                tokenizer: Any, eos_token_ids: set[int]) -> Result:
+def _row_result(
+    job: Job,
+    generated: list[int],
+    stopper: _RowStop,
+    row: int,
+    first_at: float,
+    tokenizer: Any,
+    eos_token_ids: set[int],
+) -> Result:
     stop_reason, stopped_at = stopper.stopped.get(row, ("", None))
     tokens = generated[:stopped_at] if stopped_at is not None else generated
     reason = stop_reason or "length"
@@ -872,7 +939,7 @@ class _RowStop(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
         length = input_ids.shape[1] - self.prompt_width
-        for row, (limit, cancel) in enumerate(zip(self.limits, self.cancels)):
+        for row, (limit, cancel) in enumerate(zip(self.limits, self.cancels, strict=True)):
             if row in self.stopped:
                 continue
             if cancel.is_set():

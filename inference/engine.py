@@ -34,8 +34,18 @@ from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Chunk", "Engine", "EngineInfo", "EngineStats", "Finished", "Queued", "Request", "Result", "Started",
-    "TransformersEngine", "build_engine", "load_engine",
+    "Chunk",
+    "Engine",
+    "EngineInfo",
+    "EngineStats",
+    "Finished",
+    "Queued",
+    "Request",
+    "Result",
+    "Started",
+    "TransformersEngine",
+    "build_engine",
+    "load_engine",
 ]
 
 # How often a waiting reader checks that the scheduler is still alive.
@@ -90,8 +100,15 @@ class Engine:
 class TransformersEngine(Engine):
     """A local transformers model behind a continuous-batching scheduler thread."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig, *, model_name: str | None = None,
-                 load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: EngineConfig,
+        *,
+        model_name: str | None = None,
+        load_seconds: float = 0.0,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -112,8 +129,14 @@ class TransformersEngine(Engine):
         self._device = device
         # Public for tests and tools (stats, paused()); callers use the methods below.
         self.scheduler = Scheduler(
-            model, tokenizer, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
-            eos_token_ids=self.eos_token_ids, device=device, stats=self.stats, num_threads=config.num_threads,
+            model,
+            tokenizer,
+            max_batch_size=config.max_batch_size,
+            max_queue=config.max_queue,
+            eos_token_ids=self.eos_token_ids,
+            device=device,
+            stats=self.stats,
+            num_threads=config.num_threads,
         )
 
     # -- streaming ------------------------------------------------------------
@@ -194,12 +217,21 @@ class TransformersEngine(Engine):
 
         def run() -> list[Result]:
             self.stats.generate_calls += 1
-            return generate_together(self.model, self.tokenizer, jobs, eos_token_ids=self.eos_token_ids,
-                                     device=self._device, on_step=self.scheduler.heartbeat)
+            return generate_together(
+                self.model,
+                self.tokenizer,
+                jobs,
+                eos_token_ids=self.eos_token_ids,
+                device=self._device,
+                on_step=self.scheduler.heartbeat,
+            )
 
         results = self.scheduler.call(run)
-        logger.info("generated a batch of %d in one call: %d completion tokens",
-                    len(results), sum(r.completion_tokens for r in results))
+        logger.info(
+            "generated a batch of %d in one call: %d completion tokens",
+            len(results),
+            sum(r.completion_tokens for r in results),
+        )
         return results
 
     # -- prompts -----------------------------------------------------------------
@@ -230,8 +262,9 @@ def _check_request(request: Request) -> None:
         raise InvalidParams("params must be GenerationParams (use GenerationParams.from_dict)")
 
 
-def _threadsafe_put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event],
-                    cancel: threading.Event) -> Callable[[Event], None]:
+def _threadsafe_put(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event], cancel: threading.Event
+) -> Callable[[Event], None]:
     """A deliver callback for the scheduler thread that puts events on ``queue`` in ``loop``."""
 
     def deliver(event: Event) -> None:
@@ -263,8 +296,15 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
 
 # -- construction -------------------------------------------------------------------
 
-def build_engine(model: Any, tokenizer: Any, config: EngineConfig | None = None, *,
-                 model_name: str | None = None, load_seconds: float = 0.0) -> TransformersEngine:
+
+def build_engine(
+    model: Any,
+    tokenizer: Any,
+    config: EngineConfig | None = None,
+    *,
+    model_name: str | None = None,
+    load_seconds: float = 0.0,
+) -> TransformersEngine:
     """An engine around an already-built ``model`` and ``tokenizer`` (tests use a tiny one).
 
     Puts the model in eval mode, gives the tokenizer a pad token, and starts
@@ -282,10 +322,17 @@ def load_engine(config: EngineConfig) -> TransformersEngine:
     InvalidConfig or ModelLoadError (see loading.load_model).
     """
     loaded = load_model(config)
-    engine = build_engine(loaded.model, loaded.tokenizer, config, model_name=loaded.name,
-                          load_seconds=loaded.load_seconds)
+    engine = build_engine(
+        loaded.model, loaded.tokenizer, config, model_name=loaded.name, load_seconds=loaded.load_seconds
+    )
     info = engine.info
-    logger.info("loaded model %s: %.1fM parameters on %s (%s) in %.1fs, context %d tokens",
-                info.model_name, info.parameters / 1e6, info.device, info.dtype, info.load_seconds,
-                info.context_length)
+    logger.info(
+        "loaded model %s: %.1fM parameters on %s (%s) in %.1fs, context %d tokens",
+        info.model_name,
+        info.parameters / 1e6,
+        info.device,
+        info.dtype,
+        info.load_seconds,
+        info.context_length,
+    )
     return engine

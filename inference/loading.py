@@ -54,6 +54,7 @@ class ModelSource:
 
 # -- device and dtype ---------------------------------------------------------
 
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a config value: ``auto`` picks cuda, then mps, then cpu.
 
@@ -104,6 +105,7 @@ def _mps_available() -> bool:
 
 
 # -- locating -----------------------------------------------------------------
+
 
 def packaged_gguf(name: str) -> Path:
     """The GGUF file of a packaged model, found without importing its package.
@@ -162,6 +164,7 @@ def model_source(config: EngineConfig) -> ModelSource:
 
 
 # -- GGUF conversion ------------------------------------------------------------
+
 
 def converted_folder(gguf_file: Path, cache_dir: Path) -> Path:
     """The cache folder for ``gguf_file``: its stem plus a key of its size and mtime.
@@ -248,6 +251,7 @@ def _move_into_place(scratch: Path, target: Path) -> None:
 
 
 # -- loading --------------------------------------------------------------------
+
 
 @dataclass
 class LoadedModel:

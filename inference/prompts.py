@@ -110,7 +110,7 @@ def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: i
     fits.
     """
     head = messages[:1] if messages[0]["role"] == "system" else []
-    history, newest = messages[len(head):-1], messages[-1]
+    history, newest = messages[len(head) : -1], messages[-1]
     groups = _turn_groups(history)
 
     def build(dropped_groups: int) -> list[int]:

@@ -73,6 +73,7 @@ class IncrementalDetokenizer:
 
 # -- what a stream takes and yields ---------------------------------------------
 
+
 @dataclass
 class Request:
     """One reply to generate.

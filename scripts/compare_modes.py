@@ -36,8 +36,9 @@ async def one_chat(server, session, tokens: int) -> tuple[float, float]:
     conversation_id = new_conversation(session, server.url)
     async with open_socket(server.ws_url, conversation_id, session, server.url) as socket:
         sent = time.perf_counter()
-        await socket.send(json.dumps({"type": "send", "content": PROMPT,
-                                      "params": {"temperature": 0, "max_new_tokens": tokens}}))
+        await socket.send(
+            json.dumps({"type": "send", "content": PROMPT, "params": {"temperature": 0, "max_new_tokens": tokens}})
+        )
         first = None
         while True:
             frame = json.loads(await asyncio.wait_for(socket.recv(), timeout=300))
@@ -55,8 +56,11 @@ def measure(server, name: str, tokens: int, runs: int) -> dict:
     session = sign_up(server.url, f"bench-{name}-{int(time.time())}")
     asyncio.run(one_chat(server, session, 8))  # warm-up
     results = [asyncio.run(one_chat(server, session, tokens)) for _ in range(runs)]
-    return {"mode": name, "ttft_ms": round(statistics.median(r[0] for r in results)),
-            "tokens_per_s": round(statistics.median(r[1] for r in results), 1)}
+    return {
+        "mode": name,
+        "ttft_ms": round(statistics.median(r[0] for r in results)),
+        "tokens_per_s": round(statistics.median(r[1] for r in results), 1),
+    }
 
 
 def main() -> None:
@@ -71,8 +75,13 @@ def main() -> None:
         shared = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHAT_INFERENCE": "worker"}
         with tempfile.TemporaryDirectory() as folder:
             env = server_env(Path(folder), shared)
-            worker = subprocess.Popen([sys.executable, "manage.py", "inference_worker"], cwd=REPO, env=env,
-                                      stdout=open(Path(folder) / "worker.log", "wb"), stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                [sys.executable, "manage.py", "inference_worker"],
+                cwd=REPO,
+                env=env,
+                stdout=open(Path(folder) / "worker.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
             try:
                 with start_daphne(shared, migrate=False) as server:
                     rows.append(measure(server, "worker", args.tokens, args.runs))

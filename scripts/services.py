@@ -94,9 +94,23 @@ def postgres_server(dbname: str = "chatsite", timeout: float = 60.0) -> Iterator
         data = folder / "data"
         started = time.monotonic()
         _run_checked(
-            [bindir / "initdb", "-D", data, "-U", POSTGRES_ROLE, "-A", "trust",
-             "-E", "UTF8", "--no-locale", "--no-sync"],
-            account, timeout, "initdb", cwd=folder,
+            [
+                bindir / "initdb",
+                "-D",
+                data,
+                "-U",
+                POSTGRES_ROLE,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            account,
+            timeout,
+            "initdb",
+            cwd=folder,
         )
         for attempt in range(1, START_ATTEMPTS + 1):
             port = _free_port()
@@ -113,9 +127,10 @@ def postgres_server(dbname: str = "chatsite", timeout: float = 60.0) -> Iterator
                     continue
                 if dbname != "postgres":  # initdb made that one
                     _run_checked(
-                        [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port),
-                         "-U", POSTGRES_ROLE, dbname],
-                        None, timeout, "createdb",
+                        [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", POSTGRES_ROLE, dbname],
+                        None,
+                        timeout,
+                        "createdb",
                     )
                 logger.info("PostgreSQL ready on 127.0.0.1:%d in %.1fs", port, time.monotonic() - started)
                 yield f"postgresql://{POSTGRES_ROLE}@127.0.0.1:{port}/{dbname}"
@@ -136,9 +151,21 @@ def redis_server(timeout: float = 30.0) -> Iterator[str]:
         for attempt in range(1, START_ATTEMPTS + 1):
             port = _free_port()
             command = [
-                executable, "--port", str(port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", folder,
-                "--daemonize", "no", "--logfile", folder / "redis.log",
+                executable,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                folder,
+                "--daemonize",
+                "no",
+                "--logfile",
+                folder / "redis.log",
             ]
             with _server(command, folder / "redis.log", None, signal.SIGTERM) as process:
                 try:

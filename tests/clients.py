@@ -17,8 +17,12 @@ def sign_up(base_url: str, username: str) -> requests.Session:
     session.get(f"{base_url}/accounts/signup/").raise_for_status()
     response = session.post(
         f"{base_url}/accounts/signup/",
-        data={"username": username, "password1": PASSWORD, "password2": PASSWORD,
-              "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+        data={
+            "username": username,
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
         headers={"Referer": f"{base_url}/accounts/signup/"},
         allow_redirects=False,
     )
@@ -44,8 +48,9 @@ def cookie_header(session: requests.Session) -> str:
 
 def open_socket(ws_base: str, conversation_id: str, session: requests.Session, origin: str):
     """websockets.connect(...) for the conversation's chat socket, as the browser would open it."""
-    return websockets.connect(f"{ws_base}/ws/chat/{conversation_id}/",
-                              additional_headers={"Cookie": cookie_header(session), "Origin": origin})
+    return websockets.connect(
+        f"{ws_base}/ws/chat/{conversation_id}/", additional_headers={"Cookie": cookie_header(session), "Origin": origin}
+    )
 
 
 async def frames_until_end(socket, timeout: float = 60) -> list[dict]:

@@ -88,4 +88,3 @@ def pytest_collection_modifyitems(items) -> None:
         uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)
         if uses_db and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.postgres)
-

@@ -95,8 +95,14 @@ def tiny_config(**fields):
 
     # One intra-op thread: the tiny model's operations are too small to gain
     # from more, and on a busy CI box extra threads only wait for each other.
-    settings = {"model": "tiny-llama", "device": "cpu", "max_batch_size": 4, "max_queue": 8,
-                "default_system_prompt": TINY_SYSTEM_PROMPT, "num_threads": 1}
+    settings = {
+        "model": "tiny-llama",
+        "device": "cpu",
+        "max_batch_size": 4,
+        "max_queue": 8,
+        "default_system_prompt": TINY_SYSTEM_PROMPT,
+        "num_threads": 1,
+    }
     settings.update(fields)
     return EngineConfig(**settings)
 

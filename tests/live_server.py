@@ -49,8 +49,14 @@ START_ATTEMPTS = 3  # a free port can be taken by someone else before daphne bin
 # made on one process is valid on the others (scale-out tests need that).
 TEST_SECRET_KEY = "chatsite-live-server-tests-only-not-a-secret"
 STRIPPED_PREFIXES = ("CHAT_", "CHATSITE_")
-STRIPPED_NAMES = ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG",
-                  "DJANGO_ALLOWED_HOSTS", "DJANGO_CSRF_TRUSTED_ORIGINS")
+STRIPPED_NAMES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_DEBUG",
+    "DJANGO_ALLOWED_HOSTS",
+    "DJANGO_CSRF_TRUSTED_ORIGINS",
+)
 
 
 class ServerError(RuntimeError):
@@ -118,16 +124,19 @@ def free_port() -> int:
 def server_env(workdir: Path, env_overrides: dict | None = None) -> dict:
     """The environment of a server process: ours, minus Chatsite's settings, plus the overrides."""
     env = {
-        name: value for name, value in os.environ.items()
+        name: value
+        for name, value in os.environ.items()
         if name not in STRIPPED_NAMES and not name.startswith(STRIPPED_PREFIXES)
     }
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
-        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
-        "CHAT_MODEL_CACHE": str(REPO / "var" / "models"),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
+            "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+            "CHAT_MODEL_CACHE": str(REPO / "var" / "models"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({name: str(value) for name, value in (env_overrides or {}).items()})
     return env
 
@@ -142,15 +151,19 @@ def _migrate(env: dict, log_path: Path) -> None:
         log.flush()
         try:
             result = subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env,
-                stdout=log, stderr=subprocess.STDOUT, timeout=MIGRATE_TIMEOUT,
+                [sys.executable, "manage.py", "migrate", "--noinput"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=MIGRATE_TIMEOUT,
             )
         except subprocess.TimeoutExpired:
-            raise ServerError(f"migrate took over {MIGRATE_TIMEOUT:.0f} s:\n"
-                              f"{_tail(log_path.read_text(errors='replace'))}") from None
+            raise ServerError(
+                f"migrate took over {MIGRATE_TIMEOUT:.0f} s:\n{_tail(log_path.read_text(errors='replace'))}"
+            ) from None
     if result.returncode != 0:
-        raise ServerError(f"migrate failed (exit {result.returncode}):\n"
-                          f"{_tail(log_path.read_text(errors='replace'))}")
+        raise ServerError(f"migrate failed (exit {result.returncode}):\n{_tail(log_path.read_text(errors='replace'))}")
 
 
 def _healthy(url: str) -> bool:
@@ -166,17 +179,23 @@ def wait_healthy(server: ServerHandle, timeout: float = HEALTH_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise ServerError(f"daphne exited with status {server.process.returncode} "
-                              f"before it was healthy:\n{_tail(server.log())}")
+            raise ServerError(
+                f"daphne exited with status {server.process.returncode} before it was healthy:\n{_tail(server.log())}"
+            )
         if _healthy(server.url):
             return
         time.sleep(0.25)  # polling a starting process; nothing to await instead
     raise ServerError(f"{server.url}/healthz not 200 within {timeout:.0f} s:\n{_tail(server.log())}")
 
 
-def start_daphne(env_overrides: dict | None = None, *, migrate: bool = True,
-                 health_timeout: float = HEALTH_TIMEOUT, wait: bool = True,
-                 keep_workdir: bool = False) -> ServerHandle:
+def start_daphne(
+    env_overrides: dict | None = None,
+    *,
+    migrate: bool = True,
+    health_timeout: float = HEALTH_TIMEOUT,
+    wait: bool = True,
+    keep_workdir: bool = False,
+) -> ServerHandle:
     """Start one daphne process serving chatsite.asgi:application and wait until it is healthy.
 
     env_overrides: environment variables for this server (DATABASE_URL,
@@ -201,16 +220,19 @@ def start_daphne(env_overrides: dict | None = None, *, migrate: bool = True,
                 log.write(f"$ python -m daphne -b 127.0.0.1 -p {port} chatsite.asgi:application\n".encode())
                 log.flush()
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                     "chatsite.asgi:application"],
-                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     # Its own process group: a Ctrl-C meant for pytest reaches
                     # pytest, which then stops the server in an orderly way.
                     start_new_session=True,
                 )
-            server = ServerHandle(port=port, process=process, workdir=workdir, log_path=log_path,
-                                  env=env, keep_workdir=True)
+            server = ServerHandle(
+                port=port, process=process, workdir=workdir, log_path=log_path, env=env, keep_workdir=True
+            )
             if not wait:
                 server.keep_workdir = keep_workdir
                 return server
@@ -262,8 +284,9 @@ def daphne_server(request) -> Iterator[ServerHandle]:
     finally:
         # The server's log explains most failures of tests that used it.
         if not server.alive():
-            sys.stderr.write(f"daphne exited early with status {server.process.returncode}; "
-                             f"log tail:\n{_tail(server.log())}\n")
+            sys.stderr.write(
+                f"daphne exited early with status {server.process.returncode}; log tail:\n{_tail(server.log())}\n"
+            )
         elif request.session.testsfailed > failed_before:
             sys.stderr.write(f"--- daphne log tail ({server.url}) ---\n{_tail(server.log())}\n")
         server.stop()

@@ -15,8 +15,13 @@ def staff_client(client, staff):
 
 @pytest.fixture
 def transcript(alice, conversation):
-    convo = conversation(alice, title="About Paris", source="batch", model_name="tiny",
-                         messages=[("user", "What is the capital of France?"), ("assistant", "Paris is.")])
+    convo = conversation(
+        alice,
+        title="About Paris",
+        source="batch",
+        model_name="tiny",
+        messages=[("user", "What is the capital of France?"), ("assistant", "Paris is.")],
+    )
     reply = convo.messages.last()
     reply.finish("stop", "Paris is.", {"prompt_tokens": 31, "completion_tokens": 3, "ttft_ms": 120, "duration_ms": 400})
     return convo

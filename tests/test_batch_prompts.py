@@ -75,8 +75,16 @@ def test_it_runs_a_txt_file(engine, tmp_path):
     assert [r["line"] for r in rows] == [1, 4]
     assert [r["prompt"] for r in rows] == ["Hello there", "What is 2 + 2?"]
     for row in rows:
-        assert set(row) >= {"line", "prompt", "reply", "finish_reason", "conversation_id",
-                            "prompt_tokens", "completion_tokens", "duration_ms"}
+        assert set(row) >= {
+            "line",
+            "prompt",
+            "reply",
+            "finish_reason",
+            "conversation_id",
+            "prompt_tokens",
+            "completion_tokens",
+            "duration_ms",
+        }
         assert row["finish_reason"] in ("stop", "length")
         assert row["prompt_tokens"] > 0
     assert "2 of 2 prompts done, 0 failed" in err
@@ -121,12 +129,21 @@ def test_it_creates_the_user_without_a_usable_password(engine, tmp_path):
 
 @pytest.mark.django_db
 def test_it_reads_jsonl_with_system_and_params(engine, tmp_path):
-    path = write(tmp_path, "prompts.jsonl", [
-        json.dumps({"prompt": "Hi"}),
-        "",
-        json.dumps({"prompt": "Tell me a joke", "system": "You are funny.",
-                    "params": {"max_new_tokens": 2, "temperature": 0}}),
-    ])
+    path = write(
+        tmp_path,
+        "prompts.jsonl",
+        [
+            json.dumps({"prompt": "Hi"}),
+            "",
+            json.dumps(
+                {
+                    "prompt": "Tell me a joke",
+                    "system": "You are funny.",
+                    "params": {"max_new_tokens": 2, "temperature": 0},
+                }
+            ),
+        ],
+    )
     out, err, error = run(path, system="Default system.", max_new_tokens=3)
 
     assert error is None, err
@@ -142,10 +159,13 @@ def test_it_reads_jsonl_with_system_and_params(engine, tmp_path):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("text", [
-    "Hello\n\nHow are you?\n",
-    '{"prompt": "Hello"}\n\n{"prompt": "How are you?"}\n',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello\n\nHow are you?\n",
+        '{"prompt": "Hello"}\n\n{"prompt": "How are you?"}\n',
+    ],
+)
 def test_it_reads_standard_input(engine, monkeypatch, text):
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     out, err, error = run("-")
@@ -177,8 +197,7 @@ class Terminal(io.StringIO):
 def test_it_shows_a_progress_bar_on_a_terminal(engine, tmp_path, quiet):
     path = write(tmp_path, "prompts.txt", PROMPTS)
     err = Terminal()
-    call_command("batch_prompts", path, batch_size=2, max_new_tokens=2, quiet=quiet,
-                 stdout=io.StringIO(), stderr=err)
+    call_command("batch_prompts", path, batch_size=2, max_new_tokens=2, quiet=quiet, stdout=io.StringIO(), stderr=err)
 
     shown = err.getvalue()
     assert ("5/5" in shown and "prompt/s" in shown) is not quiet
@@ -228,16 +247,20 @@ def test_greedy_output_in_a_batch_equals_the_prompt_alone(engine, tmp_path):
 @pytest.mark.django_db
 def test_it_reports_bad_lines_and_runs_the_rest(engine, tmp_path):
     too_long = " ".join(["word"] * (engine.info.context_length + 10))
-    path = write(tmp_path, "prompts.jsonl", [
-        json.dumps({"prompt": "Good one"}),
-        '{"prompt": "broken',
-        json.dumps({"system": "no prompt"}),
-        json.dumps({"prompt": 42}),
-        json.dumps({"prompt": "   "}),
-        json.dumps({"prompt": "Hot", "params": {"temperature": 5}}),
-        json.dumps({"prompt": too_long}),
-        json.dumps({"prompt": "Another good one"}),
-    ])
+    path = write(
+        tmp_path,
+        "prompts.jsonl",
+        [
+            json.dumps({"prompt": "Good one"}),
+            '{"prompt": "broken',
+            json.dumps({"system": "no prompt"}),
+            json.dumps({"prompt": 42}),
+            json.dumps({"prompt": "   "}),
+            json.dumps({"prompt": "Hot", "params": {"temperature": 5}}),
+            json.dumps({"prompt": too_long}),
+            json.dumps({"prompt": "Another good one"}),
+        ],
+    )
     out, err, error = run(path)
 
     assert error is not None and error.returncode != 0
@@ -287,11 +310,15 @@ def real_engine():
 
 @pytest.mark.django_db
 def test_it_answers_with_the_real_model(real_engine, tmp_path):
-    path = write(tmp_path, "prompts.txt", [
-        "What is the capital of France?",
-        "Name a colour.",
-        "Say hello.",
-    ])
+    path = write(
+        tmp_path,
+        "prompts.txt",
+        [
+            "What is the capital of France?",
+            "Name a colour.",
+            "Say hello.",
+        ],
+    )
     out, err, error = run(path, temperature=0, max_new_tokens=24, batch_size=3)
 
     assert error is None, err
@@ -337,8 +364,10 @@ def test_it_fails_on_bad_parameters(tmp_path):
 
 def test_plan_batches_sorts_by_length_across_params():
     greedy, sampled = GenerationParams.from_dict({"temperature": 0}), GenerationParams()
-    prompts = [batch.Prompt(line, "p", "", params, tokens)
-               for line, params, tokens in [(1, greedy, 9), (2, sampled, 1), (3, greedy, 5), (4, sampled, 7)]]
+    prompts = [
+        batch.Prompt(line, "p", "", params, tokens)
+        for line, params, tokens in [(1, greedy, 9), (2, sampled, 1), (3, greedy, 5), (4, sampled, 7)]
+    ]
 
     plan = batch.plan_batches(prompts, 2)
     assert [[p.line for p in b] for b in plan] == [[2, 3], [4, 1]]

@@ -39,8 +39,10 @@ def browser():
     if sync_playwright is None:
         pytest.fail(PLAYWRIGHT_ERROR)
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
-                    "(`apt-get install chromium`, or `make test`, which installs it)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
+            "(`apt-get install chromium`, or `make test`, which installs it)"
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -84,8 +86,12 @@ def sign_up(page: Page, base_url: str, username: str) -> None:
 def set_settings(page: Page, **values) -> None:
     """Open the settings drawer, fill in values, close it with Escape."""
     page.get_by_role("button", name="Chat settings").click()
-    fields = {"temperature": "#set-temperature", "top_p": "#set-top-p",
-              "max_new_tokens": "#set-max-tokens", "repetition_penalty": "#set-rep"}
+    fields = {
+        "temperature": "#set-temperature",
+        "top_p": "#set-top-p",
+        "max_new_tokens": "#set-max-tokens",
+        "repetition_penalty": "#set-rep",
+    }
     for name, value in values.items():
         page.locator(fields[name]).fill(str(value))
     page.keyboard.press("Escape")
@@ -97,7 +103,9 @@ def reply_count(page: Page) -> int:
 
 
 def reply_length(page: Page) -> int:
-    return page.evaluate(f"() => {{ const li = ({LAST_REPLY})(); return li ? li.querySelector('.md').textContent.length : 0; }}")
+    return page.evaluate(
+        f"() => {{ const li = ({LAST_REPLY})(); return li ? li.querySelector('.md').textContent.length : 0; }}"
+    )
 
 
 def send(page: Page, text: str) -> None:
@@ -143,9 +151,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
 
     # The reply appears token by token: its text grows while it streams.
     first_length = wait_streaming_text(page)
-    page.wait_for_function(
-        f"n => ({LAST_REPLY})().querySelector('.md').textContent.length > n", arg=first_length
-    )
+    page.wait_for_function(f"n => ({LAST_REPLY})().querySelector('.md').textContent.length > n", arg=first_length)
     wait_reply_end(page)
     first_reply = page.locator("#transcript li.msg-assistant").last
     expect(first_reply).to_have_attribute("data-status", "complete")
@@ -177,8 +183,11 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     # Markup in a message is text and a fenced block a <pre><code>; and Stop on
     # a long reply keeps it, marked stopped.
     set_settings(page, max_new_tokens=1024)
-    send(page, "Write a very long essay about the history of computers. "
-               "Quote this first: <img src=x onerror=alert(1)>\n\n```python\nprint(1)\n```")
+    send(
+        page,
+        "Write a very long essay about the history of computers. "
+        "Quote this first: <img src=x onerror=alert(1)>\n\n```python\nprint(1)\n```",
+    )
     mine = page.locator("#transcript li.msg-user").last
     expect(mine).to_contain_text("Quote this first: <img src=x onerror=alert(1)>")
     expect(mine.locator("pre code")).to_have_text("print(1)")
@@ -271,26 +280,70 @@ def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
 MARKDOWN_JS = Path(__file__).resolve().parent.parent / "static" / "chat" / "markdown.js"
 
 MARKDOWN_CASES = [
-    ("Hello *world*, **bold**, ***both*** and `a <b>`",
-     "<p>Hello <em>world</em>, <strong>bold</strong>, <strong><em>both</em></strong> and <code>a &lt;b&gt;</code></p>"),
+    (
+        "Hello *world*, **bold**, ***both*** and `a <b>`",
+        "<p>Hello <em>world</em>, <strong>bold</strong>, <strong><em>both</em></strong>"
+        " and <code>a &lt;b&gt;</code></p>",
+    ),
     ("snake_case_name stays, 2 * 3 * 4 too", "<p>snake_case_name stays, 2 * 3 * 4 too</p>"),
     ("line one\nline two\n\nnext", "<p>line one<br>line two</p><p>next</p>"),
     ("# Title\n### Small", "<h3>Title</h3><h5>Small</h5>"),
-    ("1. one\n2. two\n   - a\n   - b\n3. three",
-     "<ol><li>one</li><li>two<ul><li>a</li><li>b</li></ul></li><li>three</li></ol>"),
+    (
+        "1. one\n2. two\n   - a\n   - b\n3. three",
+        "<ol><li>one</li><li>two<ul><li>a</li><li>b</li></ul></li><li>three</li></ol>",
+    ),
     ("Steps:\n- first\n- second", "<p>Steps:</p><ul><li>first</li><li>second</li></ul>"),
     ("> quoted\n\nafter", "<blockquote><p>quoted</p></blockquote><p>after</p>"),
     ("~~gone~~", "<p><del>gone</del></p>"),
-    ("[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)",
-     "<p>[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)</p>"),
+    (
+        "[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)",
+        "<p>[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)</p>",
+    ),
     ("<script>alert(1)</script> &amp;", "<p>&lt;script&gt;alert(1)&lt;/script&gt; &amp;amp;</p>"),
 ]
 
 # Every element and attribute the renderer may create; anything else is a bug.
-ALLOWED_TAGS = {"P", "BR", "H3", "H4", "H5", "H6", "STRONG", "EM", "DEL", "CODE", "PRE", "UL", "OL", "LI",
-                "BLOCKQUOTE", "HR", "A", "DIV", "SPAN", "BUTTON", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD"}
-ALLOWED_ATTRIBUTES = {"class", "href", "target", "rel", "title", "type", "aria-label", "tabindex", "scope",
-                      "style", "start"}
+ALLOWED_TAGS = {
+    "P",
+    "BR",
+    "H3",
+    "H4",
+    "H5",
+    "H6",
+    "STRONG",
+    "EM",
+    "DEL",
+    "CODE",
+    "PRE",
+    "UL",
+    "OL",
+    "LI",
+    "BLOCKQUOTE",
+    "HR",
+    "A",
+    "DIV",
+    "SPAN",
+    "BUTTON",
+    "TABLE",
+    "THEAD",
+    "TBODY",
+    "TR",
+    "TH",
+    "TD",
+}
+ALLOWED_ATTRIBUTES = {
+    "class",
+    "href",
+    "target",
+    "rel",
+    "title",
+    "type",
+    "aria-label",
+    "tabindex",
+    "scope",
+    "style",
+    "start",
+}
 NASTY = [
     "<img src=x onerror=alert(1)>",
     "[click](javascript:alert(1))",
@@ -303,8 +356,8 @@ NASTY = [
     "| <b onmouseover=alert(1)> | x |\n|---|---|\n| <iframe src=javascript:alert(1)> | y |",
     "**<img src=x onerror=alert(1)>**",
     "[<img src=x onerror=alert(1)>](https://example.com)",
-    "```\" onmouseover=\"alert(1)\nx\n```",
-    "https://example.com/\"><img src=x onerror=alert(1)>",
+    '```" onmouseover="alert(1)\nx\n```',
+    'https://example.com/"><img src=x onerror=alert(1)>',
 ]
 
 
@@ -318,11 +371,10 @@ def test_markdown_renderer_builds_only_safe_nodes(browser):
         assert page.evaluate(render, source) == expected, source
 
     code = page.evaluate(render, "```python\nprint('<b>')\n```")
-    assert '<code class="language-python">print(\'&lt;b&gt;\')</code>' in code and "Copy" in code
+    assert "<code class=\"language-python\">print('&lt;b&gt;')</code>" in code and "Copy" in code
     link = page.evaluate(render, "see [docs](https://example.com/a_(b)) and https://example.org/x.")
-    assert ('<a href="https://example.com/a_(b)" target="_blank" rel="noopener noreferrer nofollow"'
-            in link), link
-    assert '>https://example.org/x</a>.' in link
+    assert '<a href="https://example.com/a_(b)" target="_blank" rel="noopener noreferrer nofollow"' in link, link
+    assert ">https://example.org/x</a>." in link
 
     for source in NASTY:
         page.evaluate(render, source)

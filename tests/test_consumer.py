@@ -185,17 +185,20 @@ async def test_it_refuses_foreign_origin(chat, alice):
     assert not connected
 
 
-@pytest.mark.parametrize("frame, message", [
-    ("not json", "JSON"),
-    ('["send"]', "Unknown frame type"),
-    ('{"type": "dance"}', "Unknown frame type"),
-    ('{"type": "send", "content": "   "}', "needs some text"),
-    ('{"type": "send", "content": 42}', "needs some text"),
-    ('{"type": "send", "content": "' + "x" * 16001 + '"}', "at most 16000"),
-    ('{"type": "send", "content": "hi", "params": {"temperature": 3}}', "temperature must be between 0 and 2"),
-    ('{"type": "send", "content": "hi", "params": "hot"}', "params must be an object"),
-    ('{"type": "stop"}', "No reply"),
-])
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        ("not json", "JSON"),
+        ('["send"]', "Unknown frame type"),
+        ('{"type": "dance"}', "Unknown frame type"),
+        ('{"type": "send", "content": "   "}', "needs some text"),
+        ('{"type": "send", "content": 42}', "needs some text"),
+        ('{"type": "send", "content": "' + "x" * 16001 + '"}', "at most 16000"),
+        ('{"type": "send", "content": "hi", "params": {"temperature": 3}}', "temperature must be between 0 and 2"),
+        ('{"type": "send", "content": "hi", "params": "hot"}', "params must be an object"),
+        ('{"type": "stop"}', "No reply"),
+    ],
+)
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(chat, alice, frame, message):
     ws, _, _ = await connect(chat.id, alice)
     await ws.send_to(text_data=frame)
@@ -288,8 +291,10 @@ async def test_history_is_the_stored_transcript(chat, alice):
     await sync_to_async(Message.objects.create)(conversation=chat, role="user", content="Earlier question")
     await sync_to_async(Message.objects.create)(conversation=chat, role="assistant", content="Earlier answer")
     history = await sync_to_async(Conversation.prompt_history)(chat)
-    assert history == [{"role": "user", "content": "Earlier question"},
-                       {"role": "assistant", "content": "Earlier answer"}]
+    assert history == [
+        {"role": "user", "content": "Earlier question"},
+        {"role": "assistant", "content": "Earlier answer"},
+    ]
 
 
 async def test_waiting_requests_are_told_their_place(make_engine, alice, conversation):
@@ -300,12 +305,14 @@ async def test_waiting_requests_are_told_their_place(make_engine, alice, convers
         chats = [await sync_to_async(conversation)(alice) for _ in range(3)]
         sockets = [(await connect(c.id, alice))[0] for c in chats]
         for ws in sockets:
-            await ws.send_json_to({"type": "send", "content": "Count to ten", "params": {"temperature": 0, "max_new_tokens": 20}})
+            await ws.send_json_to(
+                {"type": "send", "content": "Count to ten", "params": {"temperature": 0, "max_new_tokens": 20}}
+            )
         frames = [await receive_until_end(ws) for ws in sockets]
         # The three sends reach the model in whatever order their tasks run.
         positions = sorted([f["position"] for f in fs if f["type"] == "queued"] for fs in frames)
         assert positions == [[], [1], [2, 1]]
-        for fs, chat in zip(frames, chats):
+        for fs, chat in zip(frames, chats, strict=True):
             assert fs[-1]["finish_reason"] == "length"
             assert joined_tokens(fs) == (await stored_reply(chat)).content
         for ws in sockets:
@@ -326,7 +333,9 @@ async def test_a_send_to_a_deleted_conversation_is_refused(chat, alice):
 
 async def test_the_parameters_of_a_turn_become_the_conversations(chat, alice):
     ws, _, _ = await connect(chat.id, alice)
-    await ws.send_json_to({"type": "send", "content": "Hi", "params": {"temperature": 0, "max_new_tokens": 7, "top_p": 0.5}})
+    await ws.send_json_to(
+        {"type": "send", "content": "Hi", "params": {"temperature": 0, "max_new_tokens": 7, "top_p": 0.5}}
+    )
     await receive_until_end(ws)
     await sync_to_async(chat.refresh_from_db)()
     assert (chat.temperature, chat.max_new_tokens, chat.top_p, chat.repetition_penalty) == (0, 7, 0.5, 1.05)

@@ -27,8 +27,10 @@ def engine():
 
 
 async def ask(engine, question: str, max_new_tokens: int = 48):
-    request = Request(messages=[{"role": "user", "content": question}],
-                      params=GenerationParams(temperature=0, max_new_tokens=max_new_tokens))
+    request = Request(
+        messages=[{"role": "user", "content": question}],
+        params=GenerationParams(temperature=0, max_new_tokens=max_new_tokens),
+    )
     chunks, result = [], None
     async for event in engine.stream(request):
         if isinstance(event, Chunk):

@@ -87,6 +87,7 @@ class Collector:
 
 # -- streaming -------------------------------------------------------------------
 
+
 @pytest.mark.asyncio
 async def test_it_streams_started_chunks_then_one_finished(tiny_engine):
     messages = user("Hello there")
@@ -112,9 +113,14 @@ async def test_greedy_streaming_matches_transformers_generate(tiny_engine, tiny_
     prompt = tiny_engine.prepare(request).ids
     with torch.inference_mode():
         ids = torch.tensor([prompt])
-        output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=60,
-                                repetition_penalty=request.params.repetition_penalty)
-    generated = output[0, len(prompt):].tolist()
+        output = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=60,
+            repetition_penalty=request.params.repetition_penalty,
+        )
+    generated = output[0, len(prompt) :].tolist()
     assert any("\ufffd" in tokenizer.decode([token]) for token in generated)
 
     events, result = await run(tiny_engine, request)
@@ -158,16 +164,20 @@ def test_the_detokenizer_keeps_a_leading_space_after_the_prompt(tiny_model):
     tokenizer = tiny_model[1]
     prompt = tokenizer.encode("Say", add_special_tokens=False)
     detokenizer = IncrementalDetokenizer(tokenizer, prompt)
-    assert "".join(detokenizer.push(t) for t in tokenizer.encode(" hello world", add_special_tokens=False)) == \
-        " hello world"
+    assert (
+        "".join(detokenizer.push(t) for t in tokenizer.encode(" hello world", add_special_tokens=False))
+        == " hello world"
+    )
 
 
 @pytest.mark.asyncio
 async def test_trimmed_turns_are_reported(tiny_engine):
     history = []
     for number in range(30):
-        history += [{"role": "user", "content": f"question {number} " + "blah " * 30},
-                    {"role": "assistant", "content": f"answer {number} " + "yada " * 30}]
+        history += [
+            {"role": "user", "content": f"question {number} " + "blah " * 30},
+            {"role": "assistant", "content": f"answer {number} " + "yada " * 30},
+        ]
     messages = [*history, {"role": "user", "content": "newest"}]
     events, result = await run(tiny_engine, Request(messages=messages, params=greedy(100)))
 
@@ -189,6 +199,7 @@ async def test_bad_requests_fail_before_anything_starts(tiny_engine):
 
 
 # -- cancelling ----------------------------------------------------------------------
+
 
 def test_cancel_stops_the_row_within_one_decoding_step(tiny_engine):
     request = Request(messages=user("Hello there"), params=greedy(LONG))
@@ -261,6 +272,7 @@ async def test_cancelling_the_consuming_task_cancels_the_request(tiny_engine):
 
 # -- batching ----------------------------------------------------------------------
 
+
 def test_requests_submitted_together_share_one_batch(make_engine):
     engine = make_engine()
     short = Request(messages=user("Hi"), params=greedy(40))
@@ -270,7 +282,7 @@ def test_requests_submitted_together_share_one_batch(make_engine):
 
     collectors = [Collector(), Collector()]
     with engine.scheduler.paused():
-        for request, collector in zip((short, longer), collectors):
+        for request, collector in zip((short, longer), collectors, strict=True):
             engine.scheduler.submit(Job(request=request, prompt=engine.prepare(request), deliver=collector))
     results = [collector.result for collector in collectors]
 
@@ -284,8 +296,10 @@ def test_requests_submitted_together_share_one_batch(make_engine):
 async def test_a_request_joins_a_running_batch(make_engine):
     engine = make_engine()
     running = Request(messages=user("Hi"), params=greedy(LONG))
-    joining = Request(messages=user("A much longer prompt, so the running row gets left-padded " * 3),
-                      params=GenerationParams(temperature=0, max_new_tokens=30, repetition_penalty=1.2))
+    joining = Request(
+        messages=user("A much longer prompt, so the running row gets left-padded " * 3),
+        params=GenerationParams(temperature=0, max_new_tokens=30, repetition_penalty=1.2),
+    )
     alone = [await solo_text(engine, r.messages, r.params) for r in (running, joining)]
 
     stream = engine.stream(running)
@@ -315,6 +329,7 @@ def test_a_long_prompt_is_read_in_chunks_while_others_keep_decoding(make_engine)
         def deliver(event):
             log.append((name, event))
             collector(event)
+
         return collector, deliver
 
     running_collector, running_deliver = logger_for("running")
@@ -325,8 +340,9 @@ def test_a_long_prompt_is_read_in_chunks_while_others_keep_decoding(make_engine)
         # On the scheduler thread, at the running row's first token.
         if not joined:
             joined.append(True)
-            engine.scheduler.submit(Job(request=long_prompt, prompt=engine.prepare(long_prompt),
-                                        deliver=joining_deliver))
+            engine.scheduler.submit(
+                Job(request=long_prompt, prompt=engine.prepare(long_prompt), deliver=joining_deliver)
+            )
 
     running_collector.on_chunk = submit_the_long_prompt_once
     engine.scheduler.submit(Job(request=running, prompt=engine.prepare(running), deliver=running_deliver))
@@ -344,13 +360,15 @@ def test_a_long_prompt_is_read_in_chunks_while_others_keep_decoding(make_engine)
 async def test_mixed_settings_in_one_batch_keep_greedy_rows_exact(tiny_engine):
     plain = Request(messages=user("Hello there"), params=greedy(30))
     alone = await solo_text(tiny_engine, plain.messages, plain.params)
-    sampled = Request(messages=user("Hello there"), params=GenerationParams(temperature=2, top_p=1.0,
-                                                                             max_new_tokens=30))
+    sampled = Request(
+        messages=user("Hello there"), params=GenerationParams(temperature=2, top_p=1.0, max_new_tokens=30)
+    )
     (greedy_events, greedy_result), _ = await asyncio.gather(run(tiny_engine, plain), run(tiny_engine, sampled))
     assert greedy_result.text == alone
 
 
 # -- queueing -----------------------------------------------------------------------
+
 
 @pytest.mark.asyncio
 async def test_a_full_queue_refuses_at_once(make_engine):
@@ -396,6 +414,7 @@ async def test_waiting_requests_hear_their_place_whenever_it_changes(make_engine
 
 # -- failures -----------------------------------------------------------------------
 
+
 @pytest.mark.asyncio
 async def test_a_stuck_scheduler_ends_the_stream_as_an_error(make_engine):
     engine = make_engine(stall_timeout=0.2)
@@ -436,6 +455,7 @@ async def test_closing_the_engine_ends_streams_as_errors(make_engine):
 
 # -- generate_batch ------------------------------------------------------------------
 
+
 def test_generate_batch_is_one_call_with_results_in_order(tiny_engine):
     requests = [
         Request(messages=user("Hi"), params=greedy(12)),
@@ -467,8 +487,9 @@ def test_generate_batch_keeps_greedy_rows_exact_beside_sampled_ones(tiny_engine)
 def test_generate_batch_refuses_before_generating(tiny_engine):
     calls = tiny_engine.stats.generate_calls
     with pytest.raises(PromptTooLong):
-        tiny_engine.generate_batch([Request(messages=user("Hi"), params=greedy(5)),
-                                    Request(messages=user("word " * 2000), params=greedy(5))])
+        tiny_engine.generate_batch(
+            [Request(messages=user("Hi"), params=greedy(5)), Request(messages=user("word " * 2000), params=greedy(5))]
+        )
     assert tiny_engine.stats.generate_calls == calls
     assert tiny_engine.generate_batch([]) == []
 
@@ -483,9 +504,11 @@ def test_generate_batch_honours_a_cancelled_request(tiny_engine):
 
 # -- sampling -----------------------------------------------------------------------
 
+
 def sampler_for(*params: GenerationParams, history=((0,),)) -> Sampler:
-    return Sampler.for_rows(list(params), [list(h) for h in history] * (len(params) // len(history)),
-                            torch.device("cpu"))
+    return Sampler.for_rows(
+        list(params), [list(h) for h in history] * (len(params) // len(history)), torch.device("cpu")
+    )
 
 
 def test_the_repetition_penalty_demotes_tokens_already_seen():
@@ -524,11 +547,23 @@ def test_greedy_rows_stay_greedy_beside_sampled_rows():
 
 # -- the CLI --------------------------------------------------------------------------
 
+
 @pytest.mark.asyncio
 async def test_the_cli_streams_a_reply(tiny_engine, tiny_model_dir):
     out = io.StringIO()
-    argv = ["Hello there", "--model", str(tiny_model_dir), "--temperature", "0", "--max-new-tokens", "8",
-            "--device", "cpu", "--threads", "1"]
+    argv = [
+        "Hello there",
+        "--model",
+        str(tiny_model_dir),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     status = await asyncio.get_running_loop().run_in_executor(None, lambda: cli_main(argv, {}, out))
     assert status == 0
     expected = await solo_text(tiny_engine, user("Hello there"), greedy(8))

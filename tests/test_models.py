@@ -30,11 +30,14 @@ def test_prompt_history_until_a_message(alice, conversation):
     assert convo.prompt_history(until=convo.messages.last()) == [{"role": "user", "content": "one"}]
 
 
-@pytest.mark.parametrize("text, title", [
-    ("Hello", "Hello"),
-    ("  Plan   a\ntrip  ", "Plan a trip"),
-    ("word " * 30, "word word word word word word word word word word word word…"),
-])
+@pytest.mark.parametrize(
+    "text, title",
+    [
+        ("Hello", "Hello"),
+        ("  Plan   a\ntrip  ", "Plan a trip"),
+        ("word " * 30, "word word word word word word word word word word word word…"),
+    ],
+)
 def test_titles_come_from_the_first_message(text, title):
     assert Conversation().title_from(text) == title
 
@@ -42,7 +45,9 @@ def test_titles_come_from_the_first_message(text, title):
 def test_finish_stores_status_reason_and_usage(alice, conversation):
     convo = conversation(alice)
     reply = Message.objects.create(conversation=convo, role="assistant", status="streaming")
-    reply.finish("cancelled", "partial", {"prompt_tokens": 10, "completion_tokens": 4, "ttft_ms": 50, "duration_ms": 500})
+    reply.finish(
+        "cancelled", "partial", {"prompt_tokens": 10, "completion_tokens": 4, "ttft_ms": 50, "duration_ms": 500}
+    )
     reply.refresh_from_db()
     assert (reply.status, reply.finish_reason, reply.content) == ("cancelled", "cancelled", "partial")
     assert (reply.prompt_tokens, reply.completion_tokens, reply.ttft_ms, reply.duration_ms) == (10, 4, 50, 500)

@@ -30,10 +30,15 @@ def test_none_gives_the_base():
 @pytest.mark.parametrize(
     "data",
     [
-        {"temperature": 0}, {"temperature": 2}, {"temperature": 1},
-        {"top_p": 1}, {"top_p": 0.01},
-        {"max_new_tokens": 1}, {"max_new_tokens": 4096},
-        {"repetition_penalty": 1}, {"repetition_penalty": 2},
+        {"temperature": 0},
+        {"temperature": 2},
+        {"temperature": 1},
+        {"top_p": 1},
+        {"top_p": 0.01},
+        {"max_new_tokens": 1},
+        {"max_new_tokens": 4096},
+        {"repetition_penalty": 1},
+        {"repetition_penalty": 2},
     ],
 )
 def test_it_accepts_the_bounds(data):

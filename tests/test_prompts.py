@@ -35,8 +35,9 @@ def conversation(pairs: int, words: int = 30) -> list[dict]:
 def test_it_uses_the_chat_template_and_opens_the_assistant_turn(tokenizer):
     ids = render(tokenizer, [SYSTEM, {"role": "user", "content": "Hello"}])
     text = tokenizer.decode(ids)
-    assert text == ("<|im_start|>system\nYou are terse.<|im_end|>\n"
-                    "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_control_tokens_typed_by_a_user_stay_text(tokenizer):
@@ -48,8 +49,12 @@ def test_control_tokens_typed_by_a_user_stay_text(tokenizer):
 
 
 def test_a_tokenizer_without_template_gets_the_plain_format(plain_tokenizer):
-    messages = [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                {"role": "user", "content": "2+2?"}]
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+    ]
     ids = render(plain_tokenizer, messages)
     expected = "System: You are terse.\nUser: Hi\nAssistant: Hello!\nUser: 2+2?\nAssistant:"
     assert fallback_text(messages) == expected
@@ -78,11 +83,11 @@ def test_the_oldest_turns_go_first_in_pairs(tokenizer):
     prompt = fit_prompt(tokenizer, messages, max_new_tokens=reply, context_length=context)
 
     assert prompt.dropped_turns > 0 and prompt.dropped_turns % 2 == 0
-    kept = [messages[0], *messages[1 + prompt.dropped_turns:]]
+    kept = [messages[0], *messages[1 + prompt.dropped_turns :]]
     assert prompt.ids == render(tokenizer, kept)
     assert len(prompt.ids) + reply <= context, "room is reserved for the reply"
     assert prompt.max_new_tokens == reply
-    one_pair_fewer = [messages[0], *messages[prompt.dropped_turns - 1:]]
+    one_pair_fewer = [messages[0], *messages[prompt.dropped_turns - 1 :]]
     assert len(render(tokenizer, one_pair_fewer)) + reply > context, "no more turns dropped than needed"
 
 
@@ -110,9 +115,13 @@ def test_it_refuses_a_prompt_that_leaves_no_room(tokenizer):
 
 
 def test_a_history_starting_with_the_assistant_is_dropped_on_its_own(tokenizer):
-    messages = [SYSTEM, {"role": "assistant", "content": "Welcome! " * 40},
-                {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                {"role": "user", "content": "newest"}]
+    messages = [
+        SYSTEM,
+        {"role": "assistant", "content": "Welcome! " * 40},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "newest"},
+    ]
     full = len(render(tokenizer, messages))
     prompt = fit_prompt(tokenizer, messages, max_new_tokens=10, context_length=full - 20)
     assert prompt.dropped_turns == 1
@@ -127,10 +136,14 @@ def test_a_history_starting_with_the_assistant_is_dropped_on_its_own(tokenizer):
         (["hello"], "message 0 must be an object with role and content"),
         ([{"role": "robot", "content": "hi"}], "message 0 has role 'robot'; expected system, user or assistant"),
         ([{"role": "user", "content": 42}], "message 0 content must be a string"),
-        ([{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}],
-         "only the first message may be a system message"),
-        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}],
-         "the last message must be the user's"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}],
+            "only the first message may be a system message",
+        ),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}],
+            "the last message must be the user's",
+        ),
     ],
 )
 def test_it_rejects_malformed_messages(messages, message):

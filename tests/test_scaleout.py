@@ -40,8 +40,14 @@ class WorkerProcess:
         self.log_path = folder / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "inference_worker", "--name", name], cwd=REPO, env=env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [sys.executable, "manage.py", "inference_worker", "--name", name],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -65,14 +71,26 @@ def cluster(tiny_model_dir):
             database_url = stack.enter_context(postgres_server())
         redis_url = os.getenv("REDIS_URL") or stack.enter_context(redis_server())
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chatsite-scaleout-")))
-        shared = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "CHAT_INFERENCE": "worker",
-                  "CHAT_MODEL": str(tiny_model_dir), "CHAT_DEVICE": "cpu",
-                  "CHAT_WORKER_TIMEOUT_S": WORKER_TIMEOUT_S, "CHAT_SAVE_INTERVAL_MS": 0,
-                  # Room for 1 + 2 requests per worker, so a few chats at once need both.
-                  "CHAT_MAX_BATCH": 1}
+        shared = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CHAT_INFERENCE": "worker",
+            "CHAT_MODEL": str(tiny_model_dir),
+            "CHAT_DEVICE": "cpu",
+            "CHAT_WORKER_TIMEOUT_S": WORKER_TIMEOUT_S,
+            "CHAT_SAVE_INTERVAL_MS": 0,
+            # Room for 1 + 2 requests per worker, so a few chats at once need both.
+            "CHAT_MAX_BATCH": 1,
+        }
         env = server_env(folder, shared)
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True,
-                       capture_output=True, timeout=START_TIMEOUT)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+        )
         workers = [WorkerProcess(name, env, folder) for name in ("w1", "w2")]
         for worker in workers:
             stack.callback(worker.stop)
@@ -111,18 +129,21 @@ def test_chats_on_both_web_processes_are_served_by_both_workers(cluster):
 
     async def chat(index: int, conversation_id: str) -> tuple[list[dict], list[dict]]:
         # One tab on each web process; the message is sent from either.
-        async with open_socket(a.ws_url, conversation_id, session, a.url) as tab_a, \
-                open_socket(b.ws_url, conversation_id, session, b.url) as tab_b:
+        async with (
+            open_socket(a.ws_url, conversation_id, session, a.url) as tab_a,
+            open_socket(b.ws_url, conversation_id, session, b.url) as tab_b,
+        ):
             sender = tab_a if index % 2 else tab_b
-            await sender.send(f'{{"type": "send", "content": "Hello number {index}", '
-                              f'"params": {{"max_new_tokens": 16}}}}')
+            await sender.send(
+                f'{{"type": "send", "content": "Hello number {index}", "params": {{"max_new_tokens": 16}}}}'
+            )
             return await asyncio.gather(frames_until_end(tab_a), frames_until_end(tab_b))
 
     async def all_chats():
         return await asyncio.gather(*(chat(i, c) for i, c in enumerate(conversations)))
 
     results = asyncio.run(all_chats())
-    for conversation_id, (frames_a, frames_b) in zip(conversations, results):
+    for conversation_id, (frames_a, frames_b) in zip(conversations, results, strict=True):
         assert frames_a[-1]["finish_reason"] == "length", frames_a[-1]
         assert joined_tokens(frames_a) == joined_tokens(frames_b) != ""
         messages = stored_messages(session, b.url, conversation_id)
@@ -140,10 +161,11 @@ def test_a_killed_worker_costs_one_reply_and_the_next_goes_to_the_other(cluster)
     conversation_id = new_conversation(session, a.url)
 
     async def scenario():
-        async with open_socket(a.ws_url, conversation_id, session, a.url) as tab_a, \
-                open_socket(b.ws_url, conversation_id, session, b.url) as tab_b:
-            await tab_a.send('{"type": "send", "content": "Talk for a long time", '
-                             '"params": {"max_new_tokens": 1000}}')
+        async with (
+            open_socket(a.ws_url, conversation_id, session, a.url) as tab_a,
+            open_socket(b.ws_url, conversation_id, session, b.url) as tab_b,
+        ):
+            await tab_a.send('{"type": "send", "content": "Talk for a long time", "params": {"max_new_tokens": 1000}}')
             frames = []
             while sum(f["type"] == "token" for f in frames) < 2:
                 frames.append(json.loads(await asyncio.wait_for(tab_a.recv(), timeout=60)))

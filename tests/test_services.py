@@ -65,9 +65,7 @@ def redis_folder(url: str) -> Path:
 
 def start_holding(args: list[str]) -> tuple[subprocess.Popen, str, Path]:
     """Start a process that holds a server; returns it, the URL and the folder."""
-    process = subprocess.Popen(
-        args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url, folder = process.stdout.readline().split()
     return process, url, Path(folder)
 
@@ -118,7 +116,7 @@ def test_it_stops_redis_when_the_block_raises():
     with pytest.raises(ZeroDivisionError):
         with redis_server() as url:
             folder = redis_folder(url)
-            1 / 0
+            raise ZeroDivisionError
 
     assert not folder.exists()
     assert refuses_connections(url)
@@ -149,7 +147,9 @@ def test_it_exports_redis_url_and_returns_the_command_status():
     command = "import os, sys; print(os.environ['REDIS_URL']); sys.exit(3)"
     result = subprocess.run(
         [sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", command],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 3
@@ -162,7 +162,9 @@ def test_it_exports_database_url():
     command = "import os, psycopg; psycopg.connect(os.environ['DATABASE_URL']).execute('select 1')"
     result = subprocess.run(
         [sys.executable, SERVICES, "--postgres", "--", sys.executable, "-c", command],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     assert result.returncode == 0, result.stderr
@@ -170,9 +172,7 @@ def test_it_exports_database_url():
 
 @pytest.mark.redis
 def test_it_passes_sigterm_to_the_command_then_stops_the_servers():
-    process, url, folder = start_holding(
-        [sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", PRINT_REDIS]
-    )
+    process, url, folder = start_holding([sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", PRINT_REDIS])
 
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -183,9 +183,7 @@ def test_it_passes_sigterm_to_the_command_then_stops_the_servers():
 
 
 def test_it_refuses_to_start_nothing():
-    result = subprocess.run(
-        [sys.executable, SERVICES, "--", "true"], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, SERVICES, "--", "true"], capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 2
     assert "nothing to start" in result.stderr
@@ -194,7 +192,9 @@ def test_it_refuses_to_start_nothing():
 def test_it_reports_a_missing_command_in_one_line():
     result = subprocess.run(
         [sys.executable, SERVICES, "--redis", "--", "no-such-command-chatsite"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 127
@@ -205,9 +205,7 @@ def test_it_reports_a_missing_command_in_one_line():
 def test_it_needs_only_the_standard_library():
     # make and CI call the CLI before (or without) the virtual environment.
     base_python = Path(sys.base_prefix) / "bin" / "python3"
-    result = subprocess.run(
-        [base_python, "-I", SERVICES, "--help"], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([base_python, "-I", SERVICES, "--help"], capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 0, result.stderr
     assert "--postgres" in result.stdout

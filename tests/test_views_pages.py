@@ -33,7 +33,9 @@ def test_it_renders_the_transcript_escaped(alice_client, alice, conversation):
 
 
 def test_it_creates_a_conversation_with_settings(alice_client, alice):
-    response = alice_client.post("/c/new/", {"system_prompt": "Be brief.", "temperature": "0.2", "max_new_tokens": "64"})
+    response = alice_client.post(
+        "/c/new/", {"system_prompt": "Be brief.", "temperature": "0.2", "max_new_tokens": "64"}
+    )
     convo = Conversation.objects.get(user=alice)
     assert response.status_code == 302
     assert response["Location"] == convo.get_absolute_url()

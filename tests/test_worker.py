@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from chatsite.settings import channel_layers as layer_settings
 from conversations import runtime
-from conversations.models import InferenceWorker, Message
+from conversations.models import InferenceWorker
 from conversations.worker import InferenceWorkerServer
 from scripts.services import redis_server
 from tests.test_consumer import GREEDY, LONG, connect, greedy_alone, joined_tokens, receive_until_end, stored_reply
@@ -117,8 +117,9 @@ async def test_stop_reaches_the_worker_holding_the_reply(start_worker, chat, ali
 async def test_a_socket_joining_mid_reply_gets_the_workers_snapshot(start_worker, chat, alice):
     await start_worker()
     first, _, _ = await connect(chat.id, alice)
-    await first.send_json_to({"type": "send", "content": "Tell me more",
-                              "params": {"temperature": 0, "max_new_tokens": 60}})
+    await first.send_json_to(
+        {"type": "send", "content": "Tell me more", "params": {"temperature": 0, "max_new_tokens": 60}}
+    )
     early = []
     while sum(f["type"] == "token" for f in early) < 3:
         early.append(await first.receive_json_from(timeout=30))
@@ -230,7 +231,8 @@ def test_the_worker_command_says_in_one_line_that_redis_is_down():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "CommandError: cannot reach REDIS_URL='redis://127.0.0.1:9/0': Error 111 connecting to 127.0.0.1:9. "
-        "Connection refused."]
+        "Connection refused."
+    ]
 
 
 def test_a_web_process_in_worker_mode_says_in_one_line_that_redis_is_down():

@@ -44,30 +44,53 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("path", metavar="INPUT", help="a .txt or .jsonl file, or - for standard input")
-        parser.add_argument("--output", "-o", metavar="OUT.jsonl",
-                            help="write the JSON lines here instead of standard output")
-        parser.add_argument("--format", dest="input_format", choices=batch.FORMATS, default="auto",
-                            help="input format; auto: by extension (.txt, .jsonl), else JSONL "
-                                 "if the first non-blank line starts with '{'")
-        parser.add_argument("--user", default="batch",
-                            help="owner of the conversations, created if missing (default: batch)")
-        parser.add_argument("--system", default="", metavar="TEXT",
-                            help='system prompt for every prompt (a JSONL "system" replaces it)')
+        parser.add_argument(
+            "--output", "-o", metavar="OUT.jsonl", help="write the JSON lines here instead of standard output"
+        )
+        parser.add_argument(
+            "--format",
+            dest="input_format",
+            choices=batch.FORMATS,
+            default="auto",
+            help="input format; auto: by extension (.txt, .jsonl), else JSONL "
+            "if the first non-blank line starts with '{'",
+        )
+        parser.add_argument(
+            "--user", default="batch", help="owner of the conversations, created if missing (default: batch)"
+        )
+        parser.add_argument(
+            "--system", default="", metavar="TEXT", help='system prompt for every prompt (a JSONL "system" replaces it)'
+        )
         parser.add_argument("--temperature", type=float, metavar="T", help="0-2, 0 = greedy")
         parser.add_argument("--top-p", type=float, metavar="P", help="(0, 1]")
         parser.add_argument("--max-new-tokens", type=int, metavar="N", help="1-4096")
         parser.add_argument("--repetition-penalty", type=float, metavar="R", help="1-2")
-        parser.add_argument("--batch-size", type=int, default=8, metavar="B",
-                            help="prompts per model call (default: 8)")
+        parser.add_argument(
+            "--batch-size", type=int, default=8, metavar="B", help="prompts per model call (default: 8)"
+        )
         parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    def handle(self, *args, path: str, output: str | None, input_format: str, user: str, system: str,
-               temperature: float | None, top_p: float | None, max_new_tokens: int | None,
-               repetition_penalty: float | None, batch_size: int, quiet: bool, **options) -> None:
+    def handle(
+        self,
+        *args,
+        path: str,
+        output: str | None,
+        input_format: str,
+        user: str,
+        system: str,
+        temperature: float | None,
+        top_p: float | None,
+        max_new_tokens: int | None,
+        repetition_penalty: float | None,
+        batch_size: int,
+        quiet: bool,
+        **options,
+    ) -> None:
         if batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1, got {batch_size}")
-        base = self.base_params(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                repetition_penalty=repetition_penalty)
+        base = self.base_params(
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty
+        )
         lines = self.read_lines(path)
         fmt = batch.detect_format(path, lines) if input_format == "auto" else input_format
         prompts, bad = batch.read_prompts(lines, fmt, base, system)
@@ -80,20 +103,28 @@ class Command(BaseCommand):
         plan = batch.plan_batches(prompts, batch_size)
 
         err = _RawStream(self.stderr)
-        with self.output_writer(output) as write, self.progress_bar(len(prompts), quiet, err) as bar, \
-                self.stop_on_sigint() as stop:
-            runner = batch.BatchRunner(engine=engine, user=batch.batch_user(user), write=write,
-                                       report=lambda message: bar.write(message, file=err),
-                                       progress=bar.update, stop=stop)
+        with (
+            self.output_writer(output) as write,
+            self.progress_bar(len(prompts), quiet, err) as bar,
+            self.stop_on_sigint() as stop,
+        ):
+            runner = batch.BatchRunner(
+                engine=engine,
+                user=batch.batch_user(user),
+                write=write,
+                report=lambda message: bar.write(message, file=err),
+                progress=bar.update,
+                stop=stop,
+            )
             summary = runner.run(plan)
 
         self.stderr.write(summary.describe(bad_lines=len(bad)), style_func=lambda x: x)
         if summary.aborted:
-            raise CommandError(f"the model stopped ({summary.aborted}): "
-                               f"stopped after {summary.done} of {summary.total} prompts")
+            raise CommandError(
+                f"the model stopped ({summary.aborted}): stopped after {summary.done} of {summary.total} prompts"
+            )
         if summary.interrupted:
-            raise CommandError(f"interrupted: stopped after {summary.done} of {summary.total} prompts",
-                               returncode=130)
+            raise CommandError(f"interrupted: stopped after {summary.done} of {summary.total} prompts", returncode=130)
         failed = summary.failed + len(bad)
         if failed:
             raise CommandError(f"{failed} of {summary.total + len(bad)} prompts failed (reported above)")
@@ -127,6 +158,7 @@ class Command(BaseCommand):
         """A function writing one output line, flushed at once so a crash
         keeps every line that finished."""
         if path is None:
+
             def write(line: str) -> None:
                 self.stdout.write(line)
                 self.stdout.flush()
@@ -138,6 +170,7 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
         with handle:
+
             def write(line: str) -> None:
                 handle.write(line + "\n")
                 handle.flush()
@@ -147,8 +180,9 @@ class Command(BaseCommand):
     @contextmanager
     def progress_bar(self, total: int, quiet: bool, err: _RawStream):
         """A tqdm bar (rate, ETA) on stderr, off when quiet or stderr is not a terminal."""
-        with tqdm(total=total, unit="prompt", file=err, dynamic_ncols=True,
-                  disable=quiet or not self.stderr.isatty()) as bar:
+        with tqdm(
+            total=total, unit="prompt", file=err, dynamic_ncols=True, disable=quiet or not self.stderr.isatty()
+        ) as bar:
             yield bar
 
     @contextmanager

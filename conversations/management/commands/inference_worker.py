@@ -15,12 +15,15 @@ logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = ("Load the model and generate the replies that web processes in CHAT_INFERENCE=worker mode "
-            "hand over through Redis. Run as many as you like; SIGTERM stops one gracefully.")
+    help = (
+        "Load the model and generate the replies that web processes in CHAT_INFERENCE=worker mode "
+        "hand over through Redis. Run as many as you like; SIGTERM stops one gracefully."
+    )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--name", help="how this worker is listed in /admin and logs "
-                                           "(default: HOST:PID; must be unique)")
+        parser.add_argument(
+            "--name", help="how this worker is listed in /admin and logs (default: HOST:PID; must be unique)"
+        )
 
     def handle(self, *args, name: str | None = None, **options) -> None:
         if not settings.REDIS_URL:
@@ -34,8 +37,14 @@ class Command(BaseCommand):
             raise CommandError(f"cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
         server = InferenceWorkerServer(engine, name=name)
         info = engine.info
-        logger.info("inference worker %s ready: %s on %s (%s), up to %d replies at once",
-                    server.name, info.model_name, info.device, info.dtype, engine.config.max_batch_size)
+        logger.info(
+            "inference worker %s ready: %s on %s (%s), up to %d replies at once",
+            server.name,
+            info.model_name,
+            info.device,
+            info.dtype,
+            engine.config.max_batch_size,
+        )
         try:
             server.run()
         finally:
