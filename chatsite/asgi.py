@@ -23,9 +23,11 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from chatsite.routing import websocket_application  # noqa: E402
-from conversations import runtime  # noqa: E402
+from conversations import runtime, shutdown  # noqa: E402
 
 runtime.start_server()
+if "daphne.server" in sys.modules:
+    shutdown.install()  # SIGTERM: finish or interrupt live replies, then stop (docs/deploy.md)
 
 application = ProtocolTypeRouter(
     {

@@ -84,7 +84,13 @@ def database(url: str) -> dict:
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         # SQLite is shared by the web threads and the consumer's database
         # calls; a generous timeout turns lock contention into a short wait.
-        config["OPTIONS"] = {"timeout": 20}
+        # IMMEDIATE transactions take the write lock when they begin, so two
+        # writers queue on the timeout instead of one failing at once with
+        # "database is locked" (a deferred read lock cannot be upgraded).
+        config["OPTIONS"] = {
+            "timeout": env_int("CHAT_DB_LOCK_TIMEOUT_S", 20, maximum=3600),
+            "transaction_mode": "IMMEDIATE",
+        }
         config["CONN_MAX_AGE"] = 0
     return config
 
@@ -228,11 +234,12 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)
 # A reply nobody watches any more (every tab closed) is stopped after this
 # many seconds; a reload or a reconnect within it picks the reply back up.
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))
-# Worker mode (CHAT_INFERENCE=worker). A web process that hears nothing about
-# a live reply for this many seconds (no token, no heartbeat) tells the user
-# and marks the reply interrupted; workers send a heartbeat every fifth of it
-# (2 s by default) and /healthz wants a worker seen within it.
+# Worker mode (CHAT_INFERENCE=worker). A live reply whose lease is not renewed
+# for this many seconds (its worker died, or no worker took the request) is
+# ended by a reaper in any web process or worker; workers renew every fifth of
+# it (2 s by default) and /healthz wants a worker seen within it.
 CHAT_WORKER_TIMEOUT = float(env_int("CHAT_WORKER_TIMEOUT_S", 10, minimum=1, maximum=3600))
-# A worker told to stop (SIGTERM) lets its replies run this long, then cuts
-# the rest off as interrupted.
-CHAT_WORKER_DRAIN = float(env_int("CHAT_WORKER_DRAIN_S", 30, maximum=3600))
+# SIGTERM / SIGINT on a web process or a worker: new turns are refused with
+# `busy`, live replies get this many seconds to finish, the rest are stopped
+# as interrupted (docs/deploy.md).
+CHAT_SHUTDOWN_GRACE = float(env_int("CHAT_SHUTDOWN_GRACE_S", 10, maximum=3600))

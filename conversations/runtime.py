@@ -59,6 +59,17 @@ def loaded_engine():
     return _engine
 
 
+def close_engine(timeout: float) -> None:
+    """Close the engine if loaded: its jobs end, its scheduler thread is joined."""
+    engine = _engine
+    if engine is None:
+        return
+    try:
+        engine.close(timeout=timeout)
+    except TypeError:  # an engine whose close() takes no timeout yet (the `engine` branch adds it)
+        engine.close()
+
+
 def model_name() -> str:
     engine = _engine
     return engine.info.model_name if engine is not None else settings.CHAT_MODEL
@@ -129,7 +140,7 @@ def start_server() -> None:
 
     if settings.CHAT_INFERENCE == "worker":
         # Streaming replies belong to live workers of other processes; a
-        # dead one's are found by the sockets watching them (their watchdog).
+        # dead one's are ended by a reaper (conversations.runners.worker).
         problem = redis_problem()
         if problem:
             raise SystemExit(f"chatsite: {problem}")

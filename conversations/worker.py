@@ -4,23 +4,24 @@ A worker is a Channels worker (channels.worker.Worker, an asgiref
 StatelessServer) listening on the named channel "inference.requests": each
 request that a web process sends there reaches exactly one worker, and
 becomes an application instance of it, a ReplyConsumer. The consumer runs the
-same conversations.replies.run_reply as the embedded mode, so the frames
-(group events over Redis) and the stored message are the same; the engine
-batches every reply the worker holds.
+same conversations.generation.run_reply as local mode, with the reply's
+record in its Redis stream (conversations.runners.worker), so the frames and
+the stored message are the same; the engine batches every reply the worker
+holds.
 
 Backpressure: Channels' own listener receives as fast as messages come, so
 one worker would take every request. This one receives a request only while
 it holds fewer than max_batch_size + ROOM_MARGIN; the rest wait in Redis for
 whichever worker has room.
 
-Liveness: while it holds a reply a worker publishes `chat.alive` to the
-conversation every CHAT_WORKER_TIMEOUT / 5 seconds (2 s by default), and
-upserts its InferenceWorker row as often; web processes give up on a reply
-after CHAT_WORKER_TIMEOUT seconds of silence (conversations.consumers).
+Liveness: every CHAT_WORKER_TIMEOUT / 5 seconds the worker renews the lease
+of each reply it holds and upserts its InferenceWorker row; a reply whose
+lease expires is ended by a reaper (conversations.runners.worker).
 
 Stopping (SIGTERM or SIGINT): stop receiving, let the held replies run for up
-to CHAT_WORKER_DRAIN seconds, then cut the rest off; they are stored as
-`interrupted` with their text so far, and their sockets get an error frame.
+to CHAT_SHUTDOWN_GRACE_S seconds, then cut the rest off; they are stored as
+`interrupted` with the text their sockets were sent, the engine is closed and
+the process exits 0.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from django.utils import timezone
 
 from inference import GenerationParams, InvalidParams
 
-from .dispatch import LAYER_ERRORS, REQUESTS_CHANNEL, control_group
+from .generation import LiveReply, run_reply
 from .models import InferenceWorker, Message
-from .replies import LiveReply, group_publisher, run_reply
+from .runners.worker import REQUESTS_CHANNEL, StreamRecord, control_group, forget, reap_forever, renew_leases
+from .turns import LAYER_ERRORS, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ logger = logging.getLogger(__name__)
 ROOM_MARGIN = 2
 # Backoff while Redis is unreachable: from RETRY_MIN doubling to RETRY_MAX seconds.
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
-# After the drain deadline, how long cut-off replies get to store their state.
+# After the grace, how long cut-off replies get to store their state.
 CUT_OFF_SECONDS = 15.0
 
 
@@ -65,9 +67,8 @@ class ReplyConsumer(AsyncConsumer):
     """One request held by a worker, from `generate` to the stored end of its reply.
 
     Its own channel joins the conversation's control group while it holds
-    the reply, so a `stop` or a sync from any web process reaches it as
-    reply.stop / reply.sync. The reply runs as a task, so those are handled
-    while it streams.
+    the reply, so a `stop` from any web process reaches it as reply.stop.
+    The reply runs as a task, so that is handled while it streams.
     """
 
     reply: LiveReply | None = None
@@ -93,53 +94,39 @@ class ReplyConsumer(AsyncConsumer):
             logger.error("request for reply %s has bad params: %s", message_id, exc)
             return False
         if not await _still_streaming(message_id):
-            # A web process gave up on it while it waited in Redis.
+            # A reaper gave up on it while it waited in Redis.
             logger.info("request for reply %s is no longer wanted", message_id)
             return False
-        self.reply = LiveReply(conversation_id=conversation_id, message_id=message_id)
-        publish = group_publisher(conversation_id)
+        await renew_leases([message_id])
+        turn = Turn(conversation_id=conversation_id, message_id=message_id, history=message["history"], params=params)
+        record = StreamRecord(message_id)
+        await record.open()
+        self.reply = LiveReply(turn, record=record)
         try:
             await self.channel_layer.group_add(control_group(conversation_id), self.channel_name)
-        except LAYER_ERRORS as exc:  # stop and sync will not reach it; the reply still runs
+        except LAYER_ERRORS as exc:  # stop will not reach it; the reply still runs
             logger.warning("reply %s: cannot join its control group: %s", message_id, exc)
-        await publish({"type": "chat.accepted", "message_id": message_id})
         logger.info("reply %s accepted (%d held)", message_id, len(worker.held))
-        self.reply.task = asyncio.create_task(self._run(worker, message["history"], params, publish))
+        self.reply.task = asyncio.create_task(self._run(worker))
         worker.held[message_id] = self.reply
         return True
 
-    async def _run(self, worker: InferenceWorkerServer, history: list[dict], params: GenerationParams, publish) -> None:
+    async def _run(self, worker: InferenceWorkerServer) -> None:
         reply = self.reply
-        heartbeat = asyncio.create_task(self._heartbeat(publish))
         try:
-            await run_reply(reply, worker.engine, history, params, publish)
+            await run_reply(reply, worker.engine)
         finally:
-            heartbeat.cancel()
             try:
+                await forget(reply.message_id)
                 await self.channel_layer.group_discard(control_group(reply.conversation_id), self.channel_name)
             except LAYER_ERRORS as exc:
-                logger.warning("reply %s: cannot leave its control group: %s", reply.message_id, exc)
+                logger.warning("reply %s: cannot clean up after it: %s", reply.message_id, exc)
             worker.release(reply.message_id)
-
-    async def _heartbeat(self, publish) -> None:
-        while True:
-            await asyncio.sleep(heartbeat_interval())
-            await publish({"type": "chat.alive", "message_id": self.reply.message_id})
 
     async def reply_stop(self, message: dict) -> None:
         if self.reply is not None:
+            self.reply.interrupted = self.reply.interrupted or message.get("interrupted", False)
             self.reply.cancel.set()
-
-    async def reply_sync(self, message: dict) -> None:
-        if self.reply is None:
-            return
-        try:
-            await self.channel_layer.send(
-                message["reply_to"],
-                {"type": "chat.snapshot", "message_id": self.reply.message_id, "text": self.reply.text},
-            )
-        except LAYER_ERRORS as exc:
-            logger.warning("reply %s: cannot answer a sync: %s", self.reply.message_id, exc)
 
     async def reply_done(self, message: dict) -> None:
         raise StopConsumer
@@ -182,14 +169,16 @@ class InferenceWorkerServer(Worker):
                 loop.add_signal_handler(signum, self.stop)
         listener = asyncio.create_task(self.listener(REQUESTS_CHANNEL))
         beat = asyncio.create_task(self.beat())
+        leases = asyncio.create_task(self.renew())
+        reaper = asyncio.create_task(reap_forever())
         stopping = asyncio.create_task(self.stopping.wait())
         try:
             await asyncio.wait({listener, stopping}, return_when=asyncio.FIRST_COMPLETED)
             listener.cancel()
             await self.drain()
         finally:
-            beat.cancel()
-            stopping.cancel()
+            for task in (beat, leases, reaper, stopping):
+                task.cancel()
             await database_sync_to_async(self.unregister)()
         if listener.done() and not listener.cancelled() and listener.exception():
             raise listener.exception()
@@ -233,12 +222,12 @@ class InferenceWorkerServer(Worker):
             return message
 
     async def drain(self) -> None:
-        """Let held replies finish within CHAT_WORKER_DRAIN seconds, then cut the rest off."""
+        """Let held replies finish within CHAT_SHUTDOWN_GRACE_S seconds, then cut the rest off."""
         tasks = [reply.task for reply in self.held.values() if reply is not None and reply.task]
         if not tasks:
             return
-        logger.info("waiting up to %.0f s for %d reply(s)", settings.CHAT_WORKER_DRAIN, len(tasks))
-        _, pending = await asyncio.wait(tasks, timeout=settings.CHAT_WORKER_DRAIN)
+        logger.info("waiting up to %.0f s for %d reply(s)", settings.CHAT_SHUTDOWN_GRACE, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=settings.CHAT_SHUTDOWN_GRACE)
         if not pending:
             return
         logger.warning("cutting off %d reply(s) as interrupted", len(pending))
@@ -247,6 +236,17 @@ class InferenceWorkerServer(Worker):
                 reply.interrupted = True
                 reply.cancel.set()
         await asyncio.wait(pending, timeout=CUT_OFF_SECONDS)
+
+    async def renew(self) -> None:
+        """Renew the lease of every reply held, so no reaper ends them."""
+        while True:
+            held = list(self.held)
+            try:
+                if held:
+                    await renew_leases(held)
+            except LAYER_ERRORS as exc:
+                logger.warning("cannot renew the leases of %d reply(s): %s", len(held), exc)
+            await asyncio.sleep(heartbeat_interval())
 
     async def beat(self) -> None:
         """Report this worker in its InferenceWorker row every heartbeat interval."""

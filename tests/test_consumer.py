@@ -8,9 +8,8 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.routing import websocket_application
-from conversations import runtime
+from conversations import runtime, turns
 from conversations.models import Conversation, Message
-from conversations.replies import replies
 from inference import GenerationParams, Request
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -197,6 +196,13 @@ async def test_it_refuses_foreign_origin(chat, alice):
         ('{"type": "send", "content": "hi", "params": {"temperature": 3}}', "temperature must be between 0 and 2"),
         ('{"type": "send", "content": "hi", "params": "hot"}', "params must be an object"),
         ('{"type": "stop"}', "No reply"),
+        ('{"type": ["send"]}', "Unknown frame type"),
+        ('{"type": {"a": 1}}', "Unknown frame type"),
+        ("[" * 2000 + "]" * 2000, "JSON"),
+        ('{"type": "send", "content": "a\\ud800b"}', "lone surrogates"),
+        ('{"type": "send", "content": "hi", "params": {"temperature": [1]}}', "temperature"),
+        ('{"type": "send", "content": "hi", "params": {"max_new_tokens": {"a": 1}}}', "max_new_tokens"),
+        ('{"type": "regenerate", "params": 5}', "params must be an object"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(chat, alice, frame, message):
@@ -263,7 +269,7 @@ async def test_the_last_watcher_leaving_stops_the_reply_after_the_grace(chat, al
     frames = []
     while not any(f["type"] == "token" for f in frames):
         frames.append(await ws.receive_json_from(timeout=30))
-    live = replies.get(chat.id)
+    live = turns.runner().get(chat.id)
     await ws.disconnect()
     await asyncio.wait_for(live.task, timeout=30)
     reply = await stored_reply(chat)

@@ -150,7 +150,7 @@ async def test_without_a_worker_the_user_hears_so_within_the_timeout(worker_mode
 
 @pytest.mark.asyncio
 async def test_a_worker_told_to_stop_interrupts_what_outlives_the_drain(start_worker, chat, alice, settings):
-    settings.CHAT_WORKER_DRAIN = 0
+    settings.CHAT_SHUTDOWN_GRACE = 0
     server, task = await start_worker()
     ws, _, _ = await connect(chat.id, alice)
     await ws.send_json_to({"type": "send", "content": "Talk a lot", "params": LONG})

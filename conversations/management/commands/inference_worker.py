@@ -48,5 +48,5 @@ class Command(BaseCommand):
         try:
             server.run()
         finally:
-            engine.close()
+            runtime.close_engine(timeout=30)
         logger.info("inference worker %s stopped", server.name)

@@ -1,0 +1,325 @@
+"""A turn, from the frame that starts it to its `end`: the one owner.
+
+Anything that starts a reply (the chat socket today; the API and
+`batch_prompts` tomorrow) calls `start()`; anything that wants a turn's frames
+without a socket iterates `follow()`. This module creates the rows, publishes
+every frame of a turn to the conversation's group, and `finish()` is the only
+writer of a reply's final status and text and the only producer of `end`.
+
+Where the reply is generated is a runner (conversations.runners), chosen by
+CHAT_INFERENCE the way SESSION_ENGINE chooses a session store, and imported by
+name so no module imports its way back here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
+
+from inference import GenerationParams
+
+from .models import Conversation, Message
+
+logger = logging.getLogger(__name__)
+
+RUNNERS = {"local": "conversations.runners.local.LocalRunner", "worker": "conversations.runners.worker.WorkerRunner"}
+# What the channel layer raises when Redis is unreachable or a channel is full.
+LAYER_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ChannelFull)
+# A final save that failed (a locked database) is retried this often until it lands.
+SAVE_RETRY_SECONDS = 1.0
+BUSY = "A reply is already being generated in this conversation."
+RESTARTING = "The server is restarting; try again in a moment."
+DB_BUSY = "The database is busy; try again in a moment."
+
+
+class Refused(Exception):
+    """The turn cannot start; `code` and `message` go into the error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Gone(Refused):
+    """The conversation was deleted (in another tab) after the caller looked it up."""
+
+    def __init__(self) -> None:
+        super().__init__("invalid", "This conversation no longer exists.")
+
+
+@dataclass
+class Turn:
+    """One reply to generate: what a runner needs."""
+
+    conversation_id: str
+    message_id: int
+    history: list[dict]
+    params: GenerationParams
+    replaces: int | None = None
+    user_message: dict | None = None
+
+
+@dataclass
+class Ending:
+    """How a reply ended, as finish() stores and announces it."""
+
+    reason: str
+    text: str
+    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens, ttft_ms, duration_ms
+    error: tuple[str, str] | None = None  # (code, message) of an `error` frame sent before `end`
+
+
+def group_name(conversation_id) -> str:
+    return f"chat.{conversation_id}"
+
+
+# Set on SIGTERM: new turns are refused with `busy` (conversations.shutdown).
+state = {"accepting": True}
+_runners: dict[str, object] = {}
+
+
+def runner():
+    """The runner CHAT_INFERENCE names, one per process (read each time so tests can switch)."""
+    mode = settings.CHAT_INFERENCE
+    if mode not in _runners:
+        _runners[mode] = import_string(RUNNERS[mode])()
+    return _runners[mode]
+
+
+async def publish(conversation_id, event: dict) -> None:
+    """Send an event to every socket of the conversation; a layer that is down loses it.
+
+    Losing a frame is better than losing the reply: the text is recorded
+    before it is published, and `end` carries the final text, so a socket
+    that missed some catches up when the reply ends.
+    """
+    try:
+        await get_channel_layer().group_send(group_name(conversation_id), event)
+    except LAYER_ERRORS as exc:
+        logger.warning("cannot publish %s to %s: %s", event["type"], conversation_id, exc)
+
+
+# -- starting ------------------------------------------------------------------
+
+
+async def start(conversation_id, kind: str, params: GenerationParams, text: str = "") -> Turn:
+    """Start a turn: `send` (a user message `text` and a reply) or `regenerate` (a new last reply).
+
+    Returns once the reply is handed to the runner. Raises Refused (busy, the
+    conversation is gone, nothing to regenerate, the database is locked).
+    """
+    if not state["accepting"]:
+        raise Refused("busy", RESTARTING)
+    try:
+        turn = await _create(str(conversation_id), kind, params, text)
+    except DatabaseError as exc:
+        logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
+        raise Refused("busy", DB_BUSY) from None
+    if turn.user_message is not None:
+        await publish(turn.conversation_id, {"type": "chat.message", "message": turn.user_message})
+    await publish(
+        turn.conversation_id, {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
+    )
+    try:
+        await runner().start(turn)
+    except Refused as exc:
+        # Nobody will generate it: end it now so the conversation is not stuck busy.
+        await finish(turn.conversation_id, turn.message_id, Ending("error", "", error=(exc.code, exc.message)))
+    return turn
+
+
+@database_sync_to_async
+def _create(conversation_id: str, kind: str, params: GenerationParams, text: str) -> Turn:
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
+        if conversation is None:
+            raise Gone
+        if runner().in_progress(conversation_id) or conversation.live_reply():
+            raise Refused("busy", BUSY)
+        user_message, replaces = None, None
+        if kind == "send":
+            user_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=text)
+        else:
+            last = conversation.messages.last()
+            if last is None or last.role != Message.Role.ASSISTANT:
+                raise Refused("invalid", "There is no reply to regenerate.")
+            replaces = last.id
+            last.delete()
+        history = conversation.prompt_history()
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            model_name=_model_name(),
+        )
+        conversation.start_turn(params.to_dict(), first_text=text or None)
+    return Turn(
+        conversation_id=conversation_id,
+        message_id=reply.id,
+        history=history,
+        params=params,
+        replaces=replaces,
+        user_message=user_message.as_dict() if user_message else None,
+    )
+
+
+def _model_name() -> str:
+    from . import runtime
+
+    return runtime.model_name()
+
+
+async def stop(conversation_id) -> bool:
+    """Ask the conversation's live reply to stop; False when there is none."""
+    return await runner().stop(str(conversation_id))
+
+
+# -- ending ----------------------------------------------------------------------
+
+
+def end_frame(message: Message) -> dict:
+    """The `end` frame of a reply, from its (stored or about-to-be-stored) row: one formula for every figure."""
+    return {
+        "type": "end",
+        "message_id": message.id,
+        "finish_reason": message.finish_reason,
+        "status": message.status,
+        "usage": {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens},
+        "timing": {
+            "ttft_ms": message.ttft_ms,
+            "duration_ms": message.duration_ms,
+            "tokens_per_s": message.tokens_per_s,
+        },
+    }
+
+
+async def finish(conversation_id, message_id: int, ending: Ending) -> bool:
+    """Store how a reply ended and announce it (`error` if any, then `end`); the only place that does.
+
+    Conditional: the first caller for a reply (its runner, a reaper, a
+    shutdown) wins, later ones return False and announce nothing. When the
+    database refuses the save (locked), the reply still ends for its
+    sockets, and the save is retried in the background until it lands, so
+    the stored text becomes the sent text and the conversation is usable.
+    """
+    message = Message(id=message_id, content=ending.text, finish_reason=ending.reason)
+    message.status = Message.STATUS_FOR_REASON[ending.reason]
+    for name in ("prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms"):
+        setattr(message, name, ending.usage.get(name))
+    try:
+        won = await _save_final(message)
+    except DatabaseError as exc:
+        logger.error("reply %s: cannot store its end (%s); retrying in the background", message_id, exc)
+        ending.error = ending.error or ("generation_failed", "The reply could not be saved; the text so far is kept.")
+        message.status, message.finish_reason = Message.Status.ERROR, "error"
+        _retry_later(message)
+        won = True
+    if not won:
+        return False
+    if ending.error:
+        code, text = ending.error
+        await publish(conversation_id, {"type": "chat.error", "code": code, "message": text})
+    # `content` is for the sockets only (see ChatConsumer.chat_end): a socket
+    # that missed text gets it before `end`.
+    await publish(conversation_id, {"type": "chat.end", "frame": end_frame(message), "content": ending.text})
+    logger.info("reply %s ended: %s, %s tokens", message_id, ending.reason, message.completion_tokens)
+    return True
+
+
+_FINAL_FIELDS = ["content", "finish_reason", "status", "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms"]
+
+
+@database_sync_to_async
+def _save_final(message: Message) -> bool:
+    values = {name: getattr(message, name) for name in _FINAL_FIELDS}
+    return bool(Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(**values))
+
+
+_retries: set[asyncio.Task] = set()
+
+
+def _retry_later(message: Message) -> None:
+    async def retry() -> None:
+        while True:
+            await asyncio.sleep(SAVE_RETRY_SECONDS)
+            try:
+                await _save_final(message)
+            except DatabaseError as exc:
+                logger.warning("reply %s: still cannot store its end: %s", message.id, exc)
+                continue
+            logger.info("reply %s: its end is stored", message.id)
+            return
+
+    task = asyncio.create_task(retry())
+    _retries.add(task)
+    task.add_done_callback(_retries.discard)
+
+
+async def saves_pending(timeout: float) -> None:
+    """Wait (up to `timeout`) for final saves still being retried; shutdown calls it."""
+    if _retries:
+        await asyncio.wait(set(_retries), timeout=timeout)
+
+
+@database_sync_to_async
+def save_partial(message_id: int, text: str) -> None:
+    """The text so far of a live reply, so a page load shows it; a failure is only logged."""
+    try:
+        Message.objects.filter(id=message_id, status=Message.Status.STREAMING).update(content=text)
+    except DatabaseError as exc:
+        logger.warning("reply %s: cannot save its text so far: %s", message_id, exc)
+
+
+# -- following -------------------------------------------------------------------
+
+
+async def follow(conversation_id, message_id: int | None = None) -> AsyncIterator[dict]:
+    """The client frames of a conversation's turns, for a caller without a socket.
+
+    Yields frames (dicts as the WebSocket sends them) until the `end` of
+    `message_id`, or of the first reply that ends when None. Start following
+    before `start()` to see every frame.
+    """
+    layer = get_channel_layer()
+    channel = await layer.new_channel("follow.")
+    await layer.group_add(group_name(conversation_id), channel)
+    try:
+        while True:
+            event = await layer.receive(channel)
+            frame = client_frame(event)
+            if frame is not None:
+                yield frame
+            if frame and frame["type"] == "end" and message_id in (None, frame["message_id"]):
+                return
+    finally:
+        await layer.group_discard(group_name(conversation_id), channel)
+
+
+def client_frame(event: dict) -> dict | None:
+    """The frame a client sees for a group event (None for internal ones)."""
+    kind = event["type"]
+    if kind == "chat.message":
+        return {"type": "message", "message": event["message"]}
+    if kind == "chat.start":
+        frame = {"type": "start", "message_id": event["message_id"]}
+        return frame | ({"replaces": event["replaces"]} if event.get("replaces") else {})
+    if kind == "chat.token":
+        return {"type": "token", "message_id": event["message_id"], "text": event["text"]}
+    if kind == "chat.queued":
+        return {"type": "queued", "message_id": event["message_id"], "position": event["position"]}
+    if kind == "chat.error":
+        return {"type": "error", "code": event["code"], "message": event["message"]}
+    if kind == "chat.end":
+        return event["frame"]
+    return None
