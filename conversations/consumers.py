@@ -30,8 +30,8 @@ CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_NOT_FOUND = 4404
 # The channel layer (Redis) went away under this socket; the browser reconnects.
 CLOSE_LAYER_DOWN = 1011
-# The server is restarting (the `end` of every reply this socket watched went out first).
-CLOSE_RESTART = 1012
+# The server is going away (the `end` of every reply this socket watched went out first).
+CLOSE_RESTART = 4503  # WebSocket servers may only close with 1000 or 4000-4999; the page reconnects
 LAYER_DOWN = "The message service is unreachable; try again in a moment."
 FRAME_TYPES = "send, stop or regenerate"
 

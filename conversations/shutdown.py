@@ -11,7 +11,7 @@ the reactor:
 2. live replies get CHAT_SHUTDOWN_GRACE seconds, the rest are stopped as
    `interrupted`; each ends through turns.finish(), so every socket gets its
    `end` and the stored text is the sent text;
-3. every socket is closed (1012) after the `end`s it was owed;
+3. every socket is closed (4503; the page reconnects) after the `end`s it was owed;
 4. final saves still being retried get a few seconds; the engine is closed.
 
 Inference workers have their own signal handling (conversations.worker).

@@ -105,7 +105,7 @@ def cluster(tiny_model_dir):
             for worker in workers:
                 sys.stderr.write(f"--- {worker.name} ---\n{worker.log()[-3000:]}\n")
             raise
-        yield {"a": web[0], "b": web[1], "workers": workers}
+        yield {"a": web[0], "b": web[1], "workers": workers, "env": env, "folder": folder, "shared": shared}
 
 
 def wait_for_workers(base_url: str, count: int) -> None:
@@ -182,6 +182,8 @@ def test_a_killed_worker_costs_one_reply_and_the_next_goes_to_the_other(cluster)
             return holder, frames, other, detected_after, after
 
     holder, frames, other, detected_after, after = asyncio.run(scenario())
+    survivor = next(w for w in cluster["workers"] if w is not holder)
+    restart(cluster, holder)
     kinds = [f["type"] for f in frames]
     assert kinds[-2:] == ["error", "end"], kinds
     assert frames[-2]["code"] == "generation_failed" and "stopped answering" in frames[-2]["message"]
@@ -191,7 +193,75 @@ def test_a_killed_worker_costs_one_reply_and_the_next_goes_to_the_other(cluster)
     messages = stored_messages(session, b.url, conversation_id)
     interrupted = messages[1]
     assert interrupted["status"] == "interrupted" and interrupted["content"] != ""
-    assert joined_tokens(frames).startswith(interrupted["content"])  # the text saved so far
+    # What each tab was sent is what is stored, to the character.
+    assert joined_tokens(frames) == interrupted["content"] == other[0].get("content", "") + joined_tokens(other)
     assert after[-1]["finish_reason"] == "length" and joined_tokens(after) == messages[3]["content"]
-    survivor = next(w for w in cluster["workers"] if w is not holder)
     assert f"reply {after[-1]['message_id']} accepted" in survivor.log()
+
+
+def restart(cluster, worker: WorkerProcess) -> None:
+    """Replace a killed worker by a fresh one, so later tests have two again."""
+    fresh = WorkerProcess(worker.name + "x", cluster["env"], cluster["folder"])
+    cluster["workers"][cluster["workers"].index(worker)] = fresh
+    wait_for_workers(cluster["a"].url, 2)
+
+
+def wait_ended(session, base_url: str, conversation_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = stored_messages(session, base_url, conversation_id)[1]
+        if reply["status"] != "streaming" or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)  # the reaper runs in other processes; nothing here to await
+
+
+def test_a_reply_nobody_watches_is_ended_after_its_worker_is_killed(cluster):
+    a = cluster["a"]
+    session = sign_up(a.url, "unwatched")
+    conversation_id = new_conversation(session, a.url)
+
+    async def scenario():
+        async with open_socket(a.ws_url, conversation_id, session, a.url) as tab:
+            await tab.send('{"type": "send", "content": "Talk for a long time", "params": {"max_new_tokens": 1000}}')
+            frames = []
+            while sum(f["type"] == "token" for f in frames) < 2:
+                frames.append(json.loads(await asyncio.wait_for(tab.recv(), timeout=60)))
+        return frames  # the tab is closed: nobody watches the reply any more
+
+    frames = asyncio.run(scenario())
+    reply_id = frames[-1]["message_id"]
+    holder = next(w for w in cluster["workers"] if f"reply {reply_id} accepted" in w.log())
+    holder.process.kill()
+    killed_at = time.monotonic()
+    reply = wait_ended(session, a.url, conversation_id, WORKER_TIMEOUT_S * 4)
+    ended_after = time.monotonic() - killed_at
+    restart(cluster, holder)
+    assert reply["status"] == "interrupted", reply
+    assert ended_after < WORKER_TIMEOUT_S + 3
+    # At least what the tab saw (the worker went on after it left) and never lost on a reload.
+    assert reply["content"].startswith(joined_tokens(frames))
+
+
+def test_sigterm_on_a_web_process_ends_the_replies_its_sockets_watch(cluster):
+    server = start_daphne(dict(cluster["shared"], CHAT_SHUTDOWN_GRACE_S=0), migrate=False, health_timeout=START_TIMEOUT)
+    try:
+        session = sign_up(server.url, "webstop")
+        conversation_id = new_conversation(session, server.url)
+
+        async def scenario():
+            async with open_socket(server.ws_url, conversation_id, session, server.url) as tab:
+                await tab.send('{"type": "send", "content": "Talk", "params": {"max_new_tokens": 1000}}')
+                frames = []
+                while sum(f["type"] == "token" for f in frames) < 2:
+                    frames.append(json.loads(await asyncio.wait_for(tab.recv(), timeout=60)))
+                server.process.send_signal(signal.SIGTERM)
+                frames += await frames_until_end(tab, timeout=WORKER_TIMEOUT_S * 4)
+                return frames
+
+        frames = asyncio.run(scenario())
+        assert server.process.wait(60) == 0, server.log()[-3000:]
+    finally:
+        server.stop()
+    assert frames[-1]["finish_reason"] == "interrupted", frames[-3:]
+    reply = stored_messages(session, cluster["a"].url, conversation_id)[1]
+    assert reply["status"] == "interrupted" and reply["content"] == joined_tokens(frames) != ""
