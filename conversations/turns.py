@@ -284,26 +284,39 @@ def save_partial(message_id: int, text: str) -> None:
 # -- following -------------------------------------------------------------------
 
 
-async def follow(conversation_id, message_id: int | None = None) -> AsyncIterator[dict]:
-    """The client frames of a conversation's turns, for a caller without a socket.
+class follow:  # noqa: N801  (used like a function: `async with follow(...) as frames`)
+    """The client frames of a conversation's turns, for a caller without a socket (an API view, a command).
 
-    Yields frames (dicts as the WebSocket sends them) until the `end` of
-    `message_id`, or of the first reply that ends when None. Start following
-    before `start()` to see every frame.
+        async with turns.follow(conversation_id) as frames:
+            turn = await turns.start(conversation_id, "send", params, text)
+            async for frame in frames.until_end(turn.message_id):
+                ...
+
+    Frames are dicts as the WebSocket sends them; following starts when the
+    block is entered, so no frame of a turn started inside it is missed.
     """
-    layer = get_channel_layer()
-    channel = await layer.new_channel("follow.")
-    await layer.group_add(group_name(conversation_id), channel)
-    try:
+
+    def __init__(self, conversation_id) -> None:
+        self.group = group_name(conversation_id)
+        self.layer = get_channel_layer()
+
+    async def __aenter__(self) -> follow:
+        self.channel = await self.layer.new_channel("follow.")
+        await self.layer.group_add(self.group, self.channel)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.layer.group_discard(self.group, self.channel)
+
+    async def until_end(self, message_id: int | None = None) -> AsyncIterator[dict]:
+        """Frames up to the `end` of `message_id` (of the first reply to end when None)."""
         while True:
-            event = await layer.receive(channel)
-            frame = client_frame(event)
-            if frame is not None:
-                yield frame
-            if frame and frame["type"] == "end" and message_id in (None, frame["message_id"]):
+            frame = client_frame(await self.layer.receive(self.channel))
+            if frame is None:
+                continue
+            yield frame
+            if frame["type"] == "end" and message_id in (None, frame["message_id"]):
                 return
-    finally:
-        await layer.group_discard(group_name(conversation_id), channel)
 
 
 def client_frame(event: dict) -> dict | None:
