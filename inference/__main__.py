@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from .config import DEVICES, DTYPES, EngineConfig
 from .errors import InferenceError
@@ -114,7 +114,7 @@ def main(
     return 1 if result.finish_reason == "error" else 0
 
 
-async def stream_reply(engine, request: Request, stdout: TextIO) -> Result:
+async def stream_reply(engine: Any, request: Request, stdout: TextIO) -> Result:
     """Write the reply to ``stdout`` as it arrives; returns the final Result."""
     result = None
     async for event in engine.stream(request):
@@ -126,6 +126,8 @@ async def stream_reply(engine, request: Request, stdout: TextIO) -> Result:
         elif isinstance(event, Finished):
             result = event.result
     stdout.write("\n")
+    if result is None:
+        raise InferenceError("the reply ended without a Finished event")
     return result
 
 

@@ -137,7 +137,7 @@ def _package_folders(package: str) -> list[Path]:
         return folders
     for file in dist.files or ():
         if file.name.endswith(".gguf"):
-            folders.append(Path(dist.locate_file(file)).parent)
+            folders.append(Path(str(dist.locate_file(file))).parent)
     return folders
 
 
@@ -307,7 +307,8 @@ def _load_weights(location: str, device: torch.device, dtype: torch.dtype) -> An
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model {location!r}: {_first_line(exc)}") from exc
     if device.type != "cuda":
-        model = model.to(device)
+        # nn.Module.to moves in place and returns the same model.
+        model.to(device)  # type: ignore[arg-type]  # transformers wraps .to with a decorator mypy misreads
     return model
 
 
