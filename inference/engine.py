@@ -29,6 +29,7 @@ from .errors import InvalidParams
 from .loading import context_length, input_device, load_model, parameter_count, prepare_for_inference
 from .params import GenerationParams
 from .prompts import Prompt, check_messages, fit_prompt, render, with_system
+from .quant import quantize, resolve_quant
 from .rows import Job
 from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
 
@@ -63,6 +64,7 @@ class EngineInfo:
     parameters: int
     load_seconds: float
     context_length: int
+    quant: str = "none"  # none, int8 or int4: see quant.py
 
 
 class Engine:
@@ -112,6 +114,7 @@ class TransformersEngine(Engine):
         *,
         model_name: str | None = None,
         load_seconds: float = 0.0,
+        quant: str = "none",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -124,6 +127,7 @@ class TransformersEngine(Engine):
             parameters=parameter_count(model),
             load_seconds=round(load_seconds, 2),
             context_length=context_length(model),
+            quant=quant,
         )
         self.stats = EngineStats()
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
@@ -341,15 +345,22 @@ def build_engine(
     *,
     model_name: str | None = None,
     load_seconds: float = 0.0,
+    quant: str | None = None,
 ) -> TransformersEngine:
     """An engine around an already-built ``model`` and ``tokenizer`` (tests use a tiny one).
 
     Puts the model in eval mode, gives the tokenizer a pad token, and starts
-    the scheduler thread.
+    the scheduler thread. ``quant`` says how ``model`` was already quantized;
+    None quantizes it here as ``config.quant`` says (``auto`` means none for
+    a model built in memory). Raises InvalidConfig for a quant the device lacks.
     """
     config = config if config is not None else EngineConfig()
+    if quant is None:
+        quant = resolve_quant(config.quant, input_device(model), from_low_bit_gguf=False)
+        if quant != "none":
+            quantize(model, quant)
     prepare_for_inference(model, tokenizer)
-    return TransformersEngine(model, tokenizer, config, model_name=model_name, load_seconds=load_seconds)
+    return TransformersEngine(model, tokenizer, config, model_name=model_name, load_seconds=load_seconds, quant=quant)
 
 
 def load_engine(config: EngineConfig) -> TransformersEngine:
@@ -360,15 +371,21 @@ def load_engine(config: EngineConfig) -> TransformersEngine:
     """
     loaded = load_model(config)
     engine = build_engine(
-        loaded.model, loaded.tokenizer, config, model_name=loaded.name, load_seconds=loaded.load_seconds
+        loaded.model,
+        loaded.tokenizer,
+        config,
+        model_name=loaded.name,
+        load_seconds=loaded.load_seconds,
+        quant=loaded.quant,
     )
     info = engine.info
     logger.info(
-        "loaded model %s: %.1fM parameters on %s (%s) in %.1fs, context %d tokens",
+        "loaded model %s: %.1fM parameters on %s (%s, quant %s) in %.1fs, context %d tokens",
         info.model_name,
         info.parameters / 1e6,
         info.device,
         info.dtype,
+        info.quant,
         info.load_seconds,
         info.context_length,
     )
