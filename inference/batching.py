@@ -22,7 +22,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -31,40 +30,13 @@ from transformers import DynamicCache
 from .errors import EngineClosed, QueueFull
 from .rows import Batch, Job, Prefill, cache_is_mergeable
 from .sampling import Sampler
+from .stats import EngineStats
 from .streaming import Chunk, Finished, IncrementalDetokenizer, Queued, Started
 
 logger = logging.getLogger(__name__)
 
 # Prompt tokens read per scheduler iteration, between two decoding steps.
 PREFILL_CHUNK = 512
-
-
-@dataclass
-class EngineStats:
-    """Counters kept by the scheduler thread (read them from anywhere; they only grow).
-
-    ``max_rows`` is the most rows ever decoded together in one step; ``joins``
-    counts requests merged into a batch that already had rows; ``prefills``
-    counts prompts read, ``prefill_passes`` the forward passes that read them;
-    ``generate_calls`` counts generate_batch calls (their jobs run as any others).
-    """
-
-    submitted: int = 0
-    started: int = 0
-    finished: int = 0
-    cancelled: int = 0
-    errors: int = 0
-    prefills: int = 0
-    prefill_passes: int = 0
-    joins: int = 0
-    decode_steps: int = 0
-    tokens_generated: int = 0
-    max_rows: int = 0
-    generate_calls: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict."""
-        return asdict(self)
 
 
 class Scheduler:
@@ -422,7 +394,7 @@ class Scheduler:
         done = [
             row for row, (job, token) in enumerate(zip(jobs, first.tolist(), strict=True)) if self._accept(job, token)
         ]
-        rows = _without(batch, done) if done else batch
+        rows = batch.without(done) if done else batch
         if rows is None:
             return
         if self._batch is None:
@@ -440,7 +412,7 @@ class Scheduler:
         for row in cancelled:
             self._finish(batch.jobs[row], "cancelled")
         if cancelled:
-            batch = self._batch = _without(batch, cancelled)
+            batch = self._batch = batch.without(cancelled)
             if batch is None:
                 return
         self.stats.decode_steps += 1
@@ -453,7 +425,7 @@ class Scheduler:
             if self._accept(job, token)
         ]
         if done:
-            self._batch = _without(batch, done)
+            self._batch = batch.without(done)
 
     def _accept(self, job: Job, token: int) -> bool:
         """Record one generated token of ``job``; returns True if that finished it."""
@@ -534,16 +506,6 @@ class Scheduler:
         for _, future in calls:
             if future.set_running_or_notify_cancel():
                 future.set_exception(EngineClosed("the inference engine was closed"))
-
-
-def _without(batch: Batch, rows: list[int]) -> Batch | None:
-    """``batch`` without ``rows``; None when no row is left."""
-    leaving = set(rows)
-    keep = [row for row in range(batch.size) if row not in leaving]
-    if not keep:
-        return None
-    batch.keep(keep)
-    return batch
 
 
 def _close_at_exit(scheduler: weakref.ref[Scheduler]) -> Callable[[], None]:

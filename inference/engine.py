@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .batching import EngineStats, Scheduler
+from .batching import Scheduler
 from .config import EngineConfig
 from .errors import InvalidParams
 from .loading import context_length, input_device, load_model, parameter_count, prepare_for_inference
@@ -31,6 +31,7 @@ from .params import GenerationParams
 from .prompts import Prompt, check_messages, fit_prompt, render, with_system
 from .quant import quantize, resolve_quant
 from .rows import Job
+from .stats import EngineStats
 from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ load that folder in about a second. Nothing here ever downloads: every
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -304,7 +305,16 @@ def _load_quantized(location: str, device: torch.device, quant: str, cache_dir: 
     cached = cache_file is not None and cache_file.is_file()
     model = _load_weights(location, device, torch.bfloat16 if cached else torch.float32)
     quantize(model, quant, cache_file)
+    _return_freed_memory()
     return model
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory of the dropped full-precision weights back to the OS (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def gguf_is_low_bit(gguf_file: Path) -> bool:

@@ -204,6 +204,15 @@ class Batch:
             self.mask = self.mask[:, unused:]
         self.padded = not bool(self.mask.all())
 
+    def without(self, rows: list[int]) -> Batch | None:
+        """This batch without ``rows``; None when no row is left."""
+        leaving = set(rows)
+        keep = [row for row in range(self.size) if row not in leaving]
+        if not keep:
+            return None
+        self.keep(keep)
+        return self
+
     def _left_pad(self, columns: int) -> None:
         if columns <= 0:
             return
