@@ -30,14 +30,15 @@ class Loaded:
     device: str
     dtype: str
     load_seconds: float
+    quant: str = "none"
 
 
-def load(cache_dir: Path, dtype: str = "auto") -> Loaded:
+def load(cache_dir: Path, dtype: str = "auto", quant: str = "auto") -> Loaded:
     """The default model, loaded as the server loads it (converting into ``cache_dir`` if needed)."""
     from inference import EngineConfig
     from inference.loading import load_model
 
-    loaded = load_model(EngineConfig(cache_dir=cache_dir, dtype=dtype))
+    loaded = load_model(EngineConfig(cache_dir=cache_dir, dtype=dtype, quant=quant))
     return Loaded(
         loaded.model,
         loaded.tokenizer,
@@ -45,6 +46,7 @@ def load(cache_dir: Path, dtype: str = "auto") -> Loaded:
         str(loaded.device),
         str(loaded.dtype).removeprefix("torch."),
         loaded.load_seconds,
+        loaded.quant,
     )
 
 
@@ -56,9 +58,13 @@ def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
 
 
 def weight_bytes(model: Any) -> int:
-    """Bytes of weights read per decode step: every parameter once (tied embeddings counted once)."""
+    """Bytes of weights read per decode step: every parameter and buffer once (tied ones counted once).
+
+    Buffers hold quantized layers' packed weights and scales; the embedding
+    is counted whole although a step reads one row of it.
+    """
     seen, total = set(), 0
-    for parameter in model.parameters():
+    for parameter in list(model.parameters()) + list(model.buffers()):
         if parameter.data_ptr() in seen:
             continue
         seen.add(parameter.data_ptr())
@@ -259,18 +265,29 @@ def profile_step(loaded: Loaded, ids: list[int], steps: int = 24) -> dict:
     return per_step
 
 
-def run(cache_dir: Path, prompts: list[str], new_tokens: int, batch: int, repeats: int, dtype: str = "auto") -> dict:
+def run(
+    cache_dir: Path,
+    prompts: list[str],
+    new_tokens: int,
+    batch: int,
+    repeats: int,
+    dtype: str = "auto",
+    quant: str = "auto",
+) -> dict:
     """The whole raw section: load, bandwidth, prefill, batch 1, batch ``batch``, bare loop, profile."""
+    from inference.loading import parameter_count
+
     torch.manual_seed(0)
-    loaded = load(cache_dir, dtype)
+    loaded = load(cache_dir, dtype, quant)
     tokenizer = loaded.tokenizer
     ids = [chat_ids(tokenizer, prompt) for prompt in prompts]
     result: dict = {
         "model": loaded.name,
         "device": loaded.device,
         "dtype": loaded.dtype,
+        "quant": loaded.quant,
         "load_seconds": round(loaded.load_seconds, 2),
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "parameters": parameter_count(loaded.model),
         "weight_bytes": weight_bytes(loaded.model),
         "torch_threads": torch.get_num_threads(),
         "new_tokens": new_tokens,
@@ -317,6 +334,7 @@ def main(argv: list[str]) -> int:
             request["batch"],
             request["repeats"],
             request.get("dtype", "auto"),
+            request.get("quant", "auto"),
         )
     )
     Path(argv[1]).write_text(json.dumps(result))

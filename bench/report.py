@@ -20,6 +20,11 @@ TARGETS = (
     ("sweep_8_errors", "8 users: zero errors"),
     ("batch_prompts_speedup", "batch_prompts batch 8 >= 3 x faster than batch 1"),
     ("cached_start", "second (cached) start to /healthz ok <= 5 s"),
+    ("one_user_vs_llamacpp", "one user over WS >= 0.65 x llama.cpp batch 1"),
+    ("sweep_8_vs_llamacpp", "8 users aggregate >= llama.cpp batch 8"),
+    ("sweep_8_ttft_p95_fast", "8 users p95 TTFT <= 0.3 s"),
+    ("idle_rss", "idle server RSS with the model <= 500 MB"),
+    ("quality_nll", "served variant's NLL <= fp32 + 0.01 nats/token"),
 )
 
 
@@ -103,11 +108,21 @@ def ratios(results: dict) -> dict:
         "raw_batch8_vs_batch1": _div((raw.get("batch_n") or {}).get("decode_tokens_per_s"), raw_rate),
         "sweep_8_vs_1": _div(level8 and level8["aggregate_tokens_per_s"], level1 and level1["aggregate_tokens_per_s"]),
         "batch_prompts_speedup": runs,
+        "sweep_8_vs_llamacpp_batch8": _div(
+            level8 and level8["aggregate_tokens_per_s"], (llama.get("batch_n") or {}).get("decode_tokens_per_s")
+        ),
     }
     prefill = (raw.get("prefill") or {}).get("median_s")
     ttft = one.get("ttft_p50_s")
     out["one_user_ttft_minus_prefill_ms"] = (ttft - prefill) * 1000 if ttft is not None and prefill else None
     return out
+
+
+def _served_delta(results: dict) -> float | None:
+    """The NLL delta of the variant the server ran (bench.quality), or None."""
+    quality = results.get("quality") or {}
+    variant = (quality.get("variants") or {}).get(quality.get("chosen") or "")
+    return variant["delta"] if variant else None
 
 
 def _div(a, b):
@@ -127,6 +142,11 @@ def targets(results: dict) -> list[dict]:
         "sweep_8_errors": (level8 and level8["errors"], lambda v: v == 0, "{:d}"),
         "batch_prompts_speedup": (r["batch_prompts_speedup"], lambda v: v >= 3, "{:.2f}x"),
         "cached_start": (start, lambda v: v <= 5, "{:.1f} s"),
+        "one_user_vs_llamacpp": (r["one_user_vs_llamacpp"], lambda v: v >= 0.65, "{:.2f}x"),
+        "sweep_8_vs_llamacpp": (r["sweep_8_vs_llamacpp_batch8"], lambda v: v >= 1, "{:.2f}x"),
+        "sweep_8_ttft_p95_fast": (level8 and level8["ttft_p95_s"], lambda v: v <= 0.3, "{:.2f} s"),
+        "idle_rss": ((results.get("startup") or {}).get("idle_rss_mb"), lambda v: v <= 500, "{:.0f} MB"),
+        "quality_nll": (_served_delta(results), lambda v: v <= 0.01, "{:+.4f}"),
     }
     rows = []
     for key, description in TARGETS:
@@ -160,7 +180,8 @@ def table(results: dict) -> str:
     m, v, raw = results["machine"], results["versions"], results.get("raw") or {}
     add(f"Chatsite benchmark {results['started_at']}  ({results.get('total_seconds', 0):.0f} s)")
     add(
-        f"  model {raw.get('model', '?')} on {raw.get('device', '?')} ({raw.get('dtype', '?')}), "
+        f"  model {raw.get('model', '?')} on {raw.get('device', '?')} ({raw.get('dtype', '?')}, "
+        f"quant {raw.get('quant', 'none')}), "
         f"{m['cpu']}, {m['logical_cores']} cores, {m['ram_gib']} GiB; load avg at start {m['load_average_at_start']}"
     )
     add(
@@ -300,6 +321,36 @@ def table(results: dict) -> str:
         f"   server RSS: {_f(st.get('idle_rss_mb'), '{:.0f}')} MB idle with the model loaded, peak "
         f"{_f(st.get('peak_rss_mb'), '{:.0f}')} MB during the sweep"
     )
+    quality = results.get("quality") or {}
+    add("")
+    add(
+        f"6. Quality: NLL of fp32's greedy replies ({quality.get('replies', '?')} prompts, "
+        f"{quality.get('reply_tokens', '?')} tokens) under each variant, nats/token"
+    )
+    if quality.get("variants"):
+        add(f"   {'fp32':8s} {quality['fp32_nll']:.4f}")
+        for label, variant in quality["variants"].items():
+            served = " (served)" if label == quality.get("chosen") else ""
+            add(
+                f"   {label:8s} {variant['nll']:.4f}  delta {variant['delta']:+.4f}  "
+                f"{'PASS' if variant['pass'] else 'MISS'}{served}"
+            )
+    else:
+        add(f"   {quality.get('skipped', 'not run')}")
+    size = results.get("size") or {}
+    add("")
+    rows = size.get("rows") or []
+    add(
+        f"7. Size: SmolLM2-1.7B's shape ({rows[0]['layers'] if rows else '?'} layers), random weights, "
+        "batch 1, one process per variant"
+    )
+    if rows:
+        add(f"   {'variant':8s} {'tokens/s':>9s} {'RSS MB':>8s} {'weights MB':>11s}")
+        for size_row in rows:
+            rate, rss, weight_mb = size_row["tokens_per_s"], size_row["rss_mb"], size_row["weight_mb"]
+            add(f"   {size_row['variant']:8s} {rate:>9.1f} {rss:>8.0f} {weight_mb:>11.0f}")
+    else:
+        add(f"   {size.get('skipped', 'not run')}")
     busy = {
         name: cpu["others_cores"]
         for name, cpu in (results.get("phase_cpu") or {}).items()

@@ -63,6 +63,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "float32", "bfloat16", "float16"),
         help="CHAT_DTYPE for the server, batch_prompts and the raw runs (default: auto, fp32 on CPU)",
     )
+    parser.add_argument(
+        "--quant",
+        default="auto",
+        choices=("auto", "none", "int8", "int4"),
+        help="CHAT_QUANT for the server, batch_prompts and the raw runs (default: auto, int4 on CPU)",
+    )
+    parser.add_argument("--skip-quality", action="store_true", help="no NLL quality column")
+    parser.add_argument("--skip-size", action="store_true", help="no SmolLM2-1.7B-shaped size row")
     parser.add_argument("--skip-first-start", action="store_true", help="no start with an empty model cache")
     parser.add_argument("--skip-batch-prompts", action="store_true", help="no batch_prompts runs")
     parser.add_argument(
@@ -78,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.raw_repeats = 1 if quick else 3
     args.batch_prompts = 8 if quick else 32
     args.batch_new_tokens = 16 if quick else 64
+    # The quality gate: every prompt, 128 tokens (quick: 8 prompts, 32 tokens, the run's variant only).
+    args.quality_prompts = 8 if quick else 32
+    args.quality_new_tokens = 32 if quick else 128
+    # The size row: all 24 layers of SmolLM2-1.7B's shape (quick: 2, to check the phase runs).
+    args.size_layers = 2 if quick else 24
+    args.size_new_tokens = 8 if quick else 32
     if min(args.users) < 1 or args.turns < 1 or args.sweep_turns < 1 or args.max_new_tokens < 2:
         parser.error("users, turns and sweep turns must be at least 1, max new tokens at least 2")
     return args
@@ -196,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch,
             "chat_max_batch": args.max_batch,
             "dtype": args.dtype,
+            "quant": args.quant,
             "raw_repeats": args.raw_repeats,
             "batch_prompts": args.batch_prompts,
             "batch_prompts_max_new_tokens": args.batch_new_tokens,
@@ -207,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chatsite-bench-"))
     model_cache = REPO / "var" / "models"
     database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
-    env = server_env(database_url, model_cache, args.max_batch, args.dtype)
+    env = server_env(database_url, model_cache, args.max_batch, args.dtype, args.quant)
     results["settings"]["server_env"] = dict(
-        server_settings(database_url, model_cache, args.max_batch, args.dtype),
+        server_settings(database_url, model_cache, args.max_batch, args.dtype, args.quant),
         CHAT_MODEL_CACHE_first_start="<a new empty folder>",
         DATABASE_URL="sqlite:///<work folder>/bench.sqlite3",
     )
@@ -230,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         results["total_seconds"] = round(time.monotonic() - started, 1)
         results["ratios"] = report.ratios(results)
         results["targets"] = report.targets(results)
-        # A run on a non-default dtype is a variant: it keeps its own "latest" and never touches the docs.
-        tag = "" if args.dtype == "auto" else f"-{args.dtype}"
+        # A run on a non-default dtype or quant is a variant: it keeps its own "latest" and never touches the docs.
+        tag = "".join(f"-{value}" for value in (args.dtype, args.quant) if value != "auto")
         latest = f"latest{tag}"
         path = report.write_json(results, RESULTS, stamp + tag, latest)
         chart = report.chart(results, RESULTS / f"{latest}-sweep.png")
@@ -266,6 +281,7 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
                 "batch": args.batch,
                 "repeats": args.raw_repeats,
                 "dtype": args.dtype,
+                "quant": args.quant,
             },
             workdir,
         )
@@ -278,6 +294,7 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
             "name": raw["model"],
             "device": raw["device"],
             "dtype": raw["dtype"],
+            "quant": raw.get("quant"),
             "parameters": raw["parameters"],
             "weight_bytes": raw["weight_bytes"],
             "gguf": str(gguf_path()),
@@ -319,6 +336,8 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
                     llamacpp_batch1=bw / llama["weights"]["bytes"],
                     llamacpp_batch_n=args.batch * bw / llama["weights"]["bytes"],
                 )
+
+    quality_and_size(args, prompts, phases, results, workdir, model_cache)
 
     startup = results.setdefault("startup", {})
     with phases.phase("migrate"):
@@ -366,6 +385,43 @@ def run_phases(args, prompts, phases: Phases, results: dict, workdir: Path, mode
             for run in results["batch_prompts"]["runs"]:
                 if run["returncode"]:
                     results["errors"][f"batch_prompts -b {run['batch_size']}"] = run["stderr_tail"]
+
+
+def quality_and_size(args, prompts, phases: Phases, results: dict, workdir: Path, model_cache: Path) -> None:
+    """The NLL quality column and the SmolLM2-1.7B-shaped size row, each in child processes."""
+    if args.skip_quality:
+        results["quality"] = {"skipped": "skipped (--skip-quality)"}
+    else:
+        chosen = (results.get("raw") or {}).get("quant") or ("int4" if args.quant == "auto" else args.quant)
+        variants = [chosen] if args.quick else ["bf16", "int8", "int4"]
+        variants = [v for v in variants if v != "none"] or ["bf16"]
+        with phases.phase("quality"):
+            results["quality"] = child_json(
+                "quality",
+                {
+                    "cache_dir": str(model_cache),
+                    "prompts": prompts[: args.quality_prompts],
+                    "new_tokens": args.quality_new_tokens,
+                    "variants": variants,
+                },
+                workdir,
+            )
+            results["quality"]["chosen"] = chosen
+    if args.skip_size:
+        results["size"] = {"skipped": "skipped (--skip-size)"}
+        return
+    rows = results.setdefault("size", {"rows": []})["rows"]
+    from .size import VARIANTS
+
+    for variant in VARIANTS:
+        with phases.phase(f"size {variant}"):
+            rows.append(
+                child_json(
+                    "size",
+                    {"variant": variant, "layers": args.size_layers, "new_tokens": args.size_new_tokens},
+                    workdir,
+                )
+            )
 
 
 def one_user(args, prompts, results, server, server_process, me) -> list[clients.User]:

@@ -38,14 +38,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto") -> dict[str, str]:
+def server_env(
+    database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto", quant: str = "auto"
+) -> dict[str, str]:
     """The environment of the server and of manage.py commands: defaults plus the given settings."""
     env = {key: value for key, value in os.environ.items() if not _cleared(key)}
-    env.update(server_settings(database_url, model_cache, max_batch, dtype))
+    env.update(server_settings(database_url, model_cache, max_batch, dtype, quant))
     return env
 
 
-def server_settings(database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto") -> dict[str, str]:
+def server_settings(
+    database_url: str, model_cache: Path, max_batch: int, dtype: str = "auto", quant: str = "auto"
+) -> dict[str, str]:
     """The only settings the benchmark gives the server (everything else is Chatsite's default)."""
     settings = {
         "DATABASE_URL": database_url,
@@ -55,6 +59,8 @@ def server_settings(database_url: str, model_cache: Path, max_batch: int, dtype:
     }
     if dtype != "auto":
         settings["CHAT_DTYPE"] = dtype
+    if quant != "auto":
+        settings["CHAT_QUANT"] = quant
     return settings
 
 

@@ -221,6 +221,8 @@ if CHAT_INFERENCE == "worker" and not REDIS_URL:
 CHAT_MODEL = os.getenv("CHAT_MODEL") or "smollm2-135m-instruct"
 CHAT_DEVICE = env_choice("CHAT_DEVICE", "auto", ("auto", "cuda", "mps", "cpu"))
 CHAT_DTYPE = env_choice("CHAT_DTYPE", "auto", ("auto", "float32", "float16", "bfloat16"))
+# Weight quantization: auto = int4 weights, int8 head, bf16 activations on a CPU serving a 4/8-bit GGUF.
+CHAT_QUANT = env_choice("CHAT_QUANT", "auto", ("auto", "none", "int8", "int4"))
 CHAT_MODEL_CACHE = Path(os.getenv("CHAT_MODEL_CACHE") or VAR_DIR / "models")
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8, minimum=1, maximum=256)
 CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)

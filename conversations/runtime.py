@@ -29,6 +29,7 @@ def engine_config():
         model=settings.CHAT_MODEL,
         device=settings.CHAT_DEVICE,
         dtype=settings.CHAT_DTYPE,
+        quant=settings.CHAT_QUANT,
         cache_dir=settings.CHAT_MODEL_CACHE,
         max_batch_size=settings.CHAT_MAX_BATCH,
         max_queue=settings.CHAT_MAX_QUEUE,
@@ -102,6 +103,7 @@ def health() -> dict:
         "model": engine.info.model_name,
         "device": engine.info.device,
         "dtype": engine.info.dtype,
+        "quant": engine.info.quant,
     }
 
 

@@ -27,8 +27,8 @@ from .params import GenerationParams
 from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
 
 if TYPE_CHECKING:
-    from .batching import EngineStats
     from .engine import Engine, EngineInfo, TransformersEngine, build_engine, load_engine
+    from .stats import EngineStats
 
 _LAZY = {
     "Engine": "engine",
@@ -36,7 +36,7 @@ _LAZY = {
     "TransformersEngine": "engine",
     "build_engine": "engine",
     "load_engine": "engine",
-    "EngineStats": "batching",
+    "EngineStats": "stats",
 }
 
 __all__ = [

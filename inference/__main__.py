@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
-from .config import DEVICES, DTYPES, EngineConfig
+from .config import DEVICES, DTYPES, QUANTS, EngineConfig
 from .errors import InferenceError
 from .params import GenerationParams
 from .streaming import Chunk, Finished, Request, Result, Started
@@ -32,8 +32,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inference",
         description="Stream one reply from the local language model to the terminal.",
-        epilog="Defaults for --model, --device, --dtype and --cache-dir come from CHAT_MODEL, "
-        "CHAT_DEVICE, CHAT_DTYPE and CHAT_MODEL_CACHE when set.",
+        epilog="Defaults for --model, --device, --dtype, --quant and --cache-dir come from CHAT_MODEL, "
+        "CHAT_DEVICE, CHAT_DTYPE, CHAT_QUANT and CHAT_MODEL_CACHE when set. The summary line names "
+        "the quantization that ran.",
     )
     parser.add_argument("prompt", help='the user message ("-" reads it from standard input)')
     parser.add_argument("--system", default=None, help=f"system prompt (default: {defaults.default_system_prompt!r})")
@@ -57,6 +58,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dtype", default=environ.get("CHAT_DTYPE", defaults.dtype), help=f"{', '.join(DTYPES)} (default %(default)s)"
+    )
+    parser.add_argument(
+        "--quant",
+        default=environ.get("CHAT_QUANT", defaults.quant),
+        help=f"{', '.join(QUANTS)}: auto runs int4 weights with an int8 LM head and bf16 activations on a CPU "
+        "serving a 4- or 8-bit GGUF (the packaged model), else none (default %(default)s)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -89,7 +96,12 @@ def main(
             repetition_penalty=args.repetition_penalty,
         )
         config = EngineConfig(
-            model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, num_threads=args.threads
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            quant=args.quant,
+            cache_dir=args.cache_dir,
+            num_threads=args.threads,
         )
         from .engine import load_engine  # torch and transformers load only once arguments are valid
 
@@ -110,11 +122,11 @@ def main(
         return 2
     finally:
         engine.close()
-    print(_summary(result), file=sys.stderr)
+    print(f"{_summary(result)} [{engine.info.dtype}, quant {engine.info.quant}]", file=sys.stderr)
     return 1 if result.finish_reason == "error" else 0
 
 
-async def stream_reply(engine, request: Request, stdout: TextIO) -> Result:
+async def stream_reply(engine: Any, request: Request, stdout: TextIO) -> Result:
     """Write the reply to ``stdout`` as it arrives; returns the final Result."""
     result = None
     async for event in engine.stream(request):
@@ -126,6 +138,8 @@ async def stream_reply(engine, request: Request, stdout: TextIO) -> Result:
         elif isinstance(event, Finished):
             result = event.result
     stdout.write("\n")
+    if result is None:
+        raise InferenceError("the reply ended without a Finished event")
     return result
 
 

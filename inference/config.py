@@ -15,6 +15,7 @@ from .errors import InvalidConfig
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTS = ("auto", "none", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class EngineConfig:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
+    # Weight quantization (see quant.py): auto is int4 weights with an int8
+    # head and bf16 activations on a CPU serving a 4- or 8-bit GGUF, else none.
+    quant: str = "auto"
     cache_dir: Path = Path("var/models")
     max_batch_size: int = 8
     max_queue: int = 32
@@ -53,6 +57,7 @@ class EngineConfig:
             raise InvalidConfig("model must be a non-empty string")
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("quant", self.quant, QUANTS)
         _check_positive("max_batch_size", self.max_batch_size)
         _check_positive("max_queue", self.max_queue, allow_zero=True)
         _check_positive("num_threads", self.num_threads, allow_zero=True)

@@ -19,16 +19,19 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .batching import EngineStats, Job, Scheduler, generate_together
+from .batching import Scheduler
 from .config import EngineConfig
 from .errors import InvalidParams
 from .loading import context_length, input_device, load_model, parameter_count, prepare_for_inference
 from .params import GenerationParams
 from .prompts import Prompt, check_messages, fit_prompt, render, with_system
+from .quant import quantize, resolve_quant
+from .rows import Job
+from .stats import EngineStats
 from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class EngineInfo:
     parameters: int
     load_seconds: float
     context_length: int
+    quant: str = "none"  # none, int8 or int4: see quant.py
 
 
 class Engine:
@@ -87,8 +91,11 @@ class Engine:
         """The prompt length of ``messages`` in tokens, before any trimming."""
         raise NotImplementedError("subclasses of Engine must provide a count_tokens() method")
 
-    def close(self) -> None:
-        """Stop serving; unfinished requests end with finish_reason "error"."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting requests; unfinished ones end with finish_reason "cancelled".
+
+        Waits up to ``timeout`` seconds for the work in progress to stop.
+        """
 
     def __enter__(self) -> Engine:
         return self
@@ -108,6 +115,7 @@ class TransformersEngine(Engine):
         *,
         model_name: str | None = None,
         load_seconds: float = 0.0,
+        quant: str = "none",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -120,6 +128,7 @@ class TransformersEngine(Engine):
             parameters=parameter_count(model),
             load_seconds=round(load_seconds, 2),
             context_length=context_length(model),
+            quant=quant,
         )
         self.stats = EngineStats()
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
@@ -163,7 +172,7 @@ class TransformersEngine(Engine):
                 request.cancel.set()
                 self.scheduler.wake()
 
-    async def _events(self, queue: asyncio.Queue[Event], job: Job) -> AsyncIterator[Event]:
+    async def _events(self, queue: asyncio.Queue[Event], job: Job) -> AsyncGenerator[Event, None]:
         """The job's events, consecutive Chunks already queued merged into one."""
         text_so_far: list[str] = []
         held: Event | None = None
@@ -202,33 +211,37 @@ class TransformersEngine(Engine):
     # -- batch ------------------------------------------------------------------
 
     def generate_batch(self, requests: list[Request]) -> list[Result]:
-        """Generate all ``requests`` in ONE left-padded ``model.generate`` call.
+        """Generate all ``requests`` on the scheduler, beside any streamed replies; results in input order.
 
-        Blocks until done (call it from a worker thread, never from the event
-        loop); streaming requests pause meanwhile. Returns results in input
-        order. Raises InvalidParams or PromptTooLong (before generating) if any
-        request is malformed or cannot fit, EngineClosed after close().
+        Blocks until all are done (call it from a worker thread, never from the
+        event loop). The jobs enter the queue together, whatever its length,
+        and as many as there are free rows start in the same step. Raises
+        InvalidParams or PromptTooLong (before generating) if any request is
+        malformed or cannot fit, EngineClosed after close(). A close() meanwhile
+        ends the unfinished ones as "cancelled".
         """
         if not requests:
             return []
         for request in requests:
             _check_request(request)
-        jobs = [Job(request=request, prompt=self.prepare(request), deliver=_ignore) for request in requests]
-
-        def run() -> list[Result]:
-            self.stats.generate_calls += 1
-            return generate_together(
-                self.model,
-                self.tokenizer,
-                jobs,
-                eos_token_ids=self.eos_token_ids,
-                device=self._device,
-                on_step=self.scheduler.heartbeat,
-            )
-
-        results = self.scheduler.call(run)
+        prompts = [self.prepare(request) for request in requests]
+        collector = _ResultCollector(len(requests))
+        jobs = [
+            Job(request=request, prompt=prompt, deliver=collector.deliver_for(index))
+            for index, (request, prompt) in enumerate(zip(requests, prompts, strict=True))
+        ]
+        self.stats.generate_calls += 1
+        self.scheduler.submit_all(jobs)
+        while not collector.done.wait(POLL_SECONDS):
+            reason = self.scheduler.stall_reason(self.config.stall_timeout)
+            if reason is not None:
+                logger.error("batch of %d abandoned: %s", len(jobs), reason)
+                for job in jobs:
+                    job.request.cancel.set()
+                    collector.record(jobs.index(job), job.result("error", reason))
+        results = collector.results()
         logger.info(
-            "generated a batch of %d in one call: %d completion tokens",
+            "generated a batch of %d: %d completion tokens",
             len(results),
             sum(r.completion_tokens for r in results),
         )
@@ -252,9 +265,13 @@ class TransformersEngine(Engine):
         with self._tokenizer_lock:
             return len(render(self.tokenizer, checked))
 
-    def close(self) -> None:
-        """Stop the scheduler thread; unfinished requests end with finish_reason "error"."""
-        self.scheduler.close()
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting, end queued and running requests as "cancelled", and join the scheduler thread.
+
+        Every request gets exactly one Finished. Waits up to ``timeout``
+        seconds (a step in progress completes first); safe to call twice.
+        """
+        self.scheduler.close(timeout)
 
 
 def _check_request(request: Request) -> None:
@@ -277,8 +294,33 @@ def _threadsafe_put(
     return deliver
 
 
-def _ignore(event: Event) -> None:
-    """generate_batch jobs report through their Result only."""
+class _ResultCollector:
+    """Gathers the Finished results of generate_batch's jobs (delivered on the scheduler thread)."""
+
+    def __init__(self, count: int) -> None:
+        self._results: list[Result | None] = [None] * count
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def deliver_for(self, index: int) -> Callable[[Event], None]:
+        def deliver(event: Event) -> None:
+            # Queued, Started and Chunk events are of no use here: the Result carries the text.
+            if isinstance(event, Finished):
+                self.record(index, event.result)
+
+        return deliver
+
+    def record(self, index: int, result: Result) -> None:
+        """Record ``result`` for job ``index`` unless it already has one."""
+        with self._lock:
+            if self._results[index] is None:
+                self._results[index] = result
+            if all(result is not None for result in self._results):
+                self.done.set()
+
+    def results(self) -> list[Result]:
+        with self._lock:
+            return [result for result in self._results if result is not None]
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -304,15 +346,22 @@ def build_engine(
     *,
     model_name: str | None = None,
     load_seconds: float = 0.0,
+    quant: str | None = None,
 ) -> TransformersEngine:
     """An engine around an already-built ``model`` and ``tokenizer`` (tests use a tiny one).
 
     Puts the model in eval mode, gives the tokenizer a pad token, and starts
-    the scheduler thread.
+    the scheduler thread. ``quant`` says how ``model`` was already quantized;
+    None quantizes it here as ``config.quant`` says (``auto`` means none for
+    a model built in memory). Raises InvalidConfig for a quant the device lacks.
     """
     config = config if config is not None else EngineConfig()
+    if quant is None:
+        quant = resolve_quant(config.quant, input_device(model), from_low_bit_gguf=False)
+        if quant != "none":
+            quantize(model, quant)
     prepare_for_inference(model, tokenizer)
-    return TransformersEngine(model, tokenizer, config, model_name=model_name, load_seconds=load_seconds)
+    return TransformersEngine(model, tokenizer, config, model_name=model_name, load_seconds=load_seconds, quant=quant)
 
 
 def load_engine(config: EngineConfig) -> TransformersEngine:
@@ -323,15 +372,21 @@ def load_engine(config: EngineConfig) -> TransformersEngine:
     """
     loaded = load_model(config)
     engine = build_engine(
-        loaded.model, loaded.tokenizer, config, model_name=loaded.name, load_seconds=loaded.load_seconds
+        loaded.model,
+        loaded.tokenizer,
+        config,
+        model_name=loaded.name,
+        load_seconds=loaded.load_seconds,
+        quant=loaded.quant,
     )
     info = engine.info
     logger.info(
-        "loaded model %s: %.1fM parameters on %s (%s) in %.1fs, context %d tokens",
+        "loaded model %s: %.1fM parameters on %s (%s, quant %s) in %.1fs, context %d tokens",
         info.model_name,
         info.parameters / 1e6,
         info.device,
         info.dtype,
+        info.quant,
         info.load_seconds,
         info.context_length,
     )

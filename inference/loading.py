@@ -9,6 +9,7 @@ load that folder in about a second. Nothing here ever downloads: every
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -25,6 +26,7 @@ import torch
 
 from .config import EngineConfig
 from .errors import InvalidConfig, ModelLoadError
+from .quant import cache_path, quantize, resolve_quant, weight_count
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def _package_folders(package: str) -> list[Path]:
         return folders
     for file in dist.files or ():
         if file.name.endswith(".gguf"):
-            folders.append(Path(dist.locate_file(file)).parent)
+            folders.append(Path(str(dist.locate_file(file))).parent)
     return folders
 
 
@@ -263,6 +265,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    quant: str = "none"
 
 
 def load_model(config: EngineConfig) -> LoadedModel:
@@ -276,13 +279,54 @@ def load_model(config: EngineConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     source = model_source(config)
+    quant = resolve_quant(config.quant, device, source.gguf_file is not None and gguf_is_low_bit(source.gguf_file))
     location = source.location
     if source.gguf_file is not None:
         location = str(ensure_converted(source.gguf_file, config.cache_dir))
     tokenizer = load_tokenizer(location)
-    model = _load_weights(location, device, dtype)
+    if quant == "none":
+        model = _load_weights(location, device, dtype)
+    else:
+        model = _load_quantized(location, device, quant, config.cache_dir)
+        dtype = model.dtype
     prepare_for_inference(model, tokenizer)
-    return LoadedModel(model, tokenizer, source.name, device, dtype, time.monotonic() - started)
+    return LoadedModel(model, tokenizer, source.name, device, dtype, time.monotonic() - started, quant)
+
+
+def _load_quantized(location: str, device: torch.device, quant: str, cache_dir: Path) -> Any:
+    """The model at ``location`` with quantized linear layers (see quant.py).
+
+    The first start quantizes from float32 weights (which recovers a Q4_1
+    GGUF's codes exactly) and caches the result; later starts load bf16 and
+    take the quantized layers from the cache.
+    """
+    folder = Path(location)
+    cache_file = cache_path(folder, cache_dir, quant) if folder.is_dir() else None
+    cached = cache_file is not None and cache_file.is_file()
+    model = _load_weights(location, device, torch.bfloat16 if cached else torch.float32)
+    quantize(model, quant, cache_file)
+    _return_freed_memory()
+    return model
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory of the dropped full-precision weights back to the OS (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
+def gguf_is_low_bit(gguf_file: Path) -> bool:
+    """Whether every matrix of ``gguf_file`` is stored in a quantized (4- to 8-bit) type."""
+    try:
+        from gguf import GGUFReader
+
+        types = {tensor.tensor_type.name for tensor in GGUFReader(gguf_file).tensors if len(tensor.shape) > 1}
+    except (ImportError, OSError, ValueError) as exc:
+        logger.warning("cannot read the tensor types of %s: %s", gguf_file, exc)
+        return False
+    return bool(types) and not types & {"F32", "F16", "BF16", "F64"}
 
 
 def load_tokenizer(location: str) -> Any:
@@ -307,7 +351,8 @@ def _load_weights(location: str, device: torch.device, dtype: torch.dtype) -> An
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model {location!r}: {_first_line(exc)}") from exc
     if device.type != "cuda":
-        model = model.to(device)
+        # nn.Module.to moves in place and returns the same model.
+        model.to(device)  # type: ignore[arg-type]  # transformers wraps .to with a decorator mypy misreads
     return model
 
 
@@ -333,8 +378,8 @@ def input_device(model: Any) -> torch.device:
 
 
 def parameter_count(model: Any) -> int:
-    """The number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
+    """The number of parameters of ``model`` (quantized weights included)."""
+    return weight_count(model)
 
 
 def context_length(model: Any) -> int:

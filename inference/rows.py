@@ -1,0 +1,236 @@
+"""The rows of the scheduler: a request in progress (Job) and the rows decoded together (Batch).
+
+A Batch holds one shared DynamicCache. Rows are independent:
+
+* a new request is prefilled on its own, then merged into the running batch
+  by left-padding the shorter side's cache and attention mask;
+* a finished or cancelled row leaves at once (``index_select`` on the batch
+  dimension), and columns that became padding for every row are trimmed;
+* positions are per row, so a row's keys never move relative to each other and
+  a greedy row decodes the same tokens as it would alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from .params import GenerationParams
+from .prompts import Prompt
+from .sampling import Sampler
+from .streaming import Event, IncrementalDetokenizer, Result
+
+_job_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the scheduler: its prompt, where its events go, its progress."""
+
+    request: Any  # inference.engine.Request: messages, params, cancel
+    prompt: Prompt
+    deliver: Callable[[Event], None]
+    id: int = field(default_factory=lambda: next(_job_ids))
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0
+    first_token_at: float = 0.0
+    tokens: list[int] = field(default_factory=list)
+    detokenizer: IncrementalDetokenizer | None = None
+    holds_slot: bool = False
+    position: int = 0  # place in the waiting queue last told to the reader
+    finished: bool = False
+
+    @property
+    def params(self) -> GenerationParams:
+        return self.request.params
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request.cancel.is_set()
+
+    def result(self, finish_reason: str, error: str = "") -> Result:
+        """The Result of this job as it stands now."""
+        now = time.monotonic()
+        count = len(self.tokens)
+        since_start = now - (self.started_at or self.submitted_at)
+        return Result(
+            text=self.detokenizer.text if self.detokenizer else "",
+            finish_reason=finish_reason,
+            prompt_tokens=len(self.prompt.ids),
+            completion_tokens=count,
+            ttft_ms=round((self.first_token_at - self.submitted_at) * 1000) if self.first_token_at else 0,
+            duration_ms=round((now - self.submitted_at) * 1000),
+            tokens_per_s=count / since_start if count and since_start > 0 else 0.0,
+            dropped_turns=self.prompt.dropped_turns,
+            error=error,
+        )
+
+
+@dataclass(eq=False)
+class Prefill:
+    """Requests whose prompts are being read into a new cache.
+
+    Either several short prompts admitted together, left-padded and read in
+    one forward pass, or one long prompt read a chunk at a time. ``mask``
+    covers the padded prompts (1 = a real token).
+    """
+
+    jobs: list[Job]
+    cache: Any
+    mask: torch.Tensor
+    done: int = 0  # prompt columns already in the cache
+    logits: torch.Tensor | None = None  # (rows, vocab) after the last column read so far
+
+    @classmethod
+    def start(cls, jobs: list[Job], cache: Any, device: torch.device) -> Prefill:
+        """A prefill of ``jobs``' prompts into ``cache`` (empty)."""
+        width = max(len(job.prompt.ids) for job in jobs)
+        mask = torch.zeros(len(jobs), width, dtype=torch.long, device=device)
+        for row, job in enumerate(jobs):
+            mask[row, width - len(job.prompt.ids) :] = 1
+        return cls(jobs, cache, mask)
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.width
+
+    def input_ids(self, pad: int, budget: int) -> torch.Tensor:
+        """The next prompt columns to read, at most ``budget`` of them, left-padded with ``pad``."""
+        columns = min(budget, self.width - self.done)
+        ids = torch.full((len(self.jobs), columns), pad, dtype=torch.long)
+        for row, job in enumerate(self.jobs):
+            prompt = job.prompt.ids
+            start = self.width - len(prompt)  # the row's first real column
+            wanted = prompt[max(self.done - start, 0) : self.done + columns - start]
+            if wanted:
+                ids[row, columns - len(wanted) :] = torch.tensor(wanted, dtype=torch.long)
+        return ids.to(self.mask.device)
+
+
+# -- the rows decoded together -----------------------------------------------------
+
+
+class Batch:
+    """The rows decoded together: their jobs, KV cache and per-row tensors.
+
+    ``mask`` covers the cache columns (1 = a real token, 0 = left padding);
+    ``tokens`` holds each row's newest token, not yet in the cache;
+    ``positions`` its position id (the row's real length so far).
+    """
+
+    def __init__(self, jobs: list[Job], cache: Any, mask: torch.Tensor, first: torch.Tensor, sampler: Sampler) -> None:
+        self.jobs = list(jobs)
+        self.cache = cache
+        self.mask = mask
+        self.tokens = first.view(-1, 1).to(mask.device)
+        self.positions = mask.sum(dim=1, keepdim=True)
+        self.sampler = sampler
+        self.padded = not bool(mask.all())
+
+    @property
+    def size(self) -> int:
+        return len(self.jobs)
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def forward(self, model: Any) -> torch.Tensor:
+        """Run one decoding step; returns float32 logits (rows, vocab) for each row's next token."""
+        mask = F.pad(self.mask, (0, 1), value=1)
+        output = model(
+            input_ids=self.tokens,
+            # Without padding, no mask lets SDPA take its plain causal path, as a lone request does.
+            attention_mask=mask if self.padded else None,
+            position_ids=self.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.mask = mask
+        self.positions = self.positions + 1
+        return output.logits[:, -1, :].float()
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Make ``tokens`` (rows,) the next input of each row."""
+        self.tokens = tokens.view(-1, 1).to(self.mask.device)
+        self.sampler.observe(tokens)
+
+    def merge(self, other: Batch) -> None:
+        """Append ``other``'s rows, left-padding whichever side is shorter."""
+        width = max(self.width, other.width)
+        self._left_pad(width - self.width)
+        other._left_pad(width - other.width)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+        self.mask = torch.cat([self.mask, other.mask])
+        self.tokens = torch.cat([self.tokens, other.tokens])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.sampler.extend(other.sampler)
+        self.jobs += other.jobs
+        self.padded = not bool(self.mask.all())
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (indices into ``jobs``), then trim all-padding columns."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        for layer in self.cache.layers:
+            layer_index = index.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(0, layer_index)
+            layer.values = layer.values.index_select(0, layer_index)
+        self.mask = self.mask.index_select(0, index)
+        self.tokens = self.tokens.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+        self.sampler.select(index.to(self.sampler.history.device))
+        self.jobs = [self.jobs[row] for row in rows]
+        # Real tokens sit right-aligned in each row, so the longest row bounds what is needed.
+        unused = self.width - int(self.mask.sum(dim=1).max())
+        if unused:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, unused:, :]
+                layer.values = layer.values[:, :, unused:, :]
+            self.mask = self.mask[:, unused:]
+        self.padded = not bool(self.mask.all())
+
+    def without(self, rows: list[int]) -> Batch | None:
+        """This batch without ``rows``; None when no row is left."""
+        leaving = set(rows)
+        keep = [row for row in range(self.size) if row not in leaving]
+        if not keep:
+            return None
+        self.keep(keep)
+        return self
+
+    def _left_pad(self, columns: int) -> None:
+        if columns <= 0:
+            return
+        for layer in self.cache.layers:
+            layer.keys = F.pad(layer.keys, (0, 0, columns, 0))
+            layer.values = F.pad(layer.values, (0, 0, columns, 0))
+        self.mask = F.pad(self.mask, (columns, 0))
+        self.padded = True
+
+
+def cache_is_mergeable(model: Any) -> bool:
+    """Whether rows' caches can be padded and concatenated: every layer a plain DynamicLayer.
+
+    Sliding-window, linear-attention or quantized caches keep extra per-row
+    state, so such models are served one request at a time instead.
+    """
+    try:
+        cache = DynamicCache(config=model.config)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)

@@ -1,0 +1,107 @@
+"""Weight quantization (inference/quant.py) on the tiny model: layers, the engine, the cache."""
+
+import asyncio
+
+import pytest
+import torch
+
+from inference import EngineConfig, Finished, GenerationParams, InvalidConfig, Request, build_engine, loading, quant
+from inference.quant import GROUP_SIZE, Int4Linear, Int8Linear, minmax_int4, resolve_quant
+from tests.inference_fixtures import load_tiny, tiny_config
+
+
+def greedy(max_new_tokens: int) -> GenerationParams:
+    return GenerationParams(temperature=0, max_new_tokens=max_new_tokens)
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+async def streamed(engine, messages, params):
+    async for event in engine.stream(Request(messages=messages, params=params)):
+        if isinstance(event, Finished):
+            return event.result
+    raise AssertionError("no Finished event")
+
+
+def test_min_max_groups_recover_q4_1_codes_exactly():
+    # A weight made the way llama.cpp's Q4_1 stores it: per block of 32, a
+    # scale, a minimum and codes 0..15 that use both ends of the range.
+    torch.manual_seed(0)
+    rows, columns = 8, 4 * GROUP_SIZE
+    codes = torch.randint(0, 16, (rows, columns), dtype=torch.int32)
+    codes[:, ::GROUP_SIZE], codes[:, 1::GROUP_SIZE] = 0, 15
+    scale = torch.rand(rows, columns // GROUP_SIZE) * 0.01 + 1e-3
+    low = torch.randn(rows, columns // GROUP_SIZE) * 0.05
+    weight = (codes.view(rows, -1, GROUP_SIZE) * scale.unsqueeze(-1) + low.unsqueeze(-1)).view(rows, columns)
+
+    found, found_scale, found_low = minmax_int4(weight)
+
+    assert torch.equal(found, codes)
+    torch.testing.assert_close(found_scale, scale)
+    torch.testing.assert_close(found_low, low)
+
+
+@pytest.mark.parametrize("layer_type", [Int4Linear, Int8Linear])
+def test_quantized_layers_compute_what_their_weights_say(layer_type):
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(128, 64)
+    layer = layer_type.from_weight(dense.weight.detach(), dense.bias.detach())
+    x = torch.randn(3, 5, 128)
+    expected = dense(x)
+    got = layer(x).float()
+    assert got.shape == (3, 5, 64)
+    # bf16 activations and 4 or 8 bits: close to the dense layer, not equal.
+    error = (got - expected).abs().max() / expected.abs().max()
+    assert error < (0.08 if layer_type is Int4Linear else 0.02)
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def test_a_quantized_engine_decodes_as_transformers_generate_on_the_same_weights(tiny_model_dir, scheme):
+    model, tokenizer = load_tiny(tiny_model_dir)
+    engine = build_engine(model, tokenizer, tiny_config(quant=scheme), model_name="tiny-llama")
+    try:
+        assert (engine.info.quant, engine.info.dtype) == (scheme, "bfloat16")
+        assert not any(type(m) is torch.nn.Linear for m in model.modules())
+        messages = user("Tell me about the sea")
+        ids = engine.prepare(Request(messages=messages, params=greedy(24))).ids
+        with torch.inference_mode():
+            reference = model.generate(
+                input_ids=torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0
+            )[0, len(ids) :].tolist()
+        result = asyncio.run(streamed(engine, messages, greedy(24)))
+        assert result.text == tokenizer.decode(reference, skip_special_tokens=True)
+        assert engine.generate_batch([Request(messages=messages, params=greedy(24))])[0].text == result.text
+    finally:
+        engine.close()
+
+
+def test_the_quantized_weights_are_cached_and_reused(tiny_model_dir, tmp_path, monkeypatch):
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", quant="int4", cache_dir=tmp_path)
+    first = loading.load_model(config)
+    assert first.quant == "int4"
+    cached = list(tmp_path.glob("*-int4-*.safetensors"))
+    assert len(cached) == 1
+
+    def quantize_again(*args, **kwargs):
+        raise AssertionError("the cached quantization should have been reused")
+
+    monkeypatch.setattr(Int4Linear, "from_weight", quantize_again)
+    second = loading.load_model(config)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode():
+        torch.testing.assert_close(first.model(input_ids=ids).logits, second.model(input_ids=ids).logits)
+
+
+def test_auto_picks_int4_only_for_a_low_bit_gguf_on_the_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_quant("auto", cpu, from_low_bit_gguf=True) == "int4"
+    assert resolve_quant("auto", cpu, from_low_bit_gguf=False) == "none"
+    assert resolve_quant("auto", cuda, from_low_bit_gguf=True) == "none"
+    assert resolve_quant("int8", cpu, from_low_bit_gguf=False) == "int8"
+    with pytest.raises(InvalidConfig, match="runs on the CPU only"):
+        resolve_quant("int4", cuda, from_low_bit_gguf=False)
+    with pytest.raises(InvalidConfig, match="quant 'int3' is not one of auto, none, int8, int4"):
+        EngineConfig(quant="int3")
+    assert quant.QUANTS == ("auto", "none", "int8", "int4")
