@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
@@ -289,19 +290,34 @@ async def follow(conversation_id, message_id: int | None = None) -> AsyncIterato
 
     Yields frames (dicts as the WebSocket sends them) until the `end` of
     `message_id`, or of the first reply that ends when None. Start following
-    before `start()` to see every frame.
+    before `start()` to see every frame (or use `following()`).
+    """
+    async with following(conversation_id) as frames:
+        async for frame in frames(message_id):
+            yield frame
+
+
+@asynccontextmanager
+async def following(conversation_id) -> AsyncIterator[Callable[[int | None], AsyncIterator[dict]]]:
+    """Join the conversation's group now; inside, `frames(message_id)` iterates as follow() does.
+
+    For a caller that starts the turn itself: `start()` inside the block, and
+    no frame is missed however fast the runner is.
     """
     layer = get_channel_layer()
     channel = await layer.new_channel("follow.")
     await layer.group_add(group_name(conversation_id), channel)
-    try:
+
+    async def frames(message_id: int | None = None) -> AsyncIterator[dict]:
         while True:
-            event = await layer.receive(channel)
-            frame = client_frame(event)
+            frame = client_frame(await layer.receive(channel))
             if frame is not None:
                 yield frame
             if frame and frame["type"] == "end" and message_id in (None, frame["message_id"]):
                 return
+
+    try:
+        yield frames
     finally:
         await layer.group_discard(group_name(conversation_id), channel)
 
