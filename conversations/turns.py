@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
@@ -285,41 +284,39 @@ def save_partial(message_id: int, text: str) -> None:
 # -- following -------------------------------------------------------------------
 
 
-async def follow(conversation_id, message_id: int | None = None) -> AsyncIterator[dict]:
-    """The client frames of a conversation's turns, for a caller without a socket.
+class follow:  # noqa: N801  (used like a function: `async with follow(...) as frames`)
+    """The client frames of a conversation's turns, for a caller without a socket (an API view, a command).
 
-    Yields frames (dicts as the WebSocket sends them) until the `end` of
-    `message_id`, or of the first reply that ends when None. Start following
-    before `start()` to see every frame (or use `following()`).
+        async with turns.follow(conversation_id) as frames:
+            turn = await turns.start(conversation_id, "send", params, text)
+            async for frame in frames.until_end(turn.message_id):
+                ...
+
+    Frames are dicts as the WebSocket sends them; following starts when the
+    block is entered, so no frame of a turn started inside it is missed.
     """
-    async with following(conversation_id) as frames:
-        async for frame in frames(message_id):
-            yield frame
 
+    def __init__(self, conversation_id) -> None:
+        self.group = group_name(conversation_id)
+        self.layer = get_channel_layer()
 
-@asynccontextmanager
-async def following(conversation_id) -> AsyncIterator[Callable[[int | None], AsyncIterator[dict]]]:
-    """Join the conversation's group now; inside, `frames(message_id)` iterates as follow() does.
+    async def __aenter__(self) -> follow:
+        self.channel = await self.layer.new_channel("follow.")
+        await self.layer.group_add(self.group, self.channel)
+        return self
 
-    For a caller that starts the turn itself: `start()` inside the block, and
-    no frame is missed however fast the runner is.
-    """
-    layer = get_channel_layer()
-    channel = await layer.new_channel("follow.")
-    await layer.group_add(group_name(conversation_id), channel)
+    async def __aexit__(self, *exc_info) -> None:
+        await self.layer.group_discard(self.group, self.channel)
 
-    async def frames(message_id: int | None = None) -> AsyncIterator[dict]:
+    async def until_end(self, message_id: int | None = None) -> AsyncIterator[dict]:
+        """Frames up to the `end` of `message_id` (of the first reply to end when None)."""
         while True:
-            frame = client_frame(await layer.receive(channel))
-            if frame is not None:
-                yield frame
-            if frame and frame["type"] == "end" and message_id in (None, frame["message_id"]):
+            frame = client_frame(await self.layer.receive(self.channel))
+            if frame is None:
+                continue
+            yield frame
+            if frame["type"] == "end" and message_id in (None, frame["message_id"]):
                 return
-
-    try:
-        yield frames
-    finally:
-        await layer.group_discard(group_name(conversation_id), channel)
 
 
 def client_frame(event: dict) -> dict | None:

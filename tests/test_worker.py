@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from chatsite.settings import channel_layers as layer_settings
 from conversations import runtime
-from conversations.models import InferenceWorker
+from conversations.models import InferenceWorker, Message
 from conversations.worker import InferenceWorkerServer
 from scripts.services import redis_server
 from tests.test_consumer import GREEDY, LONG, connect, greedy_alone, joined_tokens, receive_until_end, stored_reply
@@ -240,3 +240,24 @@ def test_a_web_process_in_worker_mode_says_in_one_line_that_redis_is_down():
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("chatsite: cannot reach REDIS_URL='redis://127.0.0.1:9/0'")
+
+
+@pytest.mark.asyncio
+async def test_the_reaper_ends_a_reply_whose_lease_expired_with_the_text_its_stream_holds(worker_mode, chat):
+    from conversations.runners import worker as runner
+
+    old = timezone.now() - timedelta(seconds=60)
+    reply = await sync_to_async(Message.objects.create)(
+        conversation=chat, role="assistant", status="streaming", content="Hel", created_at=old
+    )
+    young = await sync_to_async(Message.objects.create)(conversation=chat, role="assistant", status="streaming")
+    record = runner.StreamRecord(reply.id)
+    await record.open()
+    await record.append("Hello, ")
+    await record.append("world")
+    assert await runner.reap() == 1
+    await sync_to_async(reply.refresh_from_db)()
+    assert reply.status == "interrupted" and reply.content == "Hello, world"  # the stream's, not the saved "Hel"
+    await sync_to_async(young.refresh_from_db)()
+    assert young.status == "streaming"  # too young to have been handed over: left alone
+    assert await runner.reap() == 0
