@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from .errors import EngineClosed, QueueFull
+from .lean import LeanDecoder
 from .rows import Batch, Job, Prefill, cache_is_mergeable
 from .sampling import Sampler
 from .stats import EngineStats
@@ -58,6 +59,7 @@ class Scheduler:
         device: torch.device,
         stats: EngineStats | None = None,
         num_threads: int = 0,
+        lean_decode: bool = True,
     ) -> None:
         self.model = model
         self.num_threads = num_threads
@@ -69,6 +71,8 @@ class Scheduler:
             logger.warning("this model's cache cannot be batched; serving one request at a time")
             self.max_batch_size = 1
         self.stats = stats if stats is not None else EngineStats()
+        # Decoding steps take the lean path where the architecture has one (lean.py).
+        self.lean = LeanDecoder.for_model(model) if lean_decode else None
         self.eos_token_ids = frozenset(eos_token_ids)
         # Fills the left padding of prompts read together (masked out, so any id works).
         self.pad_token_id = (
@@ -417,7 +421,7 @@ class Scheduler:
                 return
         self.stats.decode_steps += 1
         self.stats.max_rows = max(self.stats.max_rows, batch.size)
-        tokens = batch.sampler.choose(batch.forward(self.model))
+        tokens = batch.sampler.choose(batch.forward(self.model, self.lean))
         batch.advance(tokens)
         done = [
             row

@@ -46,6 +46,9 @@ class EngineConfig:
     # per core). On a CPU shared with other busy processes, 1 can be several
     # times faster: see docs/inference.md.
     num_threads: int = 0
+    # Decode Llama-architecture models with the lean step (fused projections,
+    # see lean.py); False keeps the generic transformers forward everywhere.
+    lean_decode: bool = True
     # A reader gives up on the scheduler (finish_reason "error") when one of
     # its steps has run this long, or when its thread has died.
     stall_timeout: float = 120.0

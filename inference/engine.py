@@ -146,6 +146,7 @@ class TransformersEngine(Engine):
             device=device,
             stats=self.stats,
             num_threads=config.num_threads,
+            lean_decode=config.lean_decode,
         )
 
     # -- streaming ------------------------------------------------------------

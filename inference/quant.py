@@ -36,13 +36,14 @@ from torch import nn
 
 from .config import QUANTS
 from .errors import InvalidConfig
+from .lean import fuse_projections
 
 logger = logging.getLogger(__name__)
 
 GROUP_SIZE = 32
 ACTIVATION_DTYPE = torch.bfloat16
 # Bump when the cached format changes, so an old cache is not misread.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 def resolve_quant(name: str, device: torch.device, from_low_bit_gguf: bool) -> str:
@@ -168,6 +169,8 @@ def quantize(model: Any, quant: str, cache_file: Path | None = None) -> None:
     written to it otherwise, so only the first start pays for quantizing.
     """
     started = time.monotonic()
+    # Fused q/k/v and gate/up are quantized as one matrix each (see lean.py).
+    fuse_projections(model)
     cached = _read_cache(cache_file)
     tensors: dict[str, torch.Tensor] = {}
     for name, linear in _decoder_linears(model):

@@ -147,9 +147,17 @@ class Batch:
     def width(self) -> int:
         return self.mask.shape[1]
 
-    def forward(self, model: Any) -> torch.Tensor:
-        """Run one decoding step; returns float32 logits (rows, vocab) for each row's next token."""
+    def forward(self, model: Any, lean: Any = None) -> torch.Tensor:
+        """Run one decoding step; returns float32 logits (rows, vocab) for each row's next token.
+
+        ``lean``: a LeanDecoder for ``model`` (lean.py), else the generic forward runs.
+        """
         mask = F.pad(self.mask, (0, 1), value=1)
+        if lean is not None:
+            logits = lean.step(self.tokens, self.positions, self.cache, mask if self.padded else None)
+            self.mask = mask
+            self.positions = self.positions + 1
+            return logits
         output = model(
             input_ids=self.tokens,
             # Without padding, no mask lets SDPA take its plain causal path, as a lone request does.

@@ -1,0 +1,182 @@
+"""A lean decoding step for Llama-architecture models (SmolLM2 among them).
+
+At batch 1 on a CPU a step of the generic transformers forward spends more
+time dispatching small operations and running Python than multiplying
+matrices: per layer it calls q, k and v and gate and up separately, builds
+an attention mask, and wraps every result in output objects. This step does
+the same arithmetic with fewer calls: q/k/v as one matrix, gate/up as one
+matrix (210 matrix calls a step become 120 on SmolLM2-135M), no mask when no
+row is padded, nothing but tensors in between.
+
+``fuse_projections`` makes the fused layers (before quantization, which
+packs them as they are: int4's packed layout depends on the whole matrix, so
+packed pieces cannot be joined afterwards). The original q/k/v and gate/up
+layers become slices of the fused outputs, so the generic forward, which
+still reads prompts, computes each fused product once too and the weights
+are held once. A model of another architecture, or one spread over devices,
+is left alone and keeps the generic forward (``LeanDecoder.for_model``
+returns None).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def supported(model: Any) -> bool:
+    """Whether ``model`` is a LlamaForCausalLM this module can fuse and decode."""
+    config: Any = getattr(model, "config", None)
+    if type(model).__name__ != "LlamaForCausalLM" or getattr(config, "model_type", None) != "llama":
+        return False
+    if config.attention_bias or config.mlp_bias or config.hidden_act != "silu":
+        return False
+    return getattr(config, "pretraining_tp", 1) == 1 and len({p.device for p in model.parameters()}) == 1
+
+
+def fuse_projections(model: Any) -> bool:
+    """Give every layer of a supported model ``qkv_proj`` and ``gate_up_proj``; returns whether it did.
+
+    Dense weights only (call it before quantizing). Idempotent.
+    """
+    if not supported(model):
+        return False
+    for block in model.model.layers:
+        attention, mlp = block.self_attn, block.mlp
+        if not hasattr(attention, "qkv_proj"):
+            _fuse(attention, "qkv_proj", ("q_proj", "k_proj", "v_proj"))
+        if not hasattr(mlp, "gate_up_proj"):
+            _fuse(mlp, "gate_up_proj", ("gate_proj", "up_proj"))
+    return True
+
+
+def _fuse(parent: nn.Module, fused_name: str, names: tuple[str, ...]) -> None:
+    parts = [getattr(parent, name) for name in names]
+    weight = torch.cat([part.weight.detach() for part in parts])
+    fused = nn.Linear(parts[0].in_features, weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    setattr(parent, fused_name, fused)
+    memo = _Memo(parent, fused_name)
+    start = 0
+    for name, part in zip(names, parts, strict=True):
+        setattr(parent, name, _Slice(memo, start, start + part.out_features, last=name == names[-1]))
+        start += part.out_features
+
+
+class _Memo:
+    """The fused layer of a parent module and its latest output, shared by the slices of one product.
+
+    The generic forward calls q_proj, k_proj and v_proj on the same input
+    tensor one after another: the first call computes the fused product, the
+    others take their columns of it.
+    """
+
+    def __init__(self, parent: nn.Module, fused_name: str) -> None:
+        # Looked up by name at each call: quantization replaces the fused layer.
+        self.parent, self.fused_name = parent, fused_name
+        self.last_input: torch.Tensor | None = None
+        self.last_output: torch.Tensor | None = None
+
+    def output(self, x: torch.Tensor, last: bool) -> torch.Tensor:
+        """The fused product of ``x``; ``last``: the final slice asks, so let go of it afterwards."""
+        output = self.last_output
+        if x is not self.last_input or output is None:
+            output = getattr(self.parent, self.fused_name)(x)
+        # Holding a long prompt's activations until the next request would cost memory for nothing.
+        self.last_input, self.last_output = (None, None) if last else (x, output)
+        return output
+
+
+class _Slice(nn.Module):
+    """A projection that is columns ``start:end`` of a fused one."""
+
+    def __init__(self, memo: _Memo, start: int, end: int, last: bool) -> None:
+        super().__init__()
+        # Not a submodule: the fused layer is registered once, under its own name.
+        self._memo = memo
+        self.start, self.end, self.last = start, end, last
+        self.out_features = end - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._memo.output(x, self.last)[..., self.start : self.end]
+
+
+class LeanDecoder:
+    """One decoding step of a LlamaForCausalLM: fused projections, few operations."""
+
+    def __init__(self, model: Any) -> None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        fuse_projections(model)
+
+        self._rotate = apply_rotary_pos_emb
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.norm = inner.norm
+        self.rotary = inner.rotary_emb
+        self.head = model.get_output_embeddings()
+        self.layers = [_Layer(layer, model.config) for layer in inner.layers]
+
+    @classmethod
+    def for_model(cls, model: Any) -> LeanDecoder | None:
+        """A lean decoder for ``model`` (fusing its projections if not yet done), or None when it
+        must keep the generic forward."""
+        return cls(model) if supported(model) else None
+
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: Any, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Decode one token a row: ``tokens`` and ``positions`` (rows, 1), ``mask`` (rows, cache length + 1)
+        or None when no row is padded. Appends to ``cache``; returns float32 logits (rows, vocab)."""
+        hidden = self.embed(tokens)
+        cos, sin = self.rotary(hidden, positions)
+        attend = None if mask is None else mask[:, None, None, :].bool()
+        for index, layer in enumerate(self.layers):
+            hidden = layer.forward(hidden, cos, sin, cache, index, attend, self._rotate)
+        return self.head(self.norm(hidden)[:, -1, :]).float()
+
+
+class _Layer:
+    """One decoder layer's weights, fused, and its decoding step."""
+
+    def __init__(self, layer: Any, config: Any) -> None:
+        attention, mlp = layer.self_attn, layer.mlp
+        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(attention, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.scaling = attention.scaling
+        self.qkv = attention.qkv_proj
+        self.splits = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        self.o = attention.o_proj
+        self.gate_up = mlp.gate_up_proj
+        self.down = mlp.down_proj
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: Any,
+        index: int,
+        attend: torch.Tensor | None,
+        rotate: Any,
+    ) -> torch.Tensor:
+        rows = hidden.shape[0]
+        q, k, v = self.qkv(self.input_norm(hidden)).split(self.splits, dim=-1)
+        q = q.view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotate(q, k, cos, sin)
+        keys, values = cache.update(k, v, index)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=attend, scale=self.scaling, enable_gqa=self.heads != self.kv_heads
+        )
+        hidden = hidden + self.o(out.transpose(1, 2).reshape(rows, 1, -1))
+        gate, up = self.gate_up(self.post_norm(hidden)).chunk(2, dim=-1)
+        return hidden + self.down(F.silu(gate) * up)

@@ -1,0 +1,75 @@
+"""The lean decoding step (inference/lean.py) against the generic transformers forward, on the tiny model."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from inference import GenerationParams, Request, build_engine
+from inference.lean import LeanDecoder
+from inference.quant import quantize
+from tests.inference_fixtures import load_tiny, tiny_config
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def requests() -> list[Request]:
+    # Different prompt lengths: rows are left-padded and the mask matters.
+    prompts = ["Hi", "Tell me a long story about a lighthouse keeper and the sea", "What is two plus two?"]
+    return [Request(messages=user(p), params=GenerationParams(temperature=0, max_new_tokens=20)) for p in prompts]
+
+
+@pytest.mark.parametrize("scheme", ["none", "int4"])
+def test_a_lean_step_computes_the_generic_forwards_logits(tiny_model_dir, scheme):
+    model, _ = load_tiny(tiny_model_dir)
+    if scheme != "none":
+        quantize(model, scheme)
+    lean = LeanDecoder.for_model(model)
+    assert lean is not None
+    prompt = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 10, 11, 12]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        caches = [DynamicCache(config=model.config) for _ in range(2)]
+        for cache in caches:
+            model(input_ids=prompt, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        token, position = torch.tensor([[13], [14]]), torch.tensor([[5], [3]])
+        full_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+        generic = (
+            model(
+                input_ids=token,
+                attention_mask=full_mask,
+                position_ids=position,
+                past_key_values=caches[0],
+                use_cache=True,
+            )
+            .logits[:, -1]
+            .float()
+        )
+        got = lean.step(token, position, caches[1], full_mask)
+    torch.testing.assert_close(got, generic, atol=2e-2 if scheme == "int4" else 1e-4, rtol=1e-3)
+    assert torch.equal(got.argmax(-1), generic.argmax(-1))
+
+
+def test_the_engine_decodes_the_same_text_with_and_without_the_lean_step(tiny_model_dir):
+    engines = []
+    try:
+        for lean in (True, False):
+            model, tokenizer = load_tiny(tiny_model_dir)
+            engines.append(build_engine(model, tokenizer, tiny_config(lean_decode=lean), model_name="tiny-llama"))
+        lean_engine, generic_engine = engines
+        assert lean_engine.scheduler.lean is not None and generic_engine.scheduler.lean is None
+        lean_texts = [r.text for r in lean_engine.generate_batch(requests())]
+        assert lean_texts == [r.text for r in generic_engine.generate_batch(requests())]
+        assert lean_engine.stats.max_rows == 3
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_other_architectures_keep_the_generic_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tiny_gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=100, n_positions=64))
+    assert LeanDecoder.for_model(tiny_gpt2) is None
