@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -102,7 +103,7 @@ async def chat_completions(request, user):
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "The request body is not valid JSON.", "invalid_request_error") from None
     try:
-        call = openai_api.parse(body)
+        call = openai_api.parse(body, settings.CHAT_MAX_MESSAGE_CHARS)
     except BadRequest as exc:
         raise ApiError(400, exc.message, "invalid_request_error", "invalid_value", exc.param) from None
     model = await _served_model()

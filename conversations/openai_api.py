@@ -46,7 +46,7 @@ NEUTRAL = {
     "web_search_options": (None,),
 }
 HANDLED = {"messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "stream"}
-HANDLED |= {"stream_options", "response_format"}
+HANDLED |= {"stream_options", "response_format", "repetition_penalty"}  # the last: an extension, as vLLM's
 
 
 class BadRequest(Exception):
@@ -70,8 +70,11 @@ class Completion:
     include_usage: bool
 
 
-def parse(body: object) -> Completion:
-    """Check a chat-completions request body; raises BadRequest naming the first bad field."""
+def parse(body: object, max_chars: int | None = None) -> Completion:
+    """Check a chat-completions request body; raises BadRequest naming the first bad field.
+
+    `max_chars`: the longest a message may be (CHAT_MAX_MESSAGE_CHARS, as in the web chat).
+    """
     if not isinstance(body, dict):
         raise BadRequest(None, "The request body must be a JSON object.")
     for name in body:
@@ -83,14 +86,14 @@ def parse(body: object) -> Completion:
     format_type = (body.get("response_format") or {}).get("type", "text")
     if format_type != "text":
         raise BadRequest("response_format", "Only response_format type 'text' is supported.")
-    system_prompt, history, prompt = _messages(body.get("messages"))
+    system_prompt, history, prompt = _messages(body.get("messages"), max_chars)
     stream = body.get("stream", False)
     if stream not in (None, True, False):
         raise BadRequest("stream", "stream must be a boolean.")
     return Completion(system_prompt, history, prompt, _params(body), bool(stream), _include_usage(body))
 
 
-def _messages(messages: object) -> tuple[str, list[dict], str]:
+def _messages(messages: object, max_chars: int | None) -> tuple[str, list[dict], str]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", "messages must be a non-empty array.")
     system, turns = [], []
@@ -101,6 +104,8 @@ def _messages(messages: object) -> tuple[str, list[dict], str]:
         if message.get("tool_calls") or message.get("function_call"):
             raise BadRequest(f"{where}.tool_calls", "Tool calls are not supported by this server.")
         text = _text(message.get("content"), f"{where}.content")
+        if max_chars is not None and len(text) > max_chars:
+            raise BadRequest(f"{where}.content", f"A message may be at most {max_chars} characters long.")
         role = ROLES[message["role"]]
         if role == "system":
             system.append(text)
@@ -127,7 +132,7 @@ def _text(content: object, where: str) -> str:
 
 def _params(body: dict) -> GenerationParams:
     values: dict = {}
-    for name in ("temperature", "top_p"):
+    for name in ("temperature", "top_p", "repetition_penalty"):
         if body.get(name) is not None:
             values[name] = body[name]
     limit = body.get("max_completion_tokens")

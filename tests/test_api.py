@@ -50,6 +50,7 @@ def test_a_request_becomes_a_system_prompt_a_history_and_a_prompt():
             ],
             "temperature": 0,
             "top_p": 0.5,
+            "repetition_penalty": 1.2,
             "max_tokens": 12,
             "stop": "\n",
             "stream": True,
@@ -63,8 +64,15 @@ def test_a_request_becomes_a_system_prompt_a_history_and_a_prompt():
     assert call.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     assert call.prompt == "Capital of France?"
     assert (call.params.temperature, call.params.top_p, call.params.max_new_tokens) == (0, 0.5, 12)
-    assert call.params.stop == ("\n",)
+    assert call.params.stop == ("\n",) and call.params.repetition_penalty == 1.2
     assert call.stream and call.include_usage
+
+
+def test_a_message_longer_than_the_chat_allows_is_refused():
+    with pytest.raises(BadRequest) as refused:
+        openai_api.parse({"messages": [{"role": "system", "content": "x" * 11}] + USER_ASKS}, max_chars=10)
+    assert refused.value.param == "messages[0].content"
+    assert openai_api.parse({"messages": USER_ASKS}, max_chars=11).prompt == "Hello there"
 
 
 def test_max_completion_tokens_wins_over_max_tokens():
@@ -83,6 +91,7 @@ def test_max_completion_tokens_wins_over_max_tokens():
         ({"temperature": 3}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),
+        ({"repetition_penalty": 0.5}, "repetition_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
