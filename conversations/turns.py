@@ -136,6 +136,10 @@ async def start(conversation_id, kind: str, params: GenerationParams, text: str 
     except Refused as exc:
         # Nobody will generate it: end it now so the conversation is not stuck busy.
         await finish(turn.conversation_id, turn.message_id, Ending("error", "", error=(exc.code, exc.message)))
+    except Exception:
+        logger.exception("reply %s could not start", turn.message_id)
+        error = ("generation_failed", "The reply could not be started; try again in a moment.")
+        await finish(turn.conversation_id, turn.message_id, Ending("error", "", error=error))
     return turn
 
 
