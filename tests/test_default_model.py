@@ -85,7 +85,8 @@ def test_int4_keeps_the_ggufs_own_codes(float32_engine):
     # The converted float32 weights are the GGUF's Q4_1 blocks dequantized;
     # min/max over the same 32 columns must find every block's codes again.
     layers = float32_engine.model.model.layers
-    for linear in (layers[0].self_attn.q_proj, layers[7].mlp.down_proj, layers[-1].self_attn.v_proj):
+    # q/k/v and gate/up are fused (lean.py); rows are independent, groups run along columns.
+    for linear in (layers[0].self_attn.qkv_proj, layers[7].mlp.down_proj, layers[-1].mlp.gate_up_proj):
         weight = linear.weight.detach()
         codes, scale, low = minmax_int4(weight)
         rows, columns = weight.shape
