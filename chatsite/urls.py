@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from conversations import views
+from conversations import api_views, key_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -10,5 +10,9 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", views.signup, name="signup"),
     path("healthz", views.healthz, name="healthz"),
+    path("settings/keys/", key_views.keys, name="api_keys"),
+    path("settings/keys/<int:key_id>/revoke/", key_views.revoke, name="api_key_revoke"),
+    path("v1/models", api_views.models, name="api_models"),
+    path("v1/chat/completions", api_views.chat_completions, name="api_chat_completions"),
     path("", include("conversations.urls")),
 ]

@@ -5,7 +5,7 @@ from django.db.models import Count
 from django.http import HttpResponse
 
 from . import export
-from .models import Conversation, InferenceWorker, Message
+from .models import ApiKey, Conversation, InferenceWorker, Message
 
 
 class MessageInline(admin.TabularInline):
@@ -100,4 +100,18 @@ class InferenceWorkerAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are listed (never shown: only their hash is kept); staff can revoke one by setting revoked_at."""
+
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix", "user__username")
+    fields = ("user", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("user", "name", "prefix", "created_at", "last_used_at")
+
+    def has_add_permission(self, request) -> bool:
         return False

@@ -328,7 +328,7 @@ class Scheduler:
             return None
         for job in jobs:
             job.started_at = time.monotonic()
-            job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.prompt.ids)
+            job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.prompt.ids, job.params.stop)
             job.deliver(Started(prompt_tokens=len(job.prompt.ids), dropped_turns=job.prompt.dropped_turns))
             self.stats.started += 1
         item = Prefill.start(jobs, DynamicCache(config=self.model.config), self.device)
@@ -437,6 +437,9 @@ class Scheduler:
         text = job.detokenizer.push(token)
         if text:
             job.deliver(Chunk(text))
+        if job.detokenizer.stopped:
+            self._finish(job, "stop")
+            return True
         if len(job.tokens) >= job.prompt.max_new_tokens:
             self._finish(job, "length")
             return True

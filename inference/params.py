@@ -14,6 +14,7 @@ from typing import Any
 from .errors import InvalidParams
 
 MAX_NEW_TOKENS_LIMIT = 4096
+MAX_STOP_STRINGS = 4  # as OpenAI's API
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class GenerationParams:
 
     ``temperature`` 0..2 (0 = greedy), ``top_p`` in (0, 1], ``max_new_tokens``
     1..4096 (the engine caps it further to what fits in the context),
-    ``repetition_penalty`` 1..2 (1 = off).
+    ``repetition_penalty`` 1..2 (1 = off), ``stop`` up to four non-empty strings:
+    the reply ends (as "stop") before the first of them it would contain.
 
     Raises InvalidParams for a wrong type or an out-of-range value.
     """
@@ -31,6 +33,7 @@ class GenerationParams:
     top_p: float = 0.9
     max_new_tokens: int = 256
     repetition_penalty: float = 1.05
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
@@ -46,6 +49,8 @@ class GenerationParams:
             raise InvalidParams(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}")
         if not 1 <= self.repetition_penalty <= 2:
             raise InvalidParams("repetition_penalty must be between 1 and 2")
+        _check_stop(self.stop)
+        object.__setattr__(self, "stop", tuple(self.stop))  # a JSON list comes back hashable
         # Store plain floats so equal settings compare and hash equal (0 == 0.0 already,
         # but a Decimal or numpy scalar would not serialise to JSON).
         for name in ("temperature", "top_p", "repetition_penalty"):
@@ -76,8 +81,18 @@ class GenerationParams:
         return replace(base, **dict(data))
 
     def to_dict(self) -> dict[str, Any]:
-        """The parameters as a JSON-ready dict (the keys ``from_dict`` takes)."""
-        return asdict(self)
+        """The parameters as a JSON-ready dict (the keys ``from_dict`` takes); ``stop`` only when set."""
+        data = asdict(self)
+        if not self.stop:
+            del data["stop"]
+        return data
+
+
+def _check_stop(stop: object) -> None:
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(item, str) and item for item in stop):
+        raise InvalidParams("stop must be a list of non-empty strings")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise InvalidParams(f"stop takes at most {MAX_STOP_STRINGS} strings")
 
 
 def _check_number(name: str, value: object) -> None:

@@ -31,10 +31,17 @@ class IncrementalDetokenizer:
     ``push(token_id)`` returns the new text (possibly ""); ``flush()`` returns
     whatever is still held back once the reply ends. All returned pieces
     joined equal ``text``.
+
+    With ``stop`` strings, text that could be the start of one is held back
+    until it is not; once one appears, ``stopped`` is set and ``text`` ends
+    just before it (nothing more is returned).
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int] = ()) -> None:
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int] = (), stop: Sequence[str] = ()) -> None:
         self._tokenizer = tokenizer
+        self._stop = tuple(stop)
+        self._held = ""  # decoded text not yet returned: it may begin a stop string
+        self.stopped = False
         self._ids: list[int] = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:]) if prompt_ids else []
         self._prefix = 0  # start of the decoding window
         self._read = len(self._ids)  # end of what has been emitted
@@ -50,25 +57,46 @@ class IncrementalDetokenizer:
             # Slide the window: what was just emitted becomes the next prefix,
             # so each decode stays a few tokens long.
             self._prefix, self._read = self._read, len(self._ids)
-            self.text += delta
-            return delta
+            return self._release(delta)
         return ""
 
     def flush(self) -> str:
         """The text held back at the end of the reply (an incomplete character shows as U+FFFD)."""
         if self._read == len(self._ids):
-            return ""
+            return self._release("", final=True)
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         new_text = self._decode(self._ids[self._prefix :])
         delta = new_text[len(prefix_text) :]
         self._prefix = self._read = len(self._ids)
-        self.text += delta
-        return delta
+        return self._release(delta, final=True)
+
+    def _release(self, delta: str, final: bool = False) -> str:
+        """The part of ``delta`` (after what was held) that is safe to show; it is added to ``text``."""
+        if self.stopped:
+            return ""
+        pending = self._held + delta
+        cuts = [pending.find(stop) for stop in self._stop if stop in pending]
+        if cuts:
+            self.stopped = True
+            pending, self._held = pending[: min(cuts)], ""
+        else:
+            keep = 0 if final else _stop_prefix_length(pending, self._stop)
+            pending, self._held = pending[: len(pending) - keep], pending[len(pending) - keep :]
+        self.text += pending
+        return pending
 
     def _decode(self, ids: list[int]) -> str:
         # clean_up_tokenization_spaces would rewrite " ." differently depending
         # on the window, breaking "joined deltas == decoded reply".
         return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """The length of the longest end of ``text`` that begins some stop string."""
+    for length in range(min(len(text), max((len(stop) for stop in stops), default=0)), 0, -1):
+        if any(stop.startswith(text[-length:]) for stop in stops):
+            return length
+    return 0
 
 
 # -- what a stream takes and yields ---------------------------------------------

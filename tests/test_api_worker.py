@@ -1,0 +1,85 @@
+"""The API in worker mode (CHAT_INFERENCE=worker): the real `openai` client, a real daphne, a real worker.
+
+The reply runs in `manage.py inference_worker` (the tiny model) through the
+same runner as web chats, over PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from scripts.services import postgres_server, redis_server
+from tests.clients import sign_up
+from tests.live_server import REPO, server_env, start_daphne
+from tests.test_api_live import api_key, client, stored, wait_ended
+from tests.test_scaleout import START_TIMEOUT, WorkerProcess, wait_for_workers
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def worker_site(tiny_model_dir):
+    with ExitStack() as stack:
+        database_url = os.getenv("DATABASE_URL", "")
+        if not database_url.startswith("postgres"):
+            database_url = stack.enter_context(postgres_server())
+        redis_url = os.getenv("REDIS_URL") or stack.enter_context(redis_server())
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chatsite-api-worker-")))
+        shared = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CHAT_INFERENCE": "worker",
+            "CHAT_MODEL": str(tiny_model_dir),
+            "CHAT_DEVICE": "cpu",
+            "CHAT_SAVE_INTERVAL_MS": 0,
+        }
+        env = server_env(folder, shared)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, capture_output=True
+        )
+        worker = WorkerProcess("api-w1", env, folder)
+        stack.callback(worker.stop)
+        server = start_daphne(shared, migrate=False, health_timeout=START_TIMEOUT)
+        stack.callback(server.stop)
+        wait_for_workers(server.url, 1)
+        yield server, worker
+
+
+def test_the_api_runs_on_an_inference_worker(worker_site):
+    server, worker = worker_site
+    session = sign_up(server.url, "api-worker-user")
+    api = client(server, api_key(server, "api-worker-user"))
+    messages = [{"role": "user", "content": "Hello"}]
+
+    answer = api.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=12)
+    reply = stored(session, server, answer.id)["messages"][-1]
+    assert reply["content"] == answer.choices[0].message.content != ""
+    assert answer.usage.completion_tokens == reply["completion_tokens"] == 12
+
+    stream = api.chat.completions.create(
+        model="m", messages=messages, temperature=0, max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == answer.choices[0].message.content  # greedy: the same reply
+    assert stored(session, server, chunks[0].id)["messages"][-1]["content"] == text
+
+
+def test_a_client_that_leaves_stops_its_reply_on_the_worker(worker_site):
+    server, worker = worker_site
+    session = sign_up(server.url, "api-worker-leaver")
+    api = client(server, api_key(server, "api-worker-leaver"))
+    held = api.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Go on"}], temperature=0, max_tokens=1000, stream=True
+    )
+    first = next(chunk for chunk in held if chunk.choices and chunk.choices[0].delta.content)
+    held.close()
+    reply = wait_ended(session, server, first.id)["messages"][-1]
+    assert reply["status"] == "cancelled" and 0 < reply["completion_tokens"] < 1000
