@@ -1,0 +1,60 @@
+/* Small DOM helpers the chat modules share. */
+
+export function $(selector, root) { return (root || document).querySelector(selector); }
+
+export function $all(selector, root) { return Array.from((root || document).querySelectorAll(selector)); }
+
+export function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+/** Change a node's text only when it differs, so live regions do not repeat themselves. */
+export function setText(node, text) {
+  if (node && node.textContent !== text) node.textContent = text;
+}
+
+/** A copy of one of the page's <template id="icon-NAME"> icons. */
+export function svgIcon(id) {
+  const template = document.getElementById('icon-' + id);
+  return template ? template.content.firstElementChild.cloneNode(true) : document.createTextNode('');
+}
+
+/** A button that stays focusable while unavailable (aria-disabled, not disabled). */
+export function setUnavailable(button, unavailable) {
+  if (unavailable) button.setAttribute('aria-disabled', 'true');
+  else button.removeAttribute('aria-disabled');
+}
+
+export function isUnavailable(button) { return button.getAttribute('aria-disabled') === 'true'; }
+
+export function isNarrow() { return window.matchMedia('(max-width: 820px)').matches; }
+
+// Live regions stay out of reach of inert, or their announcements would be lost.
+const KEEP_LIVE = '[aria-live], [role=status], [role=alert], template';
+
+/** Make everything but `keep` inert (a full-screen panel holds focus), or undo it. */
+export function holdFocus(keep) {
+  for (const node of document.querySelectorAll('[data-inert-by-panel]')) {
+    node.inert = false;
+    node.removeAttribute('data-inert-by-panel');
+  }
+  if (!keep) return;
+  for (const node of document.body.children) {
+    if (node.contains(keep) || node.matches(KEEP_LIVE) || node.tagName === 'SCRIPT' || node.inert) continue;
+    node.inert = true;
+    node.setAttribute('data-inert-by-panel', '');
+  }
+  // The panel may sit inside a container shared with what it covers.
+  let child = keep;
+  while (child.parentElement && child.parentElement !== document.body) {
+    for (const sibling of child.parentElement.children) {
+      if (sibling === child || sibling.inert || sibling.matches(KEEP_LIVE)) continue;
+      sibling.inert = true;
+      sibling.setAttribute('data-inert-by-panel', '');
+    }
+    child = child.parentElement;
+  }
+}
