@@ -24,6 +24,9 @@ STATIC_VENDOR = REPO / "static" / "vendor"
 TEST_VENDOR = REPO / "tests" / "vendor"
 
 # (package, version, {file in the package: where it goes}, what it is for)
+# Minified builds where there are any: DOMPurify and KaTeX as UMD files, which
+# markdown.js imports for their side effect (they set globalThis.DOMPurify /
+# globalThis.katex), since their ES module builds are not minified.
 PACKAGES = [
     (
         "markdown-it",
@@ -34,7 +37,11 @@ PACKAGES = [
     (
         "dompurify",
         "3.5.0",
-        {"dist/purify.es.mjs": STATIC_VENDOR / "dompurify" / "purify.es.mjs"},
+        {
+            "dist/purify.min.js": STATIC_VENDOR / "dompurify" / "purify.min.js",
+            # Named by the file's sourceMappingURL: collectstatic wants it there.
+            "dist/purify.min.js.map": STATIC_VENDOR / "dompurify" / "purify.min.js.map",
+        },
         "page: sanitises the renderer's HTML",
     ),
     (
@@ -47,7 +54,7 @@ PACKAGES = [
         "katex",
         "0.19.1",
         {
-            "dist/katex.mjs": STATIC_VENDOR / "katex" / "katex.mjs",
+            "dist/katex.min.js": STATIC_VENDOR / "katex" / "katex.min.js",
             "dist/katex.min.css": STATIC_VENDOR / "katex" / "katex.min.css",
             "dist/fonts/": STATIC_VENDOR / "katex" / "fonts",
         },

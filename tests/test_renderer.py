@@ -183,3 +183,70 @@ def test_streaming_render_matches_the_full_render(browser):
     assert same[0], same[1:]
     problems.check()
     context.close()
+
+
+TRANSCRIPT_PAGE = """
+<div id="chat"><div id="scroller" class="scroller"><section id="conversation-log" aria-label="Conversation">
+<ol id="transcript"></ol></section></div></div>
+<div id="reply-announcer" role="status" aria-live="polite"></div>
+<template id="message-template"><li class="msg"><div class="msg-inner"><h2 class="msg-author"></h2>
+<div class="bubble"><div class="md"></div></div>
+<div class="msg-foot"><span class="msg-meta"></span><span class="msg-actions"></span></div></div></li></template>
+"""
+
+STREAM = """async (text) => {
+  const T = await import('/static/chat/transcript.js');
+  const li = T.createMessage('assistant', 1);
+  T.setStatus(li, 'streaming', {});
+  const body = li.querySelector('.md');
+  const longTasks = new PerformanceObserver(() => {});
+  longTasks.observe({ type: 'longtask' });
+  let renders = 0;
+  new MutationObserver(() => { renders += 1; }).observe(body, { childList: true, subtree: true, characterData: true });
+  let frames = 0;
+  let streaming = true;
+  let last = 0;
+  let maxGap = 0;
+  const tick = (now) => {
+    frames += 1;
+    if (last) maxGap = Math.max(maxGap, now - last);
+    last = now;
+    if (streaming) requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+  const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
+  // Token frames of 40 characters, arriving five times faster than frames are drawn.
+  for (let i = 0; i < text.length; i += 40) {
+    T.setRaw(li, T.rawText(li) + text.slice(i, i + 40));
+    T.scheduleRender(li);
+    if (i % 200 === 160) await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  await nextFrame();
+  streaming = false;
+  T.setStatus(li, 'complete', {});
+  const start = performance.now();
+  T.renderMessage(li);
+  const fullRender = performance.now() - start;
+  await nextFrame();
+  await nextFrame();
+  const longest = Math.max(0, ...longTasks.takeRecords().map((entry) => entry.duration));
+  const length = body.textContent.length;
+  return { longest, maxGap, fullRender, renders, frames, length, tokens: Math.ceil(text.length / 40) };
+}"""
+
+
+def test_a_20_kb_single_line_reply_streams_without_freezing(browser):
+    context, page, problems = static_page(browser, TRANSCRIPT_PAGE)
+    piece = "word **bold** and `code` with [a link](https://example.com/x) and _more_ text; "
+    text = (piece * (20_000 // len(piece) + 1))[:20_000]
+    assert "\n" not in text
+    result = page.evaluate(STREAM, text)
+    print(f"20 KB single line: {result}")
+    assert result["length"] > 10_000  # the text without its Markdown syntax
+    # One render per animation frame at most (plus the final one), not one per token frame.
+    assert result["renders"] <= result["frames"] + 2, result
+    assert result["renders"] < result["tokens"] / 2, result
+    # The old renderer took 0.57 s per render of such a line, every frame: a frozen tab.
+    assert result["longest"] < 400 and result["maxGap"] < 400 and result["fullRender"] < 400, result
+    problems.check()
+    context.close()

@@ -35,8 +35,28 @@ export function isNarrow() { return window.matchMedia('(max-width: 820px)').matc
 // Live regions stay out of reach of inert, or their announcements would be lost.
 const KEEP_LIVE = '[aria-live], [role=status], [role=alert], template';
 
+const FOCUSABLE = 'a[href], button, input:not([type=hidden]), textarea, select, summary, [tabindex]:not([tabindex="-1"])';
+let held = null;
+
+// Tab from the last control of a panel that holds focus goes to its first, and back.
+document.addEventListener('keydown', (event) => {
+  if (event.key !== 'Tab' || !held) return;
+  const items = Array.from(held.querySelectorAll(FOCUSABLE)).filter((node) => !node.disabled && node.offsetParent !== null);
+  if (!items.length) return;
+  const first = items[0];
+  const last = items[items.length - 1];
+  if (event.shiftKey && (document.activeElement === first || !held.contains(document.activeElement))) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && (document.activeElement === last || !held.contains(document.activeElement))) {
+    event.preventDefault();
+    first.focus();
+  }
+});
+
 /** Make everything but `keep` inert (a full-screen panel holds focus), or undo it. */
 export function holdFocus(keep) {
+  held = keep;
   for (const node of document.querySelectorAll('[data-inert-by-panel]')) {
     node.inert = false;
     node.removeAttribute('data-inert-by-panel');

@@ -14,8 +14,11 @@
  *   announce(message)                a short screen-reader announcement
  */
 import markdownit from '../vendor/markdown-it/markdown-it.min.mjs';
-import DOMPurify from '../vendor/dompurify/purify.es.mjs';
+import '../vendor/dompurify/purify.min.js';
 import { mathPlugin } from './math.js';
+
+// The minified UMD build (a third the size of its ES module build) sets the global.
+const DOMPurify = globalThis.DOMPurify;
 
 const URL_START = /^https?:\/\//i;
 const LANG = /^[A-Za-z0-9_+#.-]{1,24}$/;
@@ -244,8 +247,9 @@ function loadKatex() {
     css.rel = 'stylesheet';
     css.href = new URL('../vendor/katex/katex.min.css', import.meta.url).href;
     document.head.appendChild(css);
-    katexLoading = import('../vendor/katex/katex.mjs').then((module) => {
-      katex = module.default;
+    // The minified UMD build sets globalThis.katex (its ES module build is not minified).
+    katexLoading = import('../vendor/katex/katex.min.js').then(() => {
+      katex = globalThis.katex;
       document.querySelectorAll('.md .math-inline, .md .math-block').forEach(typeset);
     });
   }

@@ -16,6 +16,9 @@ export function openSidebar() {
   sidebar.classList.add('open');
   backdrop.classList.add('open');
   menuToggle.setAttribute('aria-expanded', 'true');
+  // Over the page, it is a modal dialog: what is behind it is inert.
+  sidebar.setAttribute('role', 'dialog');
+  sidebar.setAttribute('aria-modal', 'true');
   holdFocus(sidebar);
   const target = $('.conv.current a', sidebar) || $('a, button', sidebar);
   if (target) target.focus();
@@ -26,6 +29,8 @@ export function closeSidebar(returnFocus) {
   sidebar.classList.remove('open');
   backdrop.classList.remove('open');
   menuToggle.setAttribute('aria-expanded', 'false');
+  sidebar.setAttribute('role', 'complementary');
+  sidebar.removeAttribute('aria-modal');
   holdFocus(null);
   if (returnFocus) menuToggle.focus();
   return true;
