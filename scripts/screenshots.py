@@ -21,6 +21,7 @@ from tests.live_server import start_daphne  # noqa: E402
 
 DOCS = REPO / "docs"
 PASSWORD = "a-long-Passw0rd!"
+expect.set_options(timeout=300_000)  # replies come from the real model on the CPU
 PROMPTS = [
     "Write a Python function that adds two numbers.",
     "What is $\\int_0^1 x^2\\,dx$? Show the working.",
@@ -33,7 +34,8 @@ def main() -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(300_000)
+            page.on("pageerror", lambda error: print(f"screenshots: page error: {error}", file=sys.stderr))
             page.goto(server.url + "/accounts/signup/")
             page.get_by_label("Username").fill("ada")
             page.get_by_label("Password", exact=True).fill(PASSWORD)
@@ -42,7 +44,7 @@ def main() -> int:
             expect(page.locator("html")).to_have_attribute("data-ready", "1")
             page.get_by_role("button", name="Chat settings").click()
             page.locator("#set-temperature").fill("0")
-            page.locator("#set-max-tokens").fill("96")
+            page.locator("#set-max-tokens").fill("64")
             page.keyboard.press("Escape")
             for number, prompt in enumerate(PROMPTS, start=1):
                 box = page.get_by_label("Message", exact=True)

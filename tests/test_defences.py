@@ -57,9 +57,13 @@ def test_pages_send_csp_nosniff_and_no_store(alice_client, alice, conversation):
             finder = InlineFinder()
             finder.feed(response.content.decode())
             assert finder.found == [], (url, finder.found)
-    login_page = Client().get("/accounts/login/")
-    assert "no-store" in login_page["Cache-Control"]
-    assert "Content-Security-Policy" in login_page
+    for url in ("/accounts/login/", "/accounts/signup/"):
+        page = Client().get(url)
+        assert "no-store" in page["Cache-Control"]
+        assert "Content-Security-Policy" in page
+        finder = InlineFinder()
+        finder.feed(page.content.decode())
+        assert finder.found == [], (url, finder.found)
 
 
 def test_static_files_are_hashed_compressed_and_cached_for_long(client):

@@ -86,7 +86,15 @@ function onEnd(frame) {
   }
   if (li) li.setAttribute('data-ended', '');
   changed();
-  sync();  // the stored status, counts and timing
+  syncEnded(li, 0);
+}
+
+/** Read an ended reply's stored status, counts and timing; ask again while it still reads as streaming. */
+function syncEnded(li, attempt) {
+  sync().then(() => {
+    if (!li || !li.isConnected || li.getAttribute('data-status') !== 'streaming' || attempt >= 8) return;
+    setTimeout(() => syncEnded(li, attempt + 1), 250 * 2 ** Math.min(attempt, 3));
+  });
 }
 
 function onErrorFrame(frame) {
@@ -121,8 +129,8 @@ function applyStored(message) {
 /** Bring the page up to date with the stored conversation: after (re)connecting,
  * after a reply ends, after a chat's first message (its title). */
 function sync() {
-  if (!page.apiUrl) return;
-  fetch(page.apiUrl, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
+  if (!page.apiUrl) return Promise.resolve();
+  return fetch(page.apiUrl, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
     .then((response) => (response.ok ? response.json() : null))
     .then((data) => {
       if (!data || !Array.isArray(data.messages)) return;
