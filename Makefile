@@ -7,6 +7,8 @@
 #   make lint            ruff (lint + format check), mypy on inference/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
+#   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
+#   make screenshots     retake docs/screenshot-{light,dark}.png in chromium
 #   make clean           remove the virtual environment and test output
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -30,7 +32,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench soak system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench soak vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -43,6 +45,7 @@ $(INSTALLED): requirements.txt Makefile
 
 run: $(INSTALLED)
 	$(VENV_PYTHON) manage.py migrate --noinput
+	$(VENV_PYTHON) manage.py collectstatic --noinput --verbosity 0
 	$(VENV)/bin/daphne $(DAPHNE_ARGS) chatsite.asgi:application
 
 test: $(INSTALLED) system-packages
@@ -59,6 +62,15 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The front-end libraries, as built by their authors (`npm pack NAME@VERSION`);
+# versions, licences and sha256 go to static/vendor/manifest.json and README.md.
+vendor:
+	$(VENV_PYTHON) scripts/vendor.py
+
+# A real daphne and chromium chat, photographed for the docs (tests never write there).
+screenshots: $(INSTALLED) system-packages
+	$(VENV_PYTHON) scripts/screenshots.py
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)

@@ -20,7 +20,6 @@ except ImproperlyConfigured as exc:
     sys.exit(f"chatsite: {exc}")
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from chatsite.routing import websocket_application  # noqa: E402
 from conversations import runtime, shutdown  # noqa: E402
@@ -31,9 +30,9 @@ if "daphne.server" in sys.modules:
 
 application = ProtocolTypeRouter(
     {
-        # Static files are served by the app itself so `make run` needs no
-        # proxy or collectstatic step; a deployment may put a proxy in front.
-        "http": ASGIStaticFilesHandler(django_application),
+        # Static files are answered by whitenoise's middleware (compressed,
+        # hashed names, long cache), from what `collectstatic` gathered.
+        "http": django_application,
         "websocket": websocket_application,
     }
 )

@@ -8,9 +8,11 @@ manage.py and asgi.py turn into one line instead of a traceback.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -51,6 +53,14 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in (os.getenv(name) or default).split(",") if item.strip()]
+
+
+def drop_traceback(record) -> bool:
+    """django.security records (DisallowedHost, ...) are expected noise: keep the message only."""
+    if record.name.startswith("django.security."):
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 def secret_key() -> str:
@@ -145,17 +155,25 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "conversations",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files are answered here, before the session and the rest:
+    # compressed, with hashed names cached for a year (and nosniff, above).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "chatsite.middleware.no_store",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -203,12 +221,72 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
+# `collectstatic` (run by `make run`, and once per test session) hashes,
+# compresses and rewrites ES module imports; whitenoise serves the result.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "chatsite.storage.StaticStorage"},
+}
+
+# ---- security ----
+
+# The page loads scripts, styles, fonts and images from this site only, and
+# has no inline script or style; its WebSocket goes to this site too.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# CHATSITE_HTTPS=1: the site is served over HTTPS by a proxy (docs/deploy.md)
+# that sets X-Forwarded-Proto and X-Forwarded-For.
+CHATSITE_HTTPS = env_bool("CHATSITE_HTTPS", False)
+if CHATSITE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # health checks come over plain HTTP
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("CHATSITE_HSTS_PRELOAD", False)
+# Preloading is a commitment an operator makes to the browsers' list on purpose.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# Login throttling (django-axes): 5 wrong passwords for one username from one
+# address lock that pair out for 15 minutes; a right one resets the count.
+# `manage.py axes_reset` (or axes_reset_username NAME) lifts a lockout.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("CHATSITE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("CHATSITE_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "chatsite.middleware.client_ip"
+AXES_LOCKOUT_CALLABLE = "conversations.views.locked_out"
+AXES_VERBOSE = False
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A bad Host header (and the like) is logged as one line, not a traceback.
+    "filters": {"one_line": {"()": "django.utils.log.CallbackFilter", "callback": drop_traceback}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["one_line"]}},
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
@@ -233,6 +311,8 @@ CHAT_THREADS = env_int("CHAT_THREADS", 0, minimum=0, maximum=1024)
 # or a dropped client loses at most this much text.
 CHAT_SAVE_INTERVAL = float(env_int("CHAT_SAVE_INTERVAL_MS", 1000, maximum=60_000)) / 1000
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)
+# A system prompt is sent with every message of its chat: capped at creation.
+CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8_000, minimum=1)
 # A reply nobody watches any more (every tab closed) is stopped after this
 # many seconds; a reload or a reconnect within it picks the reply back up.
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))

@@ -1,6 +1,7 @@
 """Forms for pages: sign-up, new conversation, rename."""
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 from django.db import transaction
@@ -37,6 +38,15 @@ class ConversationForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         for name in self.Meta.fields:
             self.fields[name].required = False
+
+    def clean_system_prompt(self) -> str:
+        text = self.cleaned_data.get("system_prompt") or ""
+        limit = settings.CHAT_MAX_SYSTEM_PROMPT_CHARS
+        if len(text) > limit:
+            raise forms.ValidationError(
+                f"A system prompt can have at most {limit:,} characters (this one has {len(text):,})."
+            )
+        return text
 
     def clean(self) -> dict:
         cleaned = super().clean()

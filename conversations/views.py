@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.db.models import Count
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -111,13 +112,26 @@ def api_conversation(request, conversation_id):
     return JsonResponse(export.as_json(conversation))
 
 
+def locked_out(request, response, credentials):
+    """django-axes' answer to a locked-out login: the login page again, saying why (HTTP 429)."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    # Unbound: validating it would try the password once more.
+    form = AuthenticationForm(request, initial={"username": (credentials or {}).get("username", "")})
+    lockout = (
+        f"Too many failed logins for this account from your address. Try again in {minutes} minutes, "
+        "or ask the site's admin to unlock it."
+    )
+    context = {"form": form, "next": request.POST.get("next", ""), "lockout": lockout}
+    return render(request, "registration/login.html", context, status=429)
+
+
 def signup(request):
     if not settings.CHATSITE_ALLOW_SIGNUP:
         raise Http404("Sign-up is closed on this site.")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
-        login(request, user)
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("index")
     return render(request, "registration/signup.html", {"form": form})
 

@@ -6,12 +6,23 @@ scripts/services.py.
 """
 
 import pytest
+from django.core.management import call_command
 from django.test import Client
 
 from conversations import runtime
 from conversations.models import Conversation, Message
 
-pytest_plugins = ["tests.inference_fixtures", "tests.live_server"]
+pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collected_static():
+    """Static files as `make run` serves them: gathered, hashed and compressed into var/static.
+
+    Pages name their scripts through the hashed-names manifest, and the daphne
+    servers of tests/live_server.py serve var/static, so both need it current.
+    """
+    call_command("collectstatic", interactive=False, verbosity=0)
 
 
 @pytest.fixture

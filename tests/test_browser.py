@@ -1,7 +1,7 @@
 """The chat page in a real browser against a real daphne with the real model.
 
 Debian's chromium, driven by Playwright's sync API. One flow (sign up, chat,
-reload mid-reply, stop, markdown safety, screenshots) shares one browser
+reload mid-reply, stop, markdown safety) shares one browser
 page, since each step builds on the conversation the previous one made.
 Waits are Playwright's (expect / wait_for_function), never sleeps; replies
 are kept short with max_new_tokens wherever the step only needs some text.
@@ -10,61 +10,19 @@ are kept short with max_new_tokens wherever the step only needs some text.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
 
-try:
-    from playwright.sync_api import Page, expect, sync_playwright
-except ImportError as exc:  # pragma: no cover - a broken install must fail, not skip
-    sync_playwright = None
-    PLAYWRIGHT_ERROR = f"playwright is not installed ({exc}); `make test` installs it"
-else:
-    PLAYWRIGHT_ERROR = ""
+from tests.browser_support import PageProblems
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 PASSWORD = "a-long-Passw0rd!"
 # Generous for a CPU model at ~14 tokens/s; each step asks for far fewer tokens.
 REPLY_TIMEOUT_MS = 60_000
 
 LAST_REPLY = "() => [...document.querySelectorAll('#transcript li.msg-assistant')].pop() || null"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if sync_playwright is None:
-        pytest.fail(PLAYWRIGHT_ERROR)
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
-            "(`apt-get install chromium`, or `make test`, which installs it)"
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class PageProblems:
-    """Dialogs and script errors seen on a page: any of them fails the test."""
-
-    def __init__(self, page: Page) -> None:
-        self.dialogs: list[str] = []
-        self.errors: list[str] = []
-        page.on("dialog", self._on_dialog)
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-
-    def _on_dialog(self, dialog) -> None:
-        self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    def check(self) -> None:
-        assert not self.dialogs, f"a dialog opened (injected script ran?): {self.dialogs}"
-        assert not self.errors, f"script errors on the page: {self.errors}"
 
 
 def new_page(browser, **context_args):
@@ -74,6 +32,11 @@ def new_page(browser, **context_args):
     return context, page, PageProblems(page)
 
 
+def ready(page: Page) -> None:
+    """Wait until the page's modules have run (module scripts run after the page is shown)."""
+    expect(page.locator("html")).to_have_attribute("data-ready", "1")
+
+
 def sign_up(page: Page, base_url: str, username: str) -> None:
     page.goto(base_url + "/accounts/signup/")
     page.get_by_label("Username").fill(username)
@@ -81,6 +44,7 @@ def sign_up(page: Page, base_url: str, username: str) -> None:
     page.get_by_label("Password confirmation").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
     expect(page).to_have_url(base_url + "/")
+    ready(page)
 
 
 def set_settings(page: Page, **values) -> None:
@@ -165,6 +129,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     length_before_reload = wait_streaming_text(page, at_least=8)
     reply_id = page.evaluate(f"() => ({LAST_REPLY})().dataset.id")
     page.reload()
+    ready(page)
     resumed = page.locator(f'#transcript li.msg-assistant[data-id="{reply_id}"]')
     expect(resumed).to_have_count(1)
     wait_reply_end(page)
@@ -175,6 +140,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
 
     # Reload again: the whole history is there, rendered from the server.
     page.reload()
+    ready(page)
     expect(page.locator("#transcript li.msg-user")).to_have_count(2)
     expect(page.locator("#transcript li.msg-assistant")).to_have_count(2)
     expect(resumed.locator(".md")).to_have_text(final_text)
@@ -191,7 +157,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     mine = page.locator("#transcript li.msg-user").last
     expect(mine).to_contain_text("Quote this first: <img src=x onerror=alert(1)>")
     expect(mine.locator("pre code")).to_have_text("print(1)")
-    expect(mine.locator("pre code")).to_have_class("language-python")
+    expect(mine.locator("pre code")).to_have_class(re.compile(r"\blanguage-python\b"))
     wait_streaming_text(page, at_least=20)
     page.get_by_role("button", name="Stop generating").click()
     stopped = page.locator("#transcript li.msg-assistant").last
@@ -204,6 +170,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
 
     # After a reload both are as they were, rendered from the stored transcript.
     page.reload()
+    ready(page)
     mine = page.locator("#transcript li.msg-user").last
     expect(mine).to_contain_text("Quote this first: <img src=x onerror=alert(1)>")
     expect(mine.locator("pre code")).to_have_text("print(1)")
@@ -213,14 +180,6 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server
     expect(stopped.locator(".badge-cancelled")).to_have_text("Stopped")
     expect(stopped.locator(".md")).to_have_text(stopped_text)
     assert page.url == conversation_url
-
-    # Screenshots for the docs, light and dark, from the top of the chat.
-    page.locator("#scroller").evaluate("node => { node.scrollTop = 0; }")
-    page.mouse.move(5, 500)  # over the sidebar's empty space: nothing in a hover state
-    for scheme in ("light", "dark"):
-        page.emulate_media(color_scheme=scheme)
-        expect(page.locator("html")).to_have_attribute("data-theme", scheme)
-        page.screenshot(path=str(DOCS / f"screenshot-{scheme}.png"))
 
     problems.check()
     context.close()
@@ -250,6 +209,7 @@ def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
     other = "dark" if theme == "light" else "light"
     expect(page.locator("html")).to_have_attribute("data-theme", other)
     page.reload()
+    ready(page)
     expect(page.locator("html")).to_have_attribute("data-theme", other)
 
     # Out-of-range settings are refused before anything is sent.
@@ -275,116 +235,3 @@ def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
 
     problems.check()
     context.close()
-
-
-MARKDOWN_JS = Path(__file__).resolve().parent.parent / "static" / "chat" / "markdown.js"
-
-MARKDOWN_CASES = [
-    (
-        "Hello *world*, **bold**, ***both*** and `a <b>`",
-        "<p>Hello <em>world</em>, <strong>bold</strong>, <strong><em>both</em></strong>"
-        " and <code>a &lt;b&gt;</code></p>",
-    ),
-    ("snake_case_name stays, 2 * 3 * 4 too", "<p>snake_case_name stays, 2 * 3 * 4 too</p>"),
-    ("line one\nline two\n\nnext", "<p>line one<br>line two</p><p>next</p>"),
-    ("# Title\n### Small", "<h3>Title</h3><h5>Small</h5>"),
-    (
-        "1. one\n2. two\n   - a\n   - b\n3. three",
-        "<ol><li>one</li><li>two<ul><li>a</li><li>b</li></ul></li><li>three</li></ol>",
-    ),
-    ("Steps:\n- first\n- second", "<p>Steps:</p><ul><li>first</li><li>second</li></ul>"),
-    ("> quoted\n\nafter", "<blockquote><p>quoted</p></blockquote><p>after</p>"),
-    ("~~gone~~", "<p><del>gone</del></p>"),
-    (
-        "[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)",
-        "<p>[x](javascript:alert(1)) [y](data:text/html,hi) [z](/relative)</p>",
-    ),
-    ("<script>alert(1)</script> &amp;", "<p>&lt;script&gt;alert(1)&lt;/script&gt; &amp;amp;</p>"),
-]
-
-# Every element and attribute the renderer may create; anything else is a bug.
-ALLOWED_TAGS = {
-    "P",
-    "BR",
-    "H3",
-    "H4",
-    "H5",
-    "H6",
-    "STRONG",
-    "EM",
-    "DEL",
-    "CODE",
-    "PRE",
-    "UL",
-    "OL",
-    "LI",
-    "BLOCKQUOTE",
-    "HR",
-    "A",
-    "DIV",
-    "SPAN",
-    "BUTTON",
-    "TABLE",
-    "THEAD",
-    "TBODY",
-    "TR",
-    "TH",
-    "TD",
-}
-ALLOWED_ATTRIBUTES = {
-    "class",
-    "href",
-    "target",
-    "rel",
-    "title",
-    "type",
-    "aria-label",
-    "tabindex",
-    "scope",
-    "style",
-    "start",
-}
-NASTY = [
-    "<img src=x onerror=alert(1)>",
-    "[click](javascript:alert(1))",
-    "[click](JaVaScRiPt:alert(1))",
-    "[click]( javascript:alert(1) )",
-    "![x](javascript:alert(1))",
-    "<javascript:alert(1)>",
-    "<svg onload=alert(1)>",
-    "```\n</code></pre><img src=x onerror=alert(1)>\n```",
-    "| <b onmouseover=alert(1)> | x |\n|---|---|\n| <iframe src=javascript:alert(1)> | y |",
-    "**<img src=x onerror=alert(1)>**",
-    "[<img src=x onerror=alert(1)>](https://example.com)",
-    '```" onmouseover="alert(1)\nx\n```',
-    'https://example.com/"><img src=x onerror=alert(1)>',
-]
-
-
-def test_markdown_renderer_builds_only_safe_nodes(browser):
-    page = browser.new_page()
-    problems = PageProblems(page)
-    page.set_content("<div id=out></div>")
-    page.add_script_tag(path=str(MARKDOWN_JS))
-    render = "s => { const out = document.getElementById('out'); ChatMarkdown.render(s, out); return out.innerHTML; }"
-    for source, expected in MARKDOWN_CASES:
-        assert page.evaluate(render, source) == expected, source
-
-    code = page.evaluate(render, "```python\nprint('<b>')\n```")
-    assert "<code class=\"language-python\">print('&lt;b&gt;')</code>" in code and "Copy" in code
-    link = page.evaluate(render, "see [docs](https://example.com/a_(b)) and https://example.org/x.")
-    assert '<a href="https://example.com/a_(b)" target="_blank" rel="noopener noreferrer nofollow"' in link, link
-    assert ">https://example.org/x</a>." in link
-
-    for source in NASTY:
-        page.evaluate(render, source)
-        found = page.evaluate("""() => [...document.querySelectorAll('#out *')].map(node => ({
-            tag: node.tagName, attrs: [...node.attributes].map(a => [a.name, a.value])}))""")
-        for node in found:
-            assert node["tag"] in ALLOWED_TAGS, (source, node)
-            for name, value in node["attrs"]:
-                assert name in ALLOWED_ATTRIBUTES, (source, node)
-                if name == "href":
-                    assert value.startswith(("http://", "https://")), (source, node)
-    problems.check()
-    page.close()

@@ -96,4 +96,4 @@ def test_the_api_needs_login(client, alice, conversation):
 def test_static_files_are_served_by_the_app():
     from django.contrib.staticfiles import finders
 
-    assert finders.find("chat/chat.js"), "the chat script must ship in static/"
+    assert finders.find("chat/main.js"), "the chat script must ship in static/"

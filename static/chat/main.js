@@ -1,0 +1,29 @@
+/* The chat page's entry point: wires the modules together.
+ *
+ *   sidebar.js     the chat list (drawer on narrow screens, titles)
+ *   panels.js      settings drawer, menus, dialogs, dismissable alerts
+ *   transcript.js  message bubbles: rendering, status line, actions
+ *   composer.js    the message box, Send/Stop, settings values, errors
+ *   socket.js      the WebSocket, reconnection, syncing with the stored transcript
+ *   markdown.js    message text to safe DOM (markdown-it, DOMPurify, highlight.js, KaTeX)
+ *
+ * Message text only reaches the DOM through markdown.js.
+ */
+import { isNarrow } from './dom.js';
+import { initPanels } from './panels.js';
+import { initSidebar, closeSidebar } from './sidebar.js';
+import { initTranscript, onAction } from './transcript.js';
+import { initComposer, input, regenerate, updateComposer } from './composer.js';
+import { initSocket } from './socket.js';
+import { onChange } from './state.js';
+
+initSidebar();
+initPanels({ closeSidebar });
+initTranscript();
+initComposer();
+onAction('regenerate', regenerate);
+onChange(updateComposer);
+updateComposer();
+initSocket();
+if (input && !isNarrow()) input.focus({ preventScroll: true });
+document.documentElement.setAttribute('data-ready', '1');  // tests wait for this
