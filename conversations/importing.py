@@ -39,14 +39,16 @@ class BadFile(ValueError):
 
 @dataclass
 class ImportResult:
-    imported: list[Conversation] = field(default_factory=list)
+    # (id, title) of each conversation made: not the objects, so a file of
+    # many chats does not keep them all in memory.
+    imported: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     error: str | None = None
 
     def as_dict(self) -> dict:
         return {
             "imported": len(self.imported),
-            "conversations": [{"id": str(c.id), "title": c.display_title} for c in self.imported],
+            "conversations": [{"id": ident, "title": title} for ident, title in self.imported],
             "skipped": self.skipped,
             "error": self.error,
         }
@@ -73,7 +75,8 @@ def import_file(user, file: IO[bytes]) -> ImportResult:
             title = entry.get("title") if isinstance(entry, dict) else None
             title = title if isinstance(title, str) else ""
             try:
-                result.imported.append(_store(user, _parse(entry)))
+                conversation = _store(user, _parse(entry))
+                result.imported.append((str(conversation.id), conversation.display_title))
             except BadEntry as exc:
                 result.skipped.append({"entry": number, "title": title[:TITLE_MAX], "reason": str(exc)})
             except DatabaseError:
