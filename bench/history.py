@@ -7,7 +7,9 @@ Two rows (issue 14), each on SQLite and on a throwaway PostgreSQL
   with 10,000 conversations and 200,000 messages (goal on PostgreSQL: p95 <=
   100 ms);
 - the chat page: time and size of ``GET /`` for users with 100, 1,000 and
-  10,000 conversations (goal: <= 50 ms and <= 200 KB at 10,000).
+  10,000 conversations (goal: <= 50 ms and <= 200 KB at 10,000);
+- and, on SQLite, importing a 50 MB ChatGPT ``conversations.json``: time and
+  how much the process's peak memory grew.
 
 Each backend runs in a child process of its own (Django settings come from
 the environment), through Django's test client: the whole view, middleware
@@ -49,6 +51,9 @@ def words(rng: random.Random) -> list[str]:
 
 def text(rng: random.Random, vocabulary: list[str], weights: list[float], length: int) -> str:
     return " ".join(rng.choices(vocabulary, weights, k=length)).capitalize() + "."
+
+
+KINDS = ("common word", "middling word", "rare word", "middling + common", "two middling", "word beginning")
 
 
 def queries(rng: random.Random, vocabulary: list[str], count: int) -> list[str]:
@@ -148,22 +153,34 @@ def populate(username: str, conversations: int, messages_each: int, rng, vocabul
 
 
 def search_latency(client, texts: list[str]) -> dict:
+    """Search times, with a plain list page timed between them: on a shared
+    machine the list's time shows how much of a search's is load."""
     for q in texts[:5]:  # warm the caches
         client.get("/api/conversations/", {"q": q})
-    times, hits = [], []
-    for q in texts:
+    times, plain, hits, by_kind = [], [], [], {}
+    for number, q in enumerate(texts):
         began = time.perf_counter()
         response = client.get("/api/conversations/", {"q": q})
-        times.append((time.perf_counter() - began) * 1000)
+        elapsed = (time.perf_counter() - began) * 1000
         assert response.status_code == 200, response.content[:200]
+        times.append(elapsed)
+        by_kind.setdefault(KINDS[number % len(KINDS)], []).append(elapsed)
         hits.append(len(response.json()["conversations"]))
+        began = time.perf_counter()
+        client.get("/api/conversations/")
+        plain.append((time.perf_counter() - began) * 1000)
     return {
         "queries": len(texts),
         "p50_ms": round(percentile(times, 50), 1),
         "p95_ms": round(percentile(times, 95), 1),
         "max_ms": round(max(times), 1),
+        "list_p50_ms": round(percentile(plain, 50), 1),
+        "list_p95_ms": round(percentile(plain, 95), 1),
         "median_hits": statistics.median(hits),
-        "queries_with_no_hit": sum(1 for h in hits if h == 0),
+        "by_kind": {
+            kind: {"p50_ms": round(percentile(v, 50), 1), "p95_ms": round(percentile(v, 95), 1)}
+            for kind, v in by_kind.items()
+        },
     }
 
 
@@ -191,14 +208,70 @@ def percentile(values: list[float], p: int) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def import_row(megabytes: int) -> dict:
+    """Import a ChatGPT conversations.json of about `megabytes` MB: time and memory."""
+    import resource
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from conversations import importing
+
+    call_command("migrate", verbosity=0)
+    user = get_user_model().objects.create_user("importer")
+    rng = random.Random(50)
+    vocabulary = words(rng)
+    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    with tempfile.TemporaryFile() as file:
+        entries = write_chatgpt_export(file, megabytes * 1024 * 1024, rng, vocabulary, weights)
+        size = file.tell()
+        file.seek(0)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        began = time.perf_counter()
+        result = importing.import_file(user, file)
+        seconds = time.perf_counter() - began
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert len(result.imported) == entries and not result.skipped and not result.error
+    return {
+        "file_mb": round(size / 1024 / 1024, 1),
+        "conversations": entries,
+        "seconds": round(seconds, 1),
+        "peak_rss_growth_mb": round((after - before) / 1024, 1),
+    }
+
+
+def write_chatgpt_export(file, size: int, rng, vocabulary, weights) -> int:
+    """A ChatGPT-shaped export of about `size` bytes, written entry by entry."""
+    file.write(b"[")
+    count = 0
+    while file.tell() < size:
+        mapping = {"root": {"id": "root", "message": None, "parent": None, "children": ["m0"]}}
+        for n in range(20):
+            role = "user" if n % 2 == 0 else "assistant"
+            content = text(rng, vocabulary, weights, rng.randint(20, 200))
+            message = {"author": {"role": role}, "content": {"content_type": "text", "parts": [content]}}
+            mapping[f"m{n}"] = {"id": f"m{n}", "message": message, "parent": f"m{n - 1}" if n else "root"}
+        entry = {"title": f"chat {count}", "create_time": 1.7e9 + count, "mapping": mapping, "current_node": "m19"}
+        file.write((b"," if count else b"") + json.dumps(entry).encode())
+        count += 1
+    file.write(b"]")
+    return count
+
+
 # The parent: one child per backend, then the table.
 
 
-def run_backend(backend: str, rounds: int) -> dict:
+def run_backend(backend: str, rounds: int, import_mb: int = 0) -> dict:
     env = dict(os.environ, DJANGO_ALLOWED_HOSTS="testserver", DJANGO_SECRET_KEY="bench-history", DJANGO_DEBUG="0")
     command = [sys.executable, "-m", "bench.history", "--child", backend, "--rounds", str(rounds)]
+    if import_mb:
+        command += ["--import-mb", str(import_mb)]
     with tempfile.TemporaryDirectory(prefix="chatsite-history-") as folder:
-        if backend == "sqlite":
+        if backend in ("sqlite", "import"):
             env["DATABASE_URL"] = f"sqlite:///{folder}/bench.sqlite3"
             return json.loads(subprocess.run(command, env=env, cwd=REPO, check=True, stdout=subprocess.PIPE).stdout)
         sys.path.insert(0, str(REPO))
@@ -213,18 +286,33 @@ def table(results: list[dict]) -> str:
     lines = [
         "Search: GET /api/conversations/?q=... over 10,000 conversations and 200,000 messages (one user)",
         "",
-        "| backend | queries | p50 ms | p95 ms | max ms | median hits (page of 50) |",
+        "| backend | queries | p50 ms | p95 ms | max ms | plain list page p50 / p95 ms, same run |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
+        if "search" not in r:
+            continue
         s = r["search"]
         lines.append(
-            f"| {r['backend']} | {s['queries']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} | {s['median_hits']} |"
+            f"| {r['backend']} | {s['queries']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']}"
+            f" | {s['list_p50_ms']} / {s['list_p95_ms']} |"
         )
+        for kind, k in s["by_kind"].items():
+            lines.append(
+                f"| {r['backend']}: {kind} | {s['queries'] // len(KINDS)} | {k['p50_ms']} | {k['p95_ms']} | | |"
+            )
+    for r in results:
+        if "import" in r:
+            i = r["import"]
+            lines += [
+                "",
+                f"Import (SQLite): a {i['file_mb']} MB ChatGPT conversations.json, {i['conversations']:,} conversations"
+                f" of 20 messages: {i['seconds']} s, peak memory grew {i['peak_rss_growth_mb']} MB",
+            ]
     lines += ["", "Chat page: GET / (the sidebar shows one page of 50)", ""]
     lines += ["| backend | conversations | p50 ms | p95 ms | size KB |", "|---|---|---|---|---|"]
     for r in results:
-        for p in r["page"]:
+        for p in r.get("page", []):
             lines.append(f"| {r['backend']} | {p['conversations']:,} | {p['p50_ms']} | {p['p95_ms']} | {p['kb']} |")
     return "\n".join(lines) + "\n"
 
@@ -233,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=200, help="search queries per backend")
-    parser.add_argument("--child", choices=("sqlite", "postgres"), help=argparse.SUPPRESS)
+    parser.add_argument("--import-mb", type=int, default=50, help="size of the import row's file (0: no import row)")
+    parser.add_argument("--child", choices=("sqlite", "postgres", "import"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child == "import":
+        print(json.dumps({"backend": "sqlite", "import": import_row(args.import_mb)}))
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.rounds)))
         return 0
@@ -243,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         print(f"{backend}: populating and measuring...", file=sys.stderr)
         results.append(run_backend(backend, args.rounds))
+    if args.import_mb:
+        print(f"import: a {args.import_mb} MB file...", file=sys.stderr)
+        results.append(run_backend("import", args.rounds, args.import_mb))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     data = {"stamp": stamp, "results": results}

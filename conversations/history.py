@@ -197,7 +197,10 @@ def decode_cursor(cursor: str, *, searching: bool) -> tuple:
             pinned, updated, ident = key
             if pinned not in (0, 1):
                 raise ValueError(pinned)
-        return (pinned, datetime.fromisoformat(updated), uuid.UUID(hex=ident))
+        moment = datetime.fromisoformat(updated)
+        if moment.tzinfo is None:
+            raise ValueError(updated)
+        return (pinned, moment, uuid.UUID(hex=ident))
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):
         raise InvalidListQuery("cursor is not valid here: pass back a next_cursor from the same query") from None
 

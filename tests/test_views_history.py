@@ -105,6 +105,7 @@ def test_the_default_limit_is_50_and_at_most_200_may_be_asked(alice_client, alic
         ({"limit": "ten"}, "limit"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "WzEsIDJd"}, "cursor"),  # valid base64 JSON, wrong shape
+        ({"cursor": "WzAsICIyMDI2LTAxLTAxVDAwOjAwOjAwIiwgIjAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwIl0"}, "cursor"),  # a time without a zone
         ({"source": "email"}, "source"),
         ({"archived": "yes"}, "archived"),
         ({"q": "x" * 201}, "q"),
