@@ -313,6 +313,9 @@ CHAT_SAVE_INTERVAL = float(env_int("CHAT_SAVE_INTERVAL_MS", 1000, maximum=60_000
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)
 # A system prompt is sent with every message of its chat: capped at creation.
 CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8_000, minimum=1)
+# The largest file /c/import/ takes. Uploads past FILE_UPLOAD_MAX_MEMORY_SIZE
+# (2.5 MB) wait on disk and are parsed as a stream, so memory stays bounded.
+CHAT_IMPORT_MAX_MB = env_int("CHAT_IMPORT_MAX_MB", 64, minimum=1, maximum=4096)
 # A reply nobody watches any more (every tab closed) is stopped after this
 # many seconds; a reload or a reconnect within it picks the reply back up.
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))

@@ -28,6 +28,7 @@ class Conversation(models.Model):
         WEB = "web"
         BATCH = "batch"
         API = "api"
+        IMPORT = "import"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
@@ -39,6 +40,9 @@ class Conversation(models.Model):
     repetition_penalty = models.FloatField(default=1.05)
     model_name = models.CharField(max_length=200, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    # Archived chats leave the default list; pinned ones lead it.
+    archived = models.BooleanField(default=False)
+    pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -46,7 +50,14 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-updated_at"]
-        indexes = [models.Index(fields=["user", "-updated_at"], name="conv_user_recent")]
+        indexes = [
+            models.Index(fields=["user", "-updated_at"], name="conv_user_recent"),
+            # The paged list's sort key (conversations/history.py), so a page
+            # is an index range however long the history gets.
+            models.Index(fields=["user", "archived", "-pinned", "-updated_at", "-id"], name="conv_user_list"),
+        ]
+        # On PostgreSQL, migration 0003_conversation_list adds GIN full-text
+        # indexes on titles and message contents (SQLite has no GIN).
 
     def __str__(self) -> str:
         return self.display_title
@@ -123,6 +134,8 @@ class Conversation(models.Model):
             "params": self.params(),
             "model_name": self.model_name,
             "source": self.source,
+            "archived": self.archived,
+            "pinned": self.pinned,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

@@ -1,16 +1,16 @@
 """Pages and JSON endpoints. Every view is limited to the owner's conversations."""
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
-from django.db.models import Count
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import export, runtime
+from . import export, history, importing, runtime
 from .forms import ConversationForm, RenameForm, SignupForm
 from .models import Conversation
 
@@ -21,9 +21,8 @@ def _get_conversation_for_user(request, conversation_id) -> Conversation:
 
 
 def _chat_page(request, conversation: Conversation | None):
-    conversations = Conversation.objects.for_user(request.user).only("id", "title", "updated_at")
     context = {
-        "conversations": conversations,
+        "sidebar": history.sidebar(request.user),
         "conversation": conversation,
         "messages_list": conversation.messages.all() if conversation else [],
         "new_form": ConversationForm(),
@@ -100,9 +99,94 @@ def export_markdown(request, conversation_id):
 @login_required
 @require_GET
 def api_conversations(request):
-    conversations = Conversation.objects.for_user(request.user).annotate(message_count=Count("messages"))
-    items = [dict(c.as_dict(), message_count=c.message_count) for c in conversations]
-    return JsonResponse({"conversations": items})
+    try:
+        query = history.ListQuery.from_params(request.GET)
+    except history.InvalidListQuery as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(history.as_dict(history.page(request.user, query)))
+
+
+def _set_flag(request, conversation_id, name: str, value: bool):
+    """Archive, unarchive, pin or unpin. The list's order changes, the
+    conversation's `updated_at` does not."""
+    conversation = _get_conversation_for_user(request, conversation_id)
+    setattr(conversation, name, value)
+    conversation.save(update_fields=[name])
+    if _wants_json(request):
+        return JsonResponse(conversation.as_dict())
+    return redirect(conversation)
+
+
+@login_required
+@require_POST
+def archive(request, conversation_id):
+    return _set_flag(request, conversation_id, "archived", True)
+
+
+@login_required
+@require_POST
+def unarchive(request, conversation_id):
+    return _set_flag(request, conversation_id, "archived", False)
+
+
+@login_required
+@require_POST
+def pin(request, conversation_id):
+    return _set_flag(request, conversation_id, "pinned", True)
+
+
+@login_required
+@require_POST
+def unpin(request, conversation_id):
+    return _set_flag(request, conversation_id, "pinned", False)
+
+
+def _wants_json(request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@login_required
+async def import_conversations(request):
+    """GET: the import form. POST: import the uploaded `file`.
+
+    Async so that a big file is parsed and stored in a thread of its own
+    (thread_sensitive=False), not in the one thread every synchronous view
+    shares under ASGI: other users' pages keep loading meanwhile.
+    """
+    if request.method == "GET":
+        handler = _import_page
+    elif request.method == "POST":
+        handler = _import_upload
+    else:
+        return HttpResponseNotAllowed(["GET", "POST"])
+    return await database_sync_to_async(handler, thread_sensitive=False)(request)
+
+
+def _import_page(request):
+    return render(request, "conversations/import.html", {"max_mb": settings.CHAT_IMPORT_MAX_MB})
+
+
+def _import_upload(request):
+    upload = request.FILES.get("file")
+    if upload is None:
+        return _import_refused(request, "Choose a file to import (the form field is named 'file').", 400)
+    if upload.size > settings.CHAT_IMPORT_MAX_MB * 1024 * 1024:
+        message = f"The file is larger than {settings.CHAT_IMPORT_MAX_MB} MB (CHAT_IMPORT_MAX_MB)."
+        return _import_refused(request, message, 413)
+    with upload.open("rb") as file:
+        result = importing.import_file(request.user, file)
+    if _wants_json(request):
+        return JsonResponse(result.as_dict(), status=400 if result.error and not result.imported else 200)
+    level = flash.success if result.imported and not (result.error or result.skipped) else flash.warning
+    level(request, result.summary())
+    return redirect("index" if result.imported else "import")
+
+
+def _import_refused(request, message: str, status: int):
+    if _wants_json(request):
+        return JsonResponse({"error": message}, status=status)
+    flash.error(request, message)
+    return redirect("import")
 
 
 @login_required

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('conversations', '0002_inference_worker'),
+        ('conversations', '0003_conversation_list'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
