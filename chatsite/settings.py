@@ -163,7 +163,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files are answered here, before the session and the rest:
     # compressed, with hashed names cached for a year (and nosniff, above).
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # whitenoise's own middleware is sync-only, which would push every
+    # async view (the API's streams) into a thread: see chatsite.middleware.
+    "chatsite.middleware.StaticFiles",
     "chatsite.middleware.no_store",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
