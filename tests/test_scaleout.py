@@ -92,8 +92,8 @@ def cluster(tiny_model_dir):
             timeout=START_TIMEOUT,
         )
         workers = [WorkerProcess(name, env, folder) for name in ("w1", "w2")]
-        for worker in workers:
-            stack.callback(worker.stop)
+        # The list, not each worker: tests replace killed workers by fresh ones (restart()).
+        stack.callback(lambda: [worker.stop() for worker in workers])
         web = []
         try:
             for _ in range(2):
