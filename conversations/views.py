@@ -27,6 +27,7 @@ def _chat_page(request, conversation: Conversation | None):
         "messages_list": conversation.messages.all() if conversation else [],
         "new_form": ConversationForm(),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
     }
     return render(request, "conversations/chat.html", context)
 

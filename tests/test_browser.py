@@ -221,8 +221,18 @@ def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
     expect(page.locator("#settings-panel")).to_have_class(re.compile(r"\bopen\b"))
     expect(page).to_have_url(base + "/")
 
-    # Log out (a POST form) and back to the login page, which links to sign-up.
+    # A system prompt over the cap is refused on the page, and kept there.
     page.locator("#set-temperature").fill("0.7")
+    page.locator("#set-system").fill("x" * 8001)
+    page.keyboard.press("Escape")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(page.locator("#errors")).to_contain_text("at most 8,000 characters (this one has 8,001)")
+    expect(page.locator("#settings-panel")).to_have_class(re.compile(r"\bopen\b"))
+    expect(page.locator("#set-system")).to_have_value("x" * 8001)
+    expect(page).to_have_url(base + "/")
+    page.locator("#set-system").fill("")
+
+    # Log out (a POST form) and back to the login page, which links to sign-up.
     page.keyboard.press("Escape")
     menu.click()
     page.get_by_role("button", name="Log out").click()

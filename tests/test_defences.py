@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -246,3 +247,21 @@ def test_system_prompt_is_capped_at_creation(settings, alice_client):
     response = alice_client.post("/c/new/", {"system_prompt": "x" * limit})
     assert response.status_code == 302
     assert Conversation.objects.get().system_prompt == "x" * limit
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("path", ["/ws/chat/not-a-uuid/", "/ws/other/"])
+def test_daphne_refuses_an_unroutable_websocket_path_without_a_500(path, daphne_server):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(daphne_server.ws_url + path, additional_headers={"Origin": daphne_server.url}, open_timeout=30)
+    assert refused.value.response.status_code == 403
+    # The server logs the refusal as it happens; wait for that line rather than sleeping.
+    deadline = time.monotonic() + 30
+    while f"no route for {path}" not in daphne_server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = daphne_server.log()
+    assert log.count(f"WebSocket refused: no route for {path}") == 1, log[-2000:]
+    assert "Traceback" not in log and " 500 " not in log, log[-2000:]

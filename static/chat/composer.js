@@ -193,6 +193,18 @@ export function regenerate() {
   }
 }
 
+/** The server caps a new chat's system prompt too; saying so here keeps the text on the page. */
+function systemPromptFits() {
+  const field = $('#set-system');
+  if (!field || field.readOnly || field.value.length <= page.maxSystemChars) return true;
+  const count = (n) => n.toLocaleString('en');
+  showError('A system prompt can have at most ' + count(page.maxSystemChars) + ' characters (this one has ' +
+    count(field.value.length) + ').', 'invalid');
+  openSettings();
+  field.focus();
+  return false;
+}
+
 function onSubmit(event) {
   if (!page.conversationId) {
     // A new chat: the form posts the settings to /c/new/, which redirects
@@ -200,6 +212,7 @@ function onSubmit(event) {
     if (form.getAttribute('data-submitting') || !input.value.trim()) { event.preventDefault(); return; }
     if (input.value.length > page.maxChars) { event.preventDefault(); submitMessage(); return; }
     if (settingsForm && !readParams()) { event.preventDefault(); return; }
+    if (!systemPromptFits()) { event.preventDefault(); return; }
     try {
       sessionStorage.setItem(PENDING_KEY, JSON.stringify({ content: input.value, at: Date.now() }));
     } catch (e) { /* the chat is still created; the text just is not carried over */ }

@@ -6,7 +6,8 @@ export const page = {
   root,
   conversationId: root ? root.getAttribute('data-conversation-id') || '' : '',
   apiUrl: root ? root.getAttribute('data-api-url') || '' : '',
-  maxChars: root ? parseInt(root.getAttribute('data-max-chars'), 10) || 16000 : 16000
+  maxChars: root ? parseInt(root.getAttribute('data-max-chars'), 10) || 16000 : 16000,
+  maxSystemChars: root ? parseInt(root.getAttribute('data-max-system-chars'), 10) || 8000 : 8000
 };
 
 export const state = {
