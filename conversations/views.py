@@ -6,6 +6,7 @@ from django.contrib import messages as flash
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
+from django.db import connections
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -160,7 +161,15 @@ async def import_conversations(request):
         handler = _import_upload
     else:
         return HttpResponseNotAllowed(["GET", "POST"])
-    return await database_sync_to_async(handler, thread_sensitive=False)(request)
+    return await database_sync_to_async(_closing_connections, thread_sensitive=False)(handler, request)
+
+
+def _closing_connections(handler, request):
+    try:
+        return handler(request)
+    finally:
+        # The executor's threads outlive the request: leave no connection open in them.
+        connections.close_all()
 
 
 def _import_page(request):
