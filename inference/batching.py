@@ -169,11 +169,6 @@ class Scheduler:
         with self._cond:
             self._cond.notify()
 
-    def heartbeat(self) -> None:
-        """Note progress from inside a long step (a generate_batch call), so readers do not think it stuck."""
-        if self.busy_since is not None:
-            self.busy_since = time.monotonic()
-
     def stall_reason(self, timeout: float) -> str | None:
         """Why readers should stop waiting: the thread died or one step ran over ``timeout`` s."""
         if not self._thread.is_alive():

@@ -448,22 +448,24 @@ async def test_closing_the_engine_cancels_running_and_queued_work_once_each(make
     loop = asyncio.get_running_loop()
     running = engine.stream(Request(messages=user("Hello there"), params=greedy(LONG)))
     running_events = await until_chunk(running)
-    waiting = engine.stream(Request(messages=user("Me next"), params=greedy(LONG)))
-    assert await anext(waiting) == Queued(1)
-    batch_started = threading.Event()
-    original_submit_all = engine.scheduler.submit_all
+    # Held between steps from here on, so the running reply cannot finish first.
+    with engine.scheduler.paused():
+        waiting = engine.stream(Request(messages=user("Me next"), params=greedy(LONG)))
+        assert await anext(waiting) == Queued(1)
+        batch_started = threading.Event()
+        original_submit_all = engine.scheduler.submit_all
 
-    def submit_all(jobs):
-        original_submit_all(jobs)
-        batch_started.set()
+        def submit_all(jobs):
+            original_submit_all(jobs)
+            batch_started.set()
 
-    engine.scheduler.submit_all = submit_all
-    batch = loop.run_in_executor(
-        None, engine.generate_batch, [Request(messages=user(f"Batch {n}"), params=greedy(LONG)) for n in range(2)]
-    )
-    assert await loop.run_in_executor(None, batch_started.wait, 30)
+        engine.scheduler.submit_all = submit_all
+        batch = loop.run_in_executor(
+            None, engine.generate_batch, [Request(messages=user(f"Batch {n}"), params=greedy(LONG)) for n in range(2)]
+        )
+        assert await loop.run_in_executor(None, batch_started.wait, 30)
 
-    await loop.run_in_executor(None, engine.close, 30)
+        await loop.run_in_executor(None, engine.close, 30)
 
     assert not engine.scheduler.alive
     running_events += await rest(running)

@@ -60,7 +60,10 @@ def test_quantized_layers_compute_what_their_weights_say(layer_type):
 @pytest.mark.parametrize("scheme", ["int4", "int8"])
 def test_a_quantized_engine_decodes_as_transformers_generate_on_the_same_weights(tiny_model_dir, scheme):
     model, tokenizer = load_tiny(tiny_model_dir)
-    engine = build_engine(model, tokenizer, tiny_config(quant=scheme), model_name="tiny-llama")
+    # The generic forward on both sides: in bf16 the lean step's attention rounds
+    # differently (tests/test_lean.py compares its logits), which can flip a
+    # near-tie of this random model.
+    engine = build_engine(model, tokenizer, tiny_config(quant=scheme, lean_decode=False), model_name="tiny-llama")
     try:
         assert (engine.info.quant, engine.info.dtype) == (scheme, "bfloat16")
         assert not any(type(m) is torch.nn.Linear for m in model.modules())
