@@ -71,6 +71,12 @@ def test_the_api_runs_on_an_inference_worker(worker_site):
     assert text == answer.choices[0].message.content  # greedy: the same reply
     assert stored(session, server, chunks[0].id)["messages"][-1]["content"] == text
 
+    # `stop` travels to the worker with the other parameters.
+    stop = text[6:9]
+    cut = api.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=12, stop=stop)
+    assert cut.choices[0].message.content == text[: text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
 
 def test_a_client_that_leaves_stops_its_reply_on_the_worker(worker_site):
     server, worker = worker_site
