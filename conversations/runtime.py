@@ -65,10 +65,7 @@ def close_engine(timeout: float) -> None:
     engine = _engine
     if engine is None:
         return
-    try:
-        engine.close(timeout=timeout)
-    except TypeError:  # an engine whose close() takes no timeout yet (the `engine` branch adds it)
-        engine.close()
+    engine.close(timeout=timeout)
 
 
 def model_name() -> str:
