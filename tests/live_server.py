@@ -23,6 +23,7 @@ fixtures only make sure every server started is stopped at the end.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -113,6 +114,22 @@ class ServerHandle:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+# Loaded here, in the parent: the child between fork and exec only calls it.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_test_run() -> None:
+    """Popen's preexec_fn: the child is sent SIGTERM when the test process dies.
+
+    A test run killed from outside (a timeout, a second Ctrl-C) skips its
+    teardown; without this its servers and workers run on as orphans,
+    holding memory and the cores that the next run needs.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -229,6 +246,7 @@ def start_daphne(
                     # Its own process group: a Ctrl-C meant for pytest reaches
                     # pytest, which then stops the server in an orderly way.
                     start_new_session=True,
+                    preexec_fn=die_with_test_run,
                 )
             server = ServerHandle(
                 port=port, process=process, workdir=workdir, log_path=log_path, env=env, keep_workdir=True

@@ -24,7 +24,7 @@ import requests
 
 from scripts.services import postgres_server, redis_server
 from tests.clients import frames_until_end, joined_tokens, new_conversation, open_socket, sign_up
-from tests.live_server import REPO, ServerError, server_env, start_daphne
+from tests.live_server import REPO, ServerError, die_with_test_run, server_env, start_daphne
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
@@ -47,6 +47,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_test_run,
             )
 
     def log(self) -> str:
