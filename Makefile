@@ -6,6 +6,8 @@
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
 #   make lint            ruff (lint + format check), mypy on inference/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
+#   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
+#   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
 #   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
 #   make screenshots     retake docs/screenshot-{light,dark}.png in chromium
@@ -32,7 +34,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench soak vendor screenshots system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history soak vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -74,6 +76,12 @@ screenshots: $(INSTALLED) system-packages
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
+
+bench-api: $(BENCH_INSTALLED)
+	$(VENV_PYTHON) -m bench.api $(BENCH_ARGS)
+
+bench-history: $(BENCH_INSTALLED) system-packages
+	$(VENV_PYTHON) -m bench.history $(BENCH_ARGS)
 
 # Random sends, stops, drops, reloads and regenerates; a worker killed every minute (docs/architecture.md).
 soak: $(INSTALLED) system-packages
