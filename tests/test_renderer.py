@@ -230,8 +230,20 @@ STREAM = """async (text) => {
   await nextFrame();
   await nextFrame();
   const longest = Math.max(0, ...longTasks.takeRecords().map((entry) => entry.duration));
+  const { render } = await import('/static/chat/markdown.js');
+  const best = (source) => {
+    const out = document.createElement('div');
+    let fastest = Infinity;
+    for (let k = 0; k < 5; k++) {
+      const begin = performance.now();
+      render(source, out);
+      fastest = Math.min(fastest, performance.now() - begin);
+    }
+    return fastest;
+  };
+  const doubling = best(text + text) / Math.max(best(text), 0.1);
   const length = body.textContent.length;
-  return { longest, maxGap, fullRender, renders, frames, length, tokens: Math.ceil(text.length / 40) };
+  return { longest, maxGap, fullRender, doubling, renders, frames, length, tokens: Math.ceil(text.length / 40) };
 }"""
 
 
@@ -246,7 +258,11 @@ def test_a_20_kb_single_line_reply_streams_without_freezing(browser):
     # One render per animation frame at most (plus the final one), not one per token frame.
     assert result["renders"] <= result["frames"] + 2, result
     assert result["renders"] < result["tokens"] / 2, result
-    # The old renderer took 0.57 s per render of such a line, every frame: a frozen tab.
-    assert result["longest"] < 400 and result["maxGap"] < 400 and result["fullRender"] < 400, result
+    # The old renderer's cost grew with the square of a line's length (0.57 s per
+    # render of this one, every frame: a frozen tab). Twice the line must cost
+    # about twice the time, not four times: a ratio taken in the same page, best
+    # of five, so a busy machine slows both sides alike. (The absolute times
+    # above are printed, not asserted: they depend on the machine's load.)
+    assert result["doubling"] < 3, result
     problems.check()
     context.close()
