@@ -110,3 +110,16 @@ def test_the_migration_turns_each_conversation_into_one_path(django_user_model):
         assert NewConversation.objects.get(id=empty.id).active_leaf_id is None
     finally:
         MigrationExecutor(connection).migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+
+def test_an_imported_conversation_is_one_path(alice):
+    import io
+    import json
+
+    from conversations import importing
+
+    entry = {"title": "Old", "messages": [{"role": r, "content": r + "!"} for r in ("user", "assistant", "user")]}
+    result = importing.import_file(alice, io.BytesIO(json.dumps(entry).encode()))
+    convo = Conversation.objects.get(id=result.imported[0][0])
+    assert [m.content for m in Tree.of(convo).path()] == ["user!", "assistant!", "user!"]
+    assert convo.active_leaf_id == convo.messages.last().id

@@ -85,9 +85,20 @@ function showStored(message) {
   renderMessage(li);
 }
 
-/** The API's copy of the path (socket.js syncs with it): keep each message's place. */
+/** The API's copy of the path (socket.js syncs with it): keep each message's place, and drop
+ * a branch this tab still shows that another tab switched away from while this one was offline. */
 function onSynced(data) {
-  for (const message of data.messages || []) placeMessage(messageEl(message.id), message);
+  const messages = data.messages || [];
+  for (const message of messages) placeMessage(messageEl(message.id), message);
+  const known = new Set(messages.map((m) => String(m.id)));
+  const places = new Set(messages.map((m) => (m.parent === null ? '' : String(m.parent)) + '|' + m.role));
+  let offPath = false;
+  for (const li of $all('li.msg[data-id]', transcript)) {
+    if (known.has(li.getAttribute('data-id')) || li === state.live) continue;
+    // A sibling of a message on the path, and whatever followed it here.
+    offPath = offPath || places.has((li.getAttribute('data-parent') || '') + '|' + li.getAttribute('data-role'));
+    if (offPath) li.remove();
+  }
   refreshBranches();
 }
 
