@@ -289,7 +289,7 @@ def _store(user, parsed: ParsedConversation) -> Conversation:
         fields = dict(fields, created_at=fields.get("created_at") or created)
         messages.append(Message(conversation=conversation, **fields))
     Message.objects.bulk_create(messages, batch_size=500)
-    tree.chain(conversation)
+    tree.chain(conversation, messages)
     return conversation
 
 

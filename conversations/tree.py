@@ -64,14 +64,22 @@ class Tree:
         return [self.as_dict(message) for message in self.path()]
 
 
-def chain(conversation: Conversation) -> None:
+def chain(conversation: Conversation, messages: list[Message] | None = None) -> None:
     """Link a conversation's messages, oldest first, into a single path and make it active.
 
-    For messages stored in bulk (an import, an API call's history), which have no parents yet.
+    For messages stored in bulk (an import, an API call's history), which have
+    no parents yet. `messages`, in order, saves reading their ids back where
+    bulk_create returned them (PostgreSQL, SQLite 3.35+).
     """
     message_model = conversation.messages.model
-    ids = list(conversation.messages.order_by("created_at", "id").values_list("id", flat=True))
+    if messages is not None and all(m.pk is not None for m in messages):
+        ids = [m.pk for m in messages]
+    else:
+        ids = list(conversation.messages.order_by("created_at", "id").values_list("id", flat=True))
     links = [message_model(id=child, parent_id=parent) for parent, child in zip(ids, ids[1:], strict=False)]
-    message_model.objects.bulk_update(links, ["parent"], batch_size=500)
-    type(conversation).objects.filter(id=conversation.id).update(active_leaf=ids[-1] if ids else None)
-    conversation.active_leaf_id = ids[-1] if ids else None
+    if links:
+        message_model.objects.bulk_update(links, ["parent"], batch_size=500)
+    leaf = ids[-1] if ids else None
+    if leaf is not None:
+        type(conversation).objects.filter(id=conversation.id).update(active_leaf=leaf)
+    conversation.active_leaf_id = leaf
