@@ -157,7 +157,7 @@ function showMore(next) {
 /** Load a page: `replace` starts the list over (a new search or view), else it is the next page. */
 function load(replace) {
   const url = replace ? listUrl(null) : list.next;
-  if (!url) return;
+  if (!url || (!replace && list.nav.hasAttribute('aria-busy'))) return;  // one page at a time
   const ticket = ++list.loading;
   list.nav.setAttribute('aria-busy', 'true');
   fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
