@@ -71,7 +71,7 @@ def test_edit_variants_search_and_archive(browser, daphne_server):
     # Edit: Escape cancels and gives focus back to the pencil.
     pencil = page.locator(FIRST_USER).get_by_role("button", name="Edit your message")
     pencil.click()
-    editor = page.get_by_label(re.compile("^Edit your message"))
+    editor = page.get_by_role("textbox", name=re.compile("^Edit your message"))
     expect(editor).to_be_focused()
     expect(editor).to_have_value("Tell me about lighthouses")
     page.keyboard.press("Escape")
