@@ -3,9 +3,11 @@
 from django.contrib import admin
 from django.db.models import Count
 from django.http import HttpResponse
+from django.utils.html import format_html, format_html_join
 
 from . import export
 from .models import ApiKey, Conversation, InferenceWorker, Message
+from .tree import Tree
 
 
 class MessageInline(admin.TabularInline):
@@ -13,7 +15,10 @@ class MessageInline(admin.TabularInline):
     extra = 0
     can_delete = False
     ordering = ("created_at", "id")
+    verbose_name_plural = "all messages, every branch (parent = the message each one follows)"
     fields = (
+        "id",
+        "parent",
         "created_at",
         "role",
         "content",
@@ -39,12 +44,23 @@ class ConversationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [MessageInline]
     actions = ["export_json", "export_markdown"]
-    readonly_fields = ("id", "user", "title", "source", "model_name", "created_at", "updated_at", "system_prompt")
+    readonly_fields = (
+        "id",
+        "user",
+        "title",
+        "source",
+        "model_name",
+        "created_at",
+        "updated_at",
+        "system_prompt",
+        "active_path",
+    )
     fieldsets = (
         (
             None,
             {"fields": ("id", "title", "user", "source", "model_name", "created_at", "updated_at", "system_prompt")},
         ),
+        ("Transcript (the active path; every branch is in the messages below)", {"fields": ("active_path",)}),
         (
             "Generation parameters",
             {
@@ -63,6 +79,23 @@ class ConversationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.display(description="active path")
+    def active_path(self, obj: Conversation) -> str:
+        tree = Tree.of(obj)
+        rows = []
+        for message in tree.path():
+            siblings = tree.siblings(message)
+            variant = f"{siblings.index(message.id) + 1} / {len(siblings)}: #{', #'.join(map(str, siblings))}"
+            rows.append((message.id, message.role, variant if len(siblings) > 1 else "", message.content))
+        if not rows:
+            return "(no messages)"
+        body = format_html_join("", "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
+        return format_html(
+            "<table><thead><tr><th>id</th><th>role</th><th>variants</th><th>content</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            body,
+        )
 
     @admin.display(description="title", ordering="title")
     def display_title(self, obj: Conversation) -> str:

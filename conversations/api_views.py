@@ -21,7 +21,7 @@ from django.db import DatabaseError, transaction
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import apikeys, openai_api, runtime, turns
+from . import apikeys, openai_api, runtime, tree, turns
 from .models import Conversation, Message
 from .openai_api import BadRequest, Completion
 
@@ -155,6 +155,7 @@ def _store(user, call: Completion, model: str) -> str:
             Message.objects.bulk_create(
                 Message(conversation=conversation, role=m["role"], content=m["content"]) for m in call.history
             )
+            tree.chain(conversation)
     except DatabaseError as exc:
         logger.warning("cannot store an API call: %s", exc)
         raise _failure("busy", turns.DB_BUSY) from None

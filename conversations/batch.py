@@ -208,10 +208,8 @@ def store(prompt: Prompt, result: Result, user, model_name: str) -> Conversation
     conversation.title = conversation.title_from(prompt.text)
     conversation.set_params(prompt.params.to_dict())
     conversation.save()
-    Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt.text)
-    reply = Message.objects.create(
-        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, model_name=model_name
-    )
+    conversation.append(Message.Role.USER, prompt.text)
+    reply = conversation.append(Message.Role.ASSISTANT, status=Message.Status.STREAMING, model_name=model_name)
     reply.finish(
         result.finish_reason,
         result.text,

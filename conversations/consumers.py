@@ -33,7 +33,7 @@ CLOSE_LAYER_DOWN = 1011
 # The server is going away (the `end` of every reply this socket watched went out first).
 CLOSE_RESTART = 4503  # WebSocket servers may only close with 1000 or 4000-4999; the page reconnects
 LAYER_DOWN = "The message service is unreachable; try again in a moment."
-FRAME_TYPES = "send, stop or regenerate"
+FRAME_TYPES = "send, stop, regenerate, edit or switch"
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -114,7 +114,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs) -> None:
-        handlers = {"send": self.handle_send, "stop": self.handle_stop, "regenerate": self.handle_regenerate}
+        handlers = {
+            "send": self.handle_send,
+            "stop": self.handle_stop,
+            "regenerate": self.handle_regenerate,
+            "edit": self.handle_edit,
+            "switch": self.handle_switch,
+        }
         kind = content.get("type") if isinstance(content, dict) else None
         if not isinstance(kind, str) or kind not in handlers:
             await self.send_error("invalid", f"Unknown frame type; expected {FRAME_TYPES}.")
@@ -131,16 +137,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("generation_failed", LAYER_DOWN)
 
     async def handle_send(self, content: dict) -> None:
-        text = content.get("content")
-        if not isinstance(text, str) or not text.strip():
-            raise Refused("invalid", "A message needs some text.")
-        if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
-            raise Refused("invalid", f"A message can have at most {settings.CHAT_MAX_MESSAGE_CHARS} characters.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Refused("invalid", "A message must be valid Unicode text (no lone surrogates).") from None
+        text = _text(content)
         await turns.start(self.key, "send", self._params(content.get("params")), text)
+
+    async def handle_edit(self, content: dict) -> None:
+        message_id, text = _message_id(content), _text(content)
+        await turns.start(self.key, "edit", self._params(content.get("params")), text, message_id=message_id)
+
+    async def handle_switch(self, content: dict) -> None:
+        await turns.switch(self.key, _message_id(content))
 
     async def handle_regenerate(self, content: dict) -> None:
         await turns.start(self.key, "regenerate", self._params(content.get("params")))
@@ -173,6 +178,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if event["message_id"] in self.sent:
             return  # the snapshot on connect already started it here
         self.sent[event["message_id"]] = 0
+        await self.send_json(turns.client_frame(event))
+
+    async def chat_path(self, event: dict) -> None:
         await self.send_json(turns.client_frame(event))
 
     async def chat_queued(self, event: dict) -> None:
@@ -211,3 +219,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     @database_sync_to_async
     def _get_conversation(self, user, conversation_id) -> Conversation | None:
         return Conversation.objects.for_user(user).filter(id=conversation_id).first()
+
+
+def _text(content: dict) -> str:
+    """The frame's message text; Refused when empty, too long or not valid Unicode."""
+    text = content.get("content")
+    if not isinstance(text, str) or not text.strip():
+        raise Refused("invalid", "A message needs some text.")
+    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise Refused("invalid", f"A message can have at most {settings.CHAT_MAX_MESSAGE_CHARS} characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused("invalid", "A message must be valid Unicode text (no lone surrogates).") from None
+    return text
+
+
+def _message_id(content: dict) -> int:
+    message_id = content.get("message_id")
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise Refused("invalid", "message_id must be a message's id (an integer).")
+    return message_id

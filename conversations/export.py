@@ -4,12 +4,13 @@ import json
 import re
 
 from .models import Conversation
+from .tree import Tree
 
 
 def as_json(conversation: Conversation) -> dict:
-    """The conversation and its messages in order, as plain data."""
+    """The conversation and its active path (with each message's `parent` and `siblings`), as plain data."""
     data = conversation.as_dict()
-    data["messages"] = [message.as_dict() for message in conversation.messages.all()]
+    data["messages"] = Tree.of(conversation).path_dicts()
     return data
 
 
@@ -38,7 +39,7 @@ def to_markdown(conversation: Conversation) -> str:
     lines.append("")
     if conversation.system_prompt:
         lines += ["**System:**", "", *fenced(conversation.system_prompt), ""]
-    for message in conversation.messages.all():
+    for message in Tree.of(conversation).path():
         heading = f"**{message.role.capitalize()}:**"
         if message.role == "assistant" and message.status != "complete":
             heading += f" _({message.status})_"

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from inference.params import GenerationParams, InvalidParams
 
+from . import tree
 from .models import Conversation, Message
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,7 @@ def _store(user, parsed: ParsedConversation) -> Conversation:
         fields = dict(fields, created_at=fields.get("created_at") or created)
         messages.append(Message(conversation=conversation, **fields))
     Message.objects.bulk_create(messages, batch_size=500)
+    tree.chain(conversation, messages)
     return conversation
 
 

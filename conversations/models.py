@@ -11,6 +11,8 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from .tree import Tree
+
 TITLE_LENGTH = 60
 PARAM_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 
@@ -43,6 +45,9 @@ class Conversation(models.Model):
     # Archived chats leave the default list; pinned ones lead it.
     archived = models.BooleanField(default=False)
     pinned = models.BooleanField(default=False)
+    # The end of the active path through the message tree (conversations.tree):
+    # pages, the API and the model's history follow it up to the root.
+    active_leaf = models.ForeignKey("Message", models.SET_NULL, null=True, blank=True, related_name="+", editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -89,15 +94,14 @@ class Conversation(models.Model):
 
         Only finished text counts: empty or failed replies are left out, so a
         failure does not teach the model to answer with nothing. With `until`,
-        the history stops before that message (used to regenerate it).
+        the history is the path down to that message (included); else the active path.
         """
         history = []
         if self.system_prompt:
             history.append({"role": "system", "content": self.system_prompt})
-        messages = self.messages.exclude(role=Message.Role.SYSTEM)
-        if until is not None:
-            messages = messages.filter(id__lt=until.id)
-        for message in messages:
+        for message in Tree.of(self).path(until):
+            if message.role == Message.Role.SYSTEM:
+                continue
             if message.role == Message.Role.ASSISTANT and (
                 message.status == Message.Status.ERROR or not message.content
             ):
@@ -122,6 +126,18 @@ class Conversation(models.Model):
             self.title = self.title_from(first_text)
         self.updated_at = timezone.now()
         self.save(update_fields=["updated_at", "title", *PARAM_FIELDS])
+
+    def append(self, role: str, content: str = "", **fields) -> Message:
+        """A new message at the end of the active path, which it then ends."""
+        leaf = self.messages.filter(id=self.active_leaf_id).first() if self.active_leaf_id else None
+        message = Message.objects.create(conversation=self, role=role, content=content, parent=leaf, **fields)
+        self.activate(message)
+        return message
+
+    def activate(self, leaf: Message) -> None:
+        """Make the path to `leaf` the active one."""
+        self.active_leaf = leaf
+        Conversation.objects.filter(id=self.id).update(active_leaf=leaf)
 
     def live_reply(self) -> Message | None:
         return self.messages.filter(status=Message.Status.STREAMING).last()
@@ -163,6 +179,9 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    # The message this one answers or follows (null for the first): messages form a tree, so editing
+    # or regenerating adds a sibling and loses nothing.
+    parent = models.ForeignKey("self", models.CASCADE, null=True, blank=True, related_name="children")
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from inference import GenerationParams
 
 from .models import Conversation, Message
+from .tree import Tree
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Turn:
     params: GenerationParams
     replaces: int | None = None
     user_message: dict | None = None
+    place: dict = field(default_factory=dict)  # the reply's `parent` and `siblings`, for the `start` frame
 
 
 @dataclass
@@ -113,24 +115,27 @@ async def publish(conversation_id, event: dict) -> None:
 # -- starting ------------------------------------------------------------------
 
 
-async def start(conversation_id, kind: str, params: GenerationParams, text: str = "") -> Turn:
-    """Start a turn: `send` (a user message `text` and a reply) or `regenerate` (a new last reply).
+async def start(
+    conversation_id, kind: str, params: GenerationParams, text: str = "", message_id: int | None = None
+) -> Turn:
+    """Start a turn: `send` (a user message `text` and a reply), `edit` (a user message `text` beside
+    message `message_id`, and a reply) or `regenerate` (a variant of the last reply, which stays).
 
-    Returns once the reply is handed to the runner. Raises Refused (busy, the
-    conversation is gone, nothing to regenerate, the database is locked).
+    The new reply ends the active path. Returns once the reply is handed to the
+    runner. Raises Refused (busy, the conversation is gone, nothing to
+    regenerate or edit, the database is locked).
     """
     if not state["accepting"]:
         raise Refused("busy", RESTARTING)
     try:
-        turn = await _create(str(conversation_id), kind, params, text)
+        turn = await _create(str(conversation_id), kind, params, text, message_id)
     except DatabaseError as exc:
         logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
         raise Refused("busy", DB_BUSY) from None
     if turn.user_message is not None:
         await publish(turn.conversation_id, {"type": "chat.message", "message": turn.user_message})
-    await publish(
-        turn.conversation_id, {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
-    )
+    start_event = {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
+    await publish(turn.conversation_id, start_event | turn.place)
     try:
         await runner().start(turn)
     except Refused as exc:
@@ -144,38 +149,85 @@ async def start(conversation_id, kind: str, params: GenerationParams, text: str 
 
 
 @database_sync_to_async
-def _create(conversation_id: str, kind: str, params: GenerationParams, text: str) -> Turn:
+def _create(conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None) -> Turn:
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
-        if conversation is None:
-            raise Gone
-        if runner().in_progress(conversation_id) or conversation.live_reply():
-            raise Refused("busy", BUSY)
+        conversation = _locked_idle(conversation_id)
+        tree = Tree.of(conversation)
         user_message, replaces = None, None
-        if kind == "send":
-            user_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=text)
-        else:
-            last = conversation.messages.last()
+        if kind == "regenerate":
+            last = tree.leaf()
             if last is None or last.role != Message.Role.ASSISTANT:
                 raise Refused("invalid", "There is no reply to regenerate.")
-            replaces = last.id
-            last.delete()
-        history = conversation.prompt_history()
+            replaces, parent = last.id, tree.by_id.get(last.parent_id)
+        else:
+            parent = tree.leaf() if kind == "send" else _edited(tree, message_id)
+            user_message = Message.objects.create(
+                conversation=conversation, role=Message.Role.USER, content=text, parent=parent
+            )
+            parent = user_message
         reply = Message.objects.create(
             conversation=conversation,
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
             model_name=_model_name(),
+            parent=parent,
         )
+        conversation.activate(reply)
+        history = conversation.prompt_history(until=reply)
         conversation.start_turn(params.to_dict(), first_text=text or None)
+        tree = Tree.of(conversation)
     return Turn(
         conversation_id=conversation_id,
         message_id=reply.id,
         history=history,
         params=params,
         replaces=replaces,
-        user_message=user_message.as_dict() if user_message else None,
+        user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
+        place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
     )
+
+
+def _locked_idle(conversation_id: str) -> Conversation:
+    """The conversation, locked for this transaction; Refused while one of its replies streams."""
+    conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
+    if conversation is None:
+        raise Gone
+    if runner().in_progress(conversation_id) or conversation.live_reply():
+        raise Refused("busy", BUSY)
+    return conversation
+
+
+def _edited(tree: Tree, message_id: int | None) -> Message | None:
+    """The parent of the edited message (a user message of this conversation); Refused otherwise."""
+    edited = tree.by_id.get(message_id) if message_id is not None else None
+    if edited is None or edited.role != Message.Role.USER:
+        raise Refused("invalid", "Only your own messages in this conversation can be edited.")
+    return tree.by_id.get(edited.parent_id)
+
+
+async def switch(conversation_id, message_id: int) -> list[dict]:
+    """Make the branch through `message_id` active (down to its newest leaf) and send every tab the path."""
+    try:
+        path = await _switch(str(conversation_id), message_id)
+    except DatabaseError as exc:
+        logger.warning("cannot switch a branch of %s: %s", conversation_id, exc)
+        raise Refused("busy", DB_BUSY) from None
+    await publish(conversation_id, {"type": "chat.path", "messages": path})
+    return path
+
+
+@database_sync_to_async
+def _switch(conversation_id: str, message_id: int) -> list[dict]:
+    with transaction.atomic():
+        conversation = _locked_idle(conversation_id)
+        tree = Tree.of(conversation)
+        target = tree.by_id.get(message_id)
+        if target is None:
+            raise Refused("invalid", "There is no such message in this conversation.")
+        leaf = tree.newest_leaf_under(target)
+        conversation.activate(leaf)
+        tree.active_leaf_id = leaf.id
+        return tree.path_dicts()
 
 
 def _model_name() -> str:
@@ -330,6 +382,7 @@ def client_frame(event: dict) -> dict | None:
         return {"type": "message", "message": event["message"]}
     if kind == "chat.start":
         frame = {"type": "start", "message_id": event["message_id"]}
+        frame |= {name: event[name] for name in ("parent", "siblings") if name in event}
         return frame | ({"replaces": event["replaces"]} if event.get("replaces") else {})
     if kind == "chat.token":
         return {"type": "token", "message_id": event["message_id"], "text": event["text"]}
@@ -339,4 +392,6 @@ def client_frame(event: dict) -> dict | None:
         return {"type": "error", "code": event["code"], "message": event["message"]}
     if kind == "chat.end":
         return event["frame"]
+    if kind == "chat.path":
+        return {"type": "path", "messages": event["messages"]}
     return None

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from . import export, history, importing, runtime
 from .forms import ConversationForm, RenameForm, SignupForm
 from .models import Conversation
+from .tree import Tree
 
 
 def _get_conversation_for_user(request, conversation_id) -> Conversation:
@@ -25,12 +26,21 @@ def _chat_page(request, conversation: Conversation | None):
     context = {
         "sidebar": history.sidebar(request.user),
         "conversation": conversation,
-        "messages_list": conversation.messages.all() if conversation else [],
+        "messages_list": _active_path(conversation) if conversation else [],
         "new_form": ConversationForm(),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
     }
     return render(request, "conversations/chat.html", context)
+
+
+def _active_path(conversation: Conversation) -> list:
+    """The messages of the active path, each knowing its siblings (the "2 / 3" arrows)."""
+    tree = Tree.of(conversation)
+    path = tree.path()
+    for message in path:
+        message.sibling_ids = ",".join(str(i) for i in tree.siblings(message))
+    return path
 
 
 @login_required

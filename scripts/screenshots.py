@@ -1,4 +1,4 @@
-"""Retake docs/screenshot-light.png and docs/screenshot-dark.png (`make screenshots`).
+"""Retake docs/screenshot-light.png, docs/screenshot-dark.png and docs/screenshot-branches.png (`make screenshots`).
 
 A real daphne (tests/live_server.py's start_daphne: its own temporary
 database, the real model) and Debian's chromium: sign up, have a short chat
@@ -61,10 +61,26 @@ def main() -> int:
                 expect(page.locator("html")).to_have_attribute("data-theme", scheme)
                 page.screenshot(path=str(DOCS / f"screenshot-{scheme}.png"))
                 print(f"screenshots: docs/screenshot-{scheme}.png")
+            branches_and_search(page)
             browser.close()
     finally:
         server.stop()
     return 0
+
+
+def branches_and_search(page) -> None:
+    """A regenerated reply ("‹ 2 / 2 ›") and a search with its highlighted snippet, in the light theme."""
+    page.emulate_media(color_scheme="light")
+    replies = page.locator("#transcript li.msg-assistant")
+    page.get_by_role("button", name="Regenerate this reply").click()
+    expect(replies.last.locator(".branch-count")).to_contain_text("2 / 2")
+    expect(replies.last).not_to_have_attribute("data-status", "streaming")
+    expect(replies.last.locator(".msg-meta")).to_contain_text("token")
+    page.get_by_label("Search your chats").fill("python")
+    expect(page.locator(".conv-snippet mark").first).to_be_visible()
+    page.mouse.move(5, 500)
+    page.screenshot(path=str(DOCS / "screenshot-branches.png"))
+    print("screenshots: docs/screenshot-branches.png")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from conversations import runtime
-from conversations.models import Conversation, Message
+from conversations.models import Conversation
 
 pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support"]
 
@@ -72,7 +72,7 @@ def conversation():
         fields.setdefault("title", "Test chat")
         convo = Conversation.objects.create(user=user, **fields)
         for role, text in messages:
-            Message.objects.create(conversation=convo, role=role, content=text)
+            convo.append(role, text)
         return convo
 
     return make

@@ -125,18 +125,29 @@ async def test_stop_keeps_the_text_so_far(chat, alice):
     await ws.disconnect()
 
 
-async def test_regenerate_replaces_the_last_reply(chat, alice):
+async def test_regenerate_adds_a_variant_and_keeps_the_old_reply(chat, alice):
     ws, _, _ = await connect(chat.id, alice)
     await ws.send_json_to({"type": "send", "content": "Hello", "params": GREEDY})
     first = await receive_until_end(ws)
     old_id = first[-1]["message_id"]
     await ws.send_json_to({"type": "regenerate", "params": GREEDY})
     frames = await receive_until_end(ws)
-    assert frames[0] == {"type": "start", "message_id": frames[-1]["message_id"], "replaces": old_id}
-    messages = await sync_to_async(lambda: list(chat.messages.values_list("role", "content", "status")))()
-    assert [m[0] for m in messages] == ["user", "assistant"]
-    assert messages[1][1] == joined_tokens(frames) == joined_tokens(first)  # greedy: same answer again
-    assert not await sync_to_async(Message.objects.filter(id=old_id).exists)()
+    new_id = frames[-1]["message_id"]
+    user_id = first[0]["message"]["id"]
+    assert frames[0] == {
+        "type": "start",
+        "message_id": new_id,
+        "replaces": old_id,
+        "parent": user_id,
+        "siblings": [old_id, new_id],
+    }
+    messages = await sync_to_async(lambda: list(chat.messages.values_list("role", "content", "parent_id")))()
+    assert messages == [
+        ("user", "Hello", None),
+        ("assistant", joined_tokens(first), user_id),
+        ("assistant", joined_tokens(frames), user_id),
+    ]
+    assert joined_tokens(frames) == joined_tokens(first)  # greedy: same answer again
     await ws.disconnect()
 
 
@@ -294,8 +305,8 @@ async def test_partial_text_is_saved_while_streaming(chat, alice, settings):
 
 
 async def test_history_is_the_stored_transcript(chat, alice):
-    await sync_to_async(Message.objects.create)(conversation=chat, role="user", content="Earlier question")
-    await sync_to_async(Message.objects.create)(conversation=chat, role="assistant", content="Earlier answer")
+    await sync_to_async(chat.append)("user", "Earlier question")
+    await sync_to_async(chat.append)("assistant", "Earlier answer")
     history = await sync_to_async(Conversation.prompt_history)(chat)
     assert history == [
         {"role": "user", "content": "Earlier question"},

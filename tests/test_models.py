@@ -15,8 +15,8 @@ def test_replies_left_streaming_are_interrupted_at_start(alice, conversation):
 
 def test_prompt_history_keeps_order_and_skips_failed_replies(alice, conversation):
     convo = conversation(alice, system_prompt="Be kind.", messages=[("user", "one"), ("assistant", "two")])
-    Message.objects.create(conversation=convo, role="user", content="three")
-    Message.objects.create(conversation=convo, role="assistant", content="", status="error")
+    convo.append("user", "three")
+    convo.append("assistant", "", status="error")
     assert convo.prompt_history() == [
         {"role": "system", "content": "Be kind."},
         {"role": "user", "content": "one"},

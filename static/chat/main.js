@@ -5,6 +5,7 @@
  *   transcript.js  message bubbles: rendering, status line, actions
  *   composer.js    the message box, Send/Stop, settings values, errors
  *   socket.js      the WebSocket, reconnection, syncing with the stored transcript
+ *   branches.js    edit and resend, "‹ 2 / 3 ›" variants, following the active path
  *   markdown.js    message text to safe DOM (markdown-it, DOMPurify, highlight.js, KaTeX)
  *
  * Message text only reaches the DOM through markdown.js.
@@ -14,7 +15,8 @@ import { initPanels } from './panels.js';
 import { initSidebar, closeSidebar } from './sidebar.js';
 import { initTranscript, onAction } from './transcript.js';
 import { initComposer, input, regenerate, updateComposer } from './composer.js';
-import { initSocket } from './socket.js';
+import { initSocket, onFrame } from './socket.js';
+import { initBranches, refreshBranches } from './branches.js';
 import { onChange } from './state.js';
 
 initSidebar();
@@ -23,7 +25,9 @@ initTranscript();
 initComposer();
 onAction('regenerate', regenerate);
 onChange(updateComposer);
+onChange(refreshBranches);
 updateComposer();
+initBranches(onFrame);
 initSocket();
 if (input && !isNarrow()) input.focus({ preventScroll: true });
 document.documentElement.setAttribute('data-ready', '1');  // tests wait for this

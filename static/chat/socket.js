@@ -105,6 +105,10 @@ function onErrorFrame(frame) {
 }
 
 const HANDLERS = { message: (f) => onMessage(f.message), start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame };
+// Other modules' handlers (branches.js), run after the socket's own; `synced` after each sync().
+const hooks = {};
+export function onFrame(type, handler) { (hooks[type] = hooks[type] || []).push(handler); }
+function runHooks(type, data) { for (const handler of hooks[type] || []) handler(data); }
 
 // ---- the stored transcript ----
 
@@ -147,6 +151,7 @@ function sync() {
         const id = Number(li.getAttribute('data-id'));
         if (!known.has(String(id)) && id < maxId && li !== state.live) li.remove();
       }
+      runHooks('synced', data);
       if (data.messages.some((m) => m.role === 'user')) noteUserMessage(data.title);
       if (state.maybeSent !== null) {
         // Sent just before the connection dropped: stored or lost?
@@ -223,6 +228,7 @@ function connect() {
     }
     const handler = frame && HANDLERS[frame.type];
     if (handler) handler(frame);
+    if (frame) runHooks(frame.type, frame);
   });
   socket.addEventListener('close', (event) => {
     if (conn.socket !== socket) return;

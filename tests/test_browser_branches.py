@@ -1,0 +1,123 @@
+"""Branches, search and archive in chromium against a real daphne with the real model.
+
+One flow on one conversation: regenerate keeps variants ("‹ 2 / 2 ›"), the
+arrows switch between them in every tab, the edit pencil resends (Enter) or
+cancels (Escape) with focus kept, the sidebar search highlights matches, and
+archiving moves the chat to the Archived view. axe-core checks the page with
+all of it showing (that context bypasses the CSP only to inject axe; the
+second tab does not, and fails on any CSP violation).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.test_accessibility import audit, new_page, ready, settle_reply, sign_up
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+LAST_REPLY = "#transcript li.msg-assistant >> nth=-1"
+FIRST_USER = "#transcript li.msg-user >> nth=0"
+
+
+def short_replies(page: Page) -> None:
+    page.get_by_role("button", name="Chat settings").click()
+    page.locator("#set-max-tokens").fill("6")
+    page.keyboard.press("Escape")
+
+
+def test_edit_variants_search_and_archive(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser, bypass_csp=True)
+    sign_up(page, base, "branch-user")
+    short_replies(page)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Tell me about lighthouses")
+    box.press("Enter")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    settle_reply(page)
+    chat_url = page.url
+    first_reply = page.locator(LAST_REPLY).get_attribute("data-id")
+
+    # A second tab on the same chat, which must follow along.
+    other_context, other, other_problems = new_page(browser)
+    other.context.add_cookies(context.cookies())
+    other.goto(chat_url)
+    ready(other)
+
+    # Regenerate keeps the old reply as a variant: "2 / 2" with arrows.
+    page.get_by_role("button", name="Regenerate this reply").click()
+    expect(page.locator(f'#transcript li.msg[data-id="{first_reply}"]')).to_have_count(0)
+    settle_reply(page)
+    expect(page.locator(LAST_REPLY).locator(".branch-count")).to_contain_text("2 / 2")
+    expect(other.locator(LAST_REPLY).locator(".branch-count")).to_contain_text("2 / 2")
+    second_reply = page.locator(LAST_REPLY).get_attribute("data-id")
+
+    # The arrow switches back to the first variant, in both tabs, and keeps focus on the arrows.
+    previous = page.get_by_role("button", name="Previous version of this reply")
+    previous.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-id", first_reply)
+    expect(page.locator(LAST_REPLY).locator(".branch-count")).to_contain_text("1 / 2")
+    expect(other.locator(LAST_REPLY)).to_have_attribute("data-id", first_reply)
+    page.wait_for_function("() => document.activeElement.closest('.msg-branches') !== null")
+    page.get_by_role("button", name="Next version of this reply").click()
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-id", second_reply)
+    expect(other.locator(LAST_REPLY)).to_have_attribute("data-id", second_reply)
+
+    # Edit: Escape cancels and gives focus back to the pencil.
+    pencil = page.locator(FIRST_USER).get_by_role("button", name="Edit your message")
+    pencil.click()
+    editor = page.get_by_role("textbox", name=re.compile("^Edit your message"))
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("Tell me about lighthouses")
+    page.keyboard.press("Escape")
+    expect(editor).to_have_count(0)
+    expect(pencil).to_be_focused()
+    expect(page.locator(FIRST_USER).locator(".md")).to_have_text("Tell me about lighthouses")
+
+    # Edit: Enter resends; the new message is "2 / 2" and the old branch leaves the page.
+    pencil.click()
+    editor.fill("Tell me about harbours")
+    editor.press("Enter")
+    expect(page.locator(FIRST_USER).locator(".md")).to_have_text("Tell me about harbours")
+    expect(page.locator(FIRST_USER).locator(".branch-count")).to_contain_text("2 / 2")
+    settle_reply(page)
+    expect(page.locator("#transcript li.msg")).to_have_count(2)
+    expect(other.locator(FIRST_USER).locator(".md")).to_have_text("Tell me about harbours")
+    expect(other.locator("#transcript li.msg")).to_have_count(2)
+    # The old question is one arrow away.
+    page.locator(FIRST_USER).get_by_role("button", name="Previous version of this message").click()
+    expect(page.locator(FIRST_USER).locator(".md")).to_have_text("Tell me about lighthouses")
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-id", second_reply)
+
+    # Search finds words in messages (not only titles) and highlights them as text.
+    search = page.get_by_label("Search your chats")
+    search.fill("harbour")
+    result = page.locator(".conv-list .conv")
+    expect(result).to_have_count(1)
+    expect(result.locator(".conv-snippet mark")).to_have_text(re.compile("^harbour", re.I))
+    found = audit(page, "branches and search")
+    search.fill("no such words anywhere")
+    expect(result).to_have_count(0)
+    search.fill("")
+    expect(result).to_have_count(1)
+
+    # Archive from the ⋯ menu: gone from the list, there in the Archived view.
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Archive").click()
+    expect(page).to_have_url(chat_url)
+    ready(page)
+    expect(page.locator(".conv-list .conv")).to_have_count(0)
+    page.get_by_label("Which chats to list").select_option(label="Archived")
+    expect(page.locator(".conv-list .conv")).to_have_count(1)
+    expect(page.locator(".sidebar-nav h2")).to_have_text("Archived chats")
+    found += audit(page, "archived view")
+    assert found == [], "\n".join(found)
+    other_problems.check()
+    problems.check()
+    other_context.close()
+    context.close()
