@@ -9,7 +9,7 @@ from .models import Conversation
 def as_json(conversation: Conversation) -> dict:
     """The conversation and its messages in order, as plain data."""
     data = conversation.as_dict()
-    data["messages"] = [message.as_dict() for message in conversation.messages.all()]
+    data["messages"] = [message.as_dict() for message in conversation.messages.select_related("feedback")]
     return data
 
 

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from inference import GenerationParams
 
+from . import quotas
 from .models import Conversation, Message
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
             status=Message.Status.STREAMING,
             model_name=_model_name(),
         )
+        _reserve_tokens(conversation, reply, history, params)
         conversation.start_turn(params.to_dict(), first_text=text or None)
     return Turn(
         conversation_id=conversation_id,
@@ -176,6 +178,14 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
         replaces=replaces,
         user_message=user_message.as_dict() if user_message else None,
     )
+
+
+def _reserve_tokens(conversation: Conversation, reply: Message, history: list[dict], params) -> None:
+    """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back)."""
+    try:
+        quotas.reserve(conversation.user_id, quotas.prompt_bound(history) + params.max_new_tokens, reply.id)
+    except quotas.QuotaExceeded as exc:
+        raise Refused("rate_limited", exc.message) from None
 
 
 def _model_name() -> str:
@@ -247,7 +257,11 @@ _FINAL_FIELDS = ["content", "finish_reason", "status", "prompt_tokens", "complet
 @database_sync_to_async
 def _save_final(message: Message) -> bool:
     values = {name: getattr(message, name) for name in _FINAL_FIELDS}
-    return bool(Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(**values))
+    with transaction.atomic():
+        won = bool(Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(**values))
+        if won:  # the reply's quota hold becomes what it spent, with its final row or not at all
+            quotas.settle(message.id, quotas.spent(message))
+    return won
 
 
 _retries: set[asyncio.Task] = set()
@@ -339,4 +353,6 @@ def client_frame(event: dict) -> dict | None:
         return {"type": "error", "code": event["code"], "message": event["message"]}
     if kind == "chat.end":
         return event["frame"]
+    if kind == "chat.feedback":  # a rating changed in another tab (conversations.feedback_views)
+        return {"type": "feedback", "message_id": event["message_id"], "feedback": event["feedback"]}
     return None

@@ -25,7 +25,7 @@ def _chat_page(request, conversation: Conversation | None):
     context = {
         "sidebar": history.sidebar(request.user),
         "conversation": conversation,
-        "messages_list": conversation.messages.all() if conversation else [],
+        "messages_list": conversation.messages.select_related("feedback") if conversation else [],
         "new_form": ConversationForm(),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
