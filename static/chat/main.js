@@ -6,6 +6,8 @@
  *   composer.js    the message box, Send/Stop, settings values, errors
  *   socket.js      the WebSocket, reconnection, syncing with the stored transcript
  *   markdown.js    message text to safe DOM (markdown-it, DOMPurify, highlight.js, KaTeX)
+ *   feedback.js    thumbs up / down and a comment on replies
+ *   usage.js       the day's token use under the composer
  *
  * Message text only reaches the DOM through markdown.js.
  */
@@ -15,6 +17,8 @@ import { initSidebar, closeSidebar } from './sidebar.js';
 import { initTranscript, onAction } from './transcript.js';
 import { initComposer, input, regenerate, updateComposer } from './composer.js';
 import { initSocket } from './socket.js';
+import { initFeedback } from './feedback.js';
+import { initUsage } from './usage.js';
 import { onChange } from './state.js';
 
 initSidebar();
@@ -25,5 +29,7 @@ onAction('regenerate', regenerate);
 onChange(updateComposer);
 updateComposer();
 initSocket();
+initFeedback();
+initUsage();
 if (input && !isNarrow()) input.focus({ preventScroll: true });
 document.documentElement.setAttribute('data-ready', '1');  // tests wait for this

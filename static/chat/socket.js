@@ -106,6 +106,9 @@ function onErrorFrame(frame) {
 
 const HANDLERS = { message: (f) => onMessage(f.message), start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame };
 
+/** Another module handles frames of `type` (feedback.js: `feedback`). */
+export function onFrame(type, handler) { HANDLERS[type] = handler; }
+
 // ---- the stored transcript ----
 
 function applyStored(message) {
