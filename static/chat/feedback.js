@@ -128,11 +128,11 @@ function openForm(li, opener) {
   text.rows = 2;
   text.maxLength = MAX_COMMENT;
   text.value = li.getAttribute('data-comment') || '';
-  const save = el('button', 'btn btn-primary', 'Save');
-  save.type = 'submit';
+  const submit = el('button', 'btn btn-primary', 'Save');
+  submit.type = 'submit';
   const cancel = button('feedback-cancel', 'Cancel');
   const actions = el('div', 'feedback-form-actions');
-  actions.append(save, cancel);
+  actions.append(submit, cancel);
   form.append(label, text, actions);
   $('.msg-foot', li).after(form);
   opener.setAttribute('aria-expanded', 'true');
@@ -180,6 +180,7 @@ function onKeydown(event) {
 export function initFeedback() {
   if (!transcript) return;
   onRefresh(ensureControls);
+  for (const li of $all('li.msg', transcript)) ensureControls(li);
   transcript.addEventListener('click', onClick);
   transcript.addEventListener('submit', onSubmit);
   transcript.addEventListener('keydown', onKeydown);
