@@ -8,7 +8,7 @@
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
-#   make screenshots     retake docs/screenshot-{light,dark}.png in chromium
+#   make screenshots     retake docs/screenshot-{light,dark}.png and the admin's review/usage pages
 #   make clean           remove the virtual environment and test output
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -71,6 +71,7 @@ vendor:
 # A real daphne and chromium chat, photographed for the docs (tests never write there).
 screenshots: $(INSTALLED) system-packages
 	$(VENV_PYTHON) scripts/screenshots.py
+	$(VENV_PYTHON) scripts/review_screenshots.py
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
