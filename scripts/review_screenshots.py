@@ -63,7 +63,7 @@ def main() -> int:
             manage(
                 server, "batch_prompts", str(path), "--user", user, "--max-new-tokens", "48", "-q", "-o", "/dev/null"
             )
-        manage(server, "shell", stdin=SEED.format(password=PASSWORD, ratings=RATINGS))
+        manage(server, "shell", "-c", SEED.format(password=PASSWORD, ratings=RATINGS))
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
