@@ -33,6 +33,9 @@ class FeedbackAdmin(admin.ModelAdmin):
     date_hierarchy = "updated_at"
     actions = ["export_jsonl"]
     fields = ("rating", "comment", "user", "conversation_link", "context", "reviewed", "staff_note", "reviewed_by")
+
+    class Media:
+        css = {"all": ["review/review.css"]}
     readonly_fields = ("rating", "comment", "user", "conversation_link", "context", "reviewed_by")
 
     def has_add_permission(self, request) -> bool:
@@ -114,6 +117,9 @@ class DailyUsageAdmin(admin.ModelAdmin):
     list_select_related = ("user",)
     search_fields = ("user__username",)
     date_hierarchy = "day"
+
+    class Media:
+        css = {"all": ["review/review.css"]}
 
     def has_add_permission(self, request) -> bool:
         return False
