@@ -4,6 +4,7 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import Client
 
 from conversations.models import Feedback
@@ -122,3 +123,4 @@ async def test_another_tab_sees_the_change(alice, chat):
     frame = await ws.receive_json_from(timeout=10)
     assert frame == {"type": "feedback", "message_id": reply.id, "feedback": None}
     await ws.disconnect()
+    await sync_to_async(connections.close_all)()  # force_login's connection, so the test database can go
