@@ -335,8 +335,8 @@ class Feedback(models.Model):
     """
 
     class Rating(models.IntegerChoices):
-        UP = 1, "👍 up"
-        DOWN = -1, "👎 down"
+        UP = 1, "thumbs up"
+        DOWN = -1, "thumbs down"
 
     message = models.OneToOneField(Message, models.CASCADE, related_name="feedback")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="feedback")

@@ -36,6 +36,7 @@ class FeedbackAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["review/review.css"]}
+
     readonly_fields = ("rating", "comment", "user", "conversation_link", "context", "reviewed_by")
 
     def has_add_permission(self, request) -> bool:
