@@ -10,7 +10,7 @@
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
 #   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
-#   make screenshots     retake docs/screenshot-{light,dark}.png in chromium
+#   make screenshots     retake docs/screenshot-{light,dark}.png and the admin's review/usage pages
 #   make clean           remove the virtual environment and test output
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -73,6 +73,7 @@ vendor:
 # A real daphne and chromium chat, photographed for the docs (tests never write there).
 screenshots: $(INSTALLED) system-packages
 	$(VENV_PYTHON) scripts/screenshots.py
+	$(VENV_PYTHON) scripts/review_screenshots.py
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)

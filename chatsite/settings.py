@@ -306,6 +306,9 @@ CHAT_QUANT = env_choice("CHAT_QUANT", "auto", ("auto", "none", "int8", "int4"))
 CHAT_MODEL_CACHE = Path(os.getenv("CHAT_MODEL_CACHE") or VAR_DIR / "models")
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8, minimum=1, maximum=256)
 CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)
+# Prompt + completion tokens a user may spend per UTC day (web, API and
+# batch_prompts together); 0 = no limit. Staff set per-user overrides in the admin.
+CHAT_USER_DAILY_TOKENS = env_int("CHAT_USER_DAILY_TOKENS", 0, minimum=0)
 # Threads for the model's CPU work; 0 keeps torch's default (one per core).
 # On a machine whose cores are busy with other work, 1 is often faster.
 CHAT_THREADS = env_int("CHAT_THREADS", 0, minimum=0, maximum=1024)

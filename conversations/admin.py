@@ -1,11 +1,17 @@
-"""The admin where staff review transcripts, read-only."""
+"""The admin where staff review transcripts, read-only, and every reading is recorded.
+
+Transcripts (conversations and messages) cannot be added, changed or deleted
+here; each time staff open or export one, a StaffRead row says who, when and
+which (conversations.audit), and only superusers can read those rows. The
+review queue, quotas and usage are in conversations/review_admin.py.
+"""
 
 from django.contrib import admin
 from django.db.models import Count
 from django.http import HttpResponse
 from django.utils.html import format_html, format_html_join
 
-from . import export
+from . import audit, export
 from .models import ApiKey, Conversation, InferenceWorker, Message
 from .tree import Tree
 
@@ -32,6 +38,12 @@ class MessageInline(admin.TabularInline):
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
@@ -97,6 +109,18 @@ class ConversationAdmin(admin.ModelAdmin):
             body,
         )
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the change form shows the transcript read-only, with no Save
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if response.status_code == 200 and request.method == "GET":
+            audit.record(request, audit.VIEW, Conversation.objects.filter(pk=object_id))
+        return response
+
     @admin.display(description="title", ordering="title")
     def display_title(self, obj: Conversation) -> str:
         return obj.display_title
@@ -107,14 +131,16 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected conversations as JSON")
     def export_json(self, request, queryset):
-        conversations = list(queryset.select_related("user").prefetch_related("messages"))
+        conversations = list(queryset.select_related("user"))  # export.as_json reads each one's messages
+        audit.record(request, audit.EXPORT_JSON, conversations)
         response = HttpResponse(export.to_json(conversations), content_type="application/json")
         response["Content-Disposition"] = 'attachment; filename="conversations.json"'
         return response
 
     @admin.action(description="Export selected conversations as Markdown")
     def export_markdown(self, request, queryset):
-        conversations = queryset.select_related("user").prefetch_related("messages")
+        conversations = list(queryset.select_related("user").prefetch_related("messages"))
+        audit.record(request, audit.EXPORT_MARKDOWN, conversations)
         text = "\n---\n\n".join(export.to_markdown(c) for c in conversations)
         response = HttpResponse(text, content_type="text/markdown; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="conversations.md"'
@@ -148,3 +174,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+from . import review_admin  # noqa: E402, F401  (registers the review queue, quotas, usage and audit)

@@ -21,7 +21,7 @@ from django.db import DatabaseError, transaction
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import apikeys, openai_api, runtime, tree, turns
+from . import apikeys, openai_api, quotas, runtime, tree, turns
 from .models import Conversation, Message
 from .openai_api import BadRequest, Completion
 
@@ -31,6 +31,7 @@ LOADED_AT = int(time.time())  # a model's `created`: when this process started s
 # How each way a turn can fail reaches the client: (status, type).
 FAILURES = {
     "busy": (429, "rate_limit_exceeded"),
+    "rate_limited": (429, "rate_limit_exceeded"),
     "invalid": (400, "invalid_request_error"),
     "generation_failed": (503, "server_error"),
     "unavailable": (503, "server_error"),
@@ -141,8 +142,11 @@ def _method_not_allowed() -> JsonResponse:
 @database_sync_to_async
 def _store(user, call: Completion, model: str) -> str:
     """The call's conversation: the client's system prompt and history, ready for the reply's turn."""
-    # Quotas (issue 13): the one place an API turn's token budget
-    # (call.params.max_new_tokens) would be checked before anything is stored.
+    # A spent quota stores nothing; the turn itself then holds its tokens atomically (turns.start).
+    try:
+        quotas.check(user.id)
+    except quotas.QuotaExceeded as exc:
+        raise _failure("rate_limited", exc.message) from None
     try:
         with transaction.atomic():
             conversation = Conversation(

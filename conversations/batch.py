@@ -28,6 +28,7 @@ from django.db import transaction
 
 from inference import EngineClosed, GenerationParams, InferenceError, InvalidParams, Request, Result
 
+from . import quotas
 from .models import Conversation, Message
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Summary:
     seconds: float = 0.0
     interrupted: bool = False
     aborted: str = ""  # why the engine stopped taking batches, if it did
+    quota: str = ""  # the user's daily token quota ran out, if it did
 
     @property
     def tokens_per_s(self) -> float:
@@ -288,14 +290,18 @@ class BatchRunner:
             if self.stop.is_set():
                 summary.interrupted = True
                 break
+            batch, holds = self._hold(batch, summary)
             try:
-                results = self._generate(batch)
+                results = self._generate(batch) if batch else []
             except EngineClosed as exc:
                 # Every later batch would fail the same way: stop, keep what finished.
                 summary.aborted = str(exc)
+                for usage_id, held in holds:
+                    quotas.release(usage_id, held, 0, replies=0)
                 break
             with transaction.atomic():
-                for prompt, result in zip(batch, results, strict=True):
+                for prompt, result, (usage_id, held) in zip(batch, results, holds, strict=True):
+                    quotas.release(usage_id, held, result.prompt_tokens + result.completion_tokens)
                     conversation = store(prompt, result, self.user, model_name)
                     pending[prompt.line] = output_record(prompt, result, conversation)
                     summary.done += 1
@@ -308,12 +314,28 @@ class BatchRunner:
                 self.write(json.dumps(pending.pop(in_order[next_index].line), ensure_ascii=False))
                 next_index += 1
             self.progress(len(batch))
+            if summary.quota:
+                break
         # Stopped early: lines after a gap (a prompt that never ran) are still
         # kept, in input order, rather than dropped.
         for line in sorted(pending):
             self.write(json.dumps(pending[line], ensure_ascii=False))
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _hold(self, batch: list[Prompt], summary: Summary) -> tuple[list[Prompt], list[tuple[int, int]]]:
+        """The prompts of the batch the user's quota admits, each with its hold (conversations.quotas);
+        a refusal is noted in the summary and ends the run after these."""
+        admitted, holds = [], []
+        for prompt in batch:
+            tokens = prompt.tokens + prompt.params.max_new_tokens
+            try:
+                holds.append((quotas.reserve(self.user.pk, tokens), tokens))
+            except quotas.QuotaExceeded as exc:
+                summary.quota = quota_error(self.user, exc)
+                break
+            admitted.append(prompt)
+        return admitted, holds
 
     def _generate(self, batch: list[Prompt]) -> list[Result]:
         """The batch's results from one generate_batch call; a batch the engine
@@ -329,6 +351,13 @@ class BatchRunner:
             logger.warning("batch of %d failed: %s", len(batch), exc)
             return [failed_result(p, str(exc)) for p in batch]
         return results
+
+
+def quota_error(user, exc: quotas.QuotaExceeded) -> str:
+    return (
+        f"user {user.get_username()!r} has used {exc.used} of their {exc.limit} tokens for today "
+        "(the limit resets at 00:00 UTC)"
+    )
 
 
 def read_input(path: str, stdin: IO[str]) -> list[str]:

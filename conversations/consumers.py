@@ -189,6 +189,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_error(self, event: dict) -> None:
         await self.send_json(turns.client_frame(event))
 
+    async def chat_feedback(self, event: dict) -> None:
+        await self.send_json(turns.client_frame(event))
+
     async def chat_token(self, event: dict) -> None:
         message_id, offset, text = event["message_id"], event["offset"], event["text"]
         already = self.sent.get(message_id)

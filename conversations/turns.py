@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from inference import GenerationParams
 
+from . import quotas
 from .models import Conversation, Message
 from .tree import Tree
 
@@ -174,6 +175,7 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
         )
         conversation.activate(reply)
         history = conversation.prompt_history(until=reply)
+        _reserve_tokens(conversation, reply, history, params)
         conversation.start_turn(params.to_dict(), first_text=text or None)
         tree = Tree.of(conversation)
     return Turn(
@@ -228,6 +230,14 @@ def _switch(conversation_id: str, message_id: int) -> list[dict]:
         conversation.activate(leaf)
         tree.active_leaf_id = leaf.id
         return tree.path_dicts()
+
+
+def _reserve_tokens(conversation: Conversation, reply: Message, history: list[dict], params) -> None:
+    """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back)."""
+    try:
+        quotas.reserve(conversation.user_id, quotas.prompt_bound(history) + params.max_new_tokens, reply.id)
+    except quotas.QuotaExceeded as exc:
+        raise Refused("rate_limited", exc.message) from None
 
 
 def _model_name() -> str:
@@ -299,7 +309,11 @@ _FINAL_FIELDS = ["content", "finish_reason", "status", "prompt_tokens", "complet
 @database_sync_to_async
 def _save_final(message: Message) -> bool:
     values = {name: getattr(message, name) for name in _FINAL_FIELDS}
-    return bool(Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(**values))
+    with transaction.atomic():
+        won = bool(Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(**values))
+        if won:  # the reply's quota hold becomes what it spent, with its final row or not at all
+            quotas.settle(message.id, quotas.spent(message))
+    return won
 
 
 _retries: set[asyncio.Task] = set()
@@ -394,4 +408,6 @@ def client_frame(event: dict) -> dict | None:
         return event["frame"]
     if kind == "chat.path":
         return {"type": "path", "messages": event["messages"]}
+    if kind == "chat.feedback":  # a rating changed in another tab (conversations.feedback_views)
+        return {"type": "feedback", "message_id": event["message_id"], "feedback": event["feedback"]}
     return None

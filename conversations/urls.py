@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import feedback_views, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -17,4 +17,6 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
     path("api/conversations/", views.api_conversations, name="api_conversations"),
     path("api/conversations/<uuid:conversation_id>/", views.api_conversation, name="api_conversation"),
+    path("api/messages/<int:message_id>/feedback/", feedback_views.feedback, name="feedback"),
+    path("api/usage/", feedback_views.usage, name="usage"),
 ]

@@ -7,6 +7,8 @@
  *   socket.js      the WebSocket, reconnection, syncing with the stored transcript
  *   branches.js    edit and resend, "‹ 2 / 3 ›" variants, following the active path
  *   markdown.js    message text to safe DOM (markdown-it, DOMPurify, highlight.js, KaTeX)
+ *   feedback.js    thumbs up / down and a comment on replies
+ *   usage.js       the day's token use under the composer
  *
  * Message text only reaches the DOM through markdown.js.
  */
@@ -17,6 +19,8 @@ import { initTranscript, onAction } from './transcript.js';
 import { initComposer, input, regenerate, updateComposer } from './composer.js';
 import { initSocket, onFrame } from './socket.js';
 import { initBranches, refreshBranches } from './branches.js';
+import { initFeedback } from './feedback.js';
+import { initUsage } from './usage.js';
 import { onChange } from './state.js';
 
 initSidebar();
@@ -29,5 +33,7 @@ onChange(refreshBranches);
 updateComposer();
 initBranches(onFrame);
 initSocket();
+initFeedback();
+initUsage();
 if (input && !isNarrow()) input.focus({ preventScroll: true });
 document.documentElement.setAttribute('data-ready', '1');  // tests wait for this

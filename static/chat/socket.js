@@ -110,6 +110,9 @@ const hooks = {};
 export function onFrame(type, handler) { (hooks[type] = hooks[type] || []).push(handler); }
 function runHooks(type, data) { for (const handler of hooks[type] || []) handler(data); }
 
+/** Another module handles frames of `type` (feedback.js: `feedback`). */
+export function onFrame(type, handler) { HANDLERS[type] = handler; }
+
 // ---- the stored transcript ----
 
 function applyStored(message) {

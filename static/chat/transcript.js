@@ -19,6 +19,7 @@ const log = $('#conversation-log');
 const jump = $('#jump');
 const messageTemplate = $('#message-template');
 const actionHandlers = {};
+const refreshHooks = [];
 
 export function messageEl(id) {
   if (id === undefined || id === null || !transcript) return null;
@@ -176,8 +177,12 @@ export function refreshActions() {
     if (have.join() !== wanted.join()) actions.replaceChildren(...wanted.map((action) => actionButton(li, action)));
     const regen = $('[data-action=regenerate]', actions);
     if (regen) setUnavailable(regen, !state.connected);
+    for (const hook of refreshHooks) hook(li);
   }
 }
+
+/** `hook(li)` runs for each message whenever the actions are refreshed (feedback.js adds its thumbs). */
+export function onRefresh(hook) { refreshHooks.push(hook); }
 
 /** The stored fields of a message onto its element. */
 export function setStatus(li, status, fields) {

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from conversations import batch, runtime
+from conversations import batch, quotas, runtime
 from inference import GenerationParams, InferenceError, InvalidParams
 
 
@@ -94,6 +94,11 @@ class Command(BaseCommand):
         lines = self.read_lines(path)
         fmt = batch.detect_format(path, lines) if input_format == "auto" else input_format
         prompts, bad = batch.read_prompts(lines, fmt, base, system)
+        owner = batch.batch_user(user)
+        try:
+            quotas.check(owner.pk)
+        except quotas.QuotaExceeded as exc:
+            raise CommandError(batch.quota_error(owner, exc)) from None
 
         engine = self.load_engine()
         prompts, too_long = batch.measure(prompts, engine)
@@ -110,7 +115,7 @@ class Command(BaseCommand):
         ):
             runner = batch.BatchRunner(
                 engine=engine,
-                user=batch.batch_user(user),
+                user=owner,
                 write=write,
                 report=lambda message: bar.write(message, file=err),
                 progress=bar.update,
@@ -123,6 +128,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"the model stopped ({summary.aborted}): stopped after {summary.done} of {summary.total} prompts"
             )
+        if summary.quota:
+            raise CommandError(f"stopped after {summary.done} of {summary.total} prompts: {summary.quota}")
         if summary.interrupted:
             raise CommandError(f"interrupted: stopped after {summary.done} of {summary.total} prompts", returncode=130)
         failed = summary.failed + len(bad)

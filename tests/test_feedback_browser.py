@@ -1,0 +1,120 @@
+"""Thumbs up / down in chromium against a real daphne: keyboard, aria-pressed, a comment,
+another tab following, the day's token use, and axe-core on the controls (0 violations).
+
+A daphne of its own, with a daily token budget, so the page shows what is left.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.live_server import start_daphne
+from tests.test_accessibility import audit, new_page, ready, settle_reply, sign_up
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+LAST_REPLY = "#transcript li.msg-assistant >> nth=-1"
+BUDGET = 100_000
+
+
+@pytest.fixture(scope="module")
+def quota_server():
+    server = start_daphne({"CHAT_USER_DAILY_TOKENS": str(BUDGET)})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def thumbs(page: Page):
+    reply = page.locator(LAST_REPLY)
+    return reply.get_by_role("button", name="Good reply"), reply.get_by_role("button", name="Bad reply")
+
+
+def chat_with_a_reply(page: Page, base: str, username: str) -> str:
+    sign_up(page, base, username)
+    page.get_by_role("button", name="Chat settings").click()
+    page.locator("#set-max-tokens").fill("4")
+    page.keyboard.press("Escape")
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Say hello")
+    box.press("Enter")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    settle_reply(page)
+    return page.url
+
+
+def test_thumbs_by_keyboard_with_a_comment_seen_by_another_tab(browser, quota_server):
+    context, page, problems = new_page(browser)  # CSP enforced: a violation fails the test
+    url = chat_with_a_reply(page, quota_server.url, "rater")
+    other = context.new_page()
+    other.goto(url)
+    ready(other)
+    good, bad = thumbs(page)
+    other_good, other_bad = thumbs(other)
+    expect(good).to_have_attribute("aria-pressed", "false")
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    # The day's use, with what is left, under the composer.
+    expect(page.locator("#usage-today")).to_contain_text(re.compile(r"tokens used today · [\d,]+ of 100,000 left"))
+
+    # Keyboard only: Tab from Good reply reaches Bad reply; Space presses it.
+    good.focus()
+    page.keyboard.press("Tab")
+    expect(bad).to_be_focused()
+    page.keyboard.press("Space")
+    expect(bad).to_have_attribute("aria-pressed", "true")
+    expect(other_bad).to_have_attribute("aria-pressed", "true")  # the other tab follows
+
+    comment = page.locator(LAST_REPLY).get_by_role("button", name="Add a comment")
+    comment.focus()
+    page.keyboard.press("Enter")
+    expect(comment).to_have_attribute("aria-expanded", "true")
+    field = page.get_by_label("Comment on this reply (optional)")
+    expect(field).to_be_focused()
+    page.keyboard.type("Too short to be useful.")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # Save
+    edit = page.locator(LAST_REPLY).get_by_role("button", name="Edit comment")
+    expect(edit).to_be_focused()
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-comment", "Too short to be useful.")
+    expect(other.locator(LAST_REPLY)).to_have_attribute("data-comment", "Too short to be useful.")
+
+    # A reload shows the stored state.
+    page.reload()
+    ready(page)
+    good, bad = thumbs(page)
+    expect(bad).to_have_attribute("aria-pressed", "true")
+    # Switching to a thumb up, then pressing it again, clears the rating.
+    good.click()
+    expect(good).to_have_attribute("aria-pressed", "true")
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    expect(other_good).to_have_attribute("aria-pressed", "true")
+    good.click()
+    expect(good).to_have_attribute("aria-pressed", "false")
+    expect(other_good).to_have_attribute("aria-pressed", "false")
+    expect(other_bad).to_have_attribute("aria-pressed", "false")
+    problems.check()
+    context.close()
+
+
+def test_axe_finds_nothing_on_the_feedback_controls(browser, quota_server):
+    context, page, problems = new_page(browser, bypass_csp=True)  # only so axe can be injected
+    chat_with_a_reply(page, quota_server.url, "axe-rater")
+    found: list[str] = []
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        good, bad = thumbs(page)
+        bad.click()
+        expect(bad).to_have_attribute("aria-pressed", "true")
+        page.locator(LAST_REPLY).get_by_role("button", name=re.compile("comment")).click()
+        expect(page.get_by_label("Comment on this reply (optional)")).to_be_visible()
+        found += audit(page, f"feedback ({scheme})")
+        page.keyboard.press("Escape")
+        bad.click()
+        expect(bad).to_have_attribute("aria-pressed", "false")
+    assert found == [], "\n".join(found)
+    problems.check()
+    context.close()
