@@ -105,13 +105,11 @@ function onErrorFrame(frame) {
 }
 
 const HANDLERS = { message: (f) => onMessage(f.message), start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame };
-// Other modules' handlers (branches.js), run after the socket's own; `synced` after each sync().
+// Other modules' handlers (branches.js, feedback.js), run after the socket's own, for any frame
+// type (`feedback` has no handler of the socket's own); `synced` after each sync().
 const hooks = {};
 export function onFrame(type, handler) { (hooks[type] = hooks[type] || []).push(handler); }
 function runHooks(type, data) { for (const handler of hooks[type] || []) handler(data); }
-
-/** Another module handles frames of `type` (feedback.js: `feedback`). */
-export function onFrame(type, handler) { HANDLERS[type] = handler; }
 
 // ---- the stored transcript ----
 
