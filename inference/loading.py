@@ -26,7 +26,7 @@ import torch
 
 from .config import EngineConfig
 from .errors import InvalidConfig, ModelLoadError
-from .quant import cache_path, quantize, resolve_quant, weight_count
+from .quant import cache_path, load_quantized, quantize, resolve_quant, weight_count
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ DTYPES: dict[str, torch.dtype] = {
 
 # A converted folder is complete once this file exists inside it.
 _DONE_MARKER = "chatsite-converted.txt"
+# Whether the GGUF a folder was converted from is 4- to 8-bit ("true"/"false").
+_LOW_BIT_FILE = "chatsite-low-bit.txt"
 
 
 @dataclass(frozen=True)
@@ -279,10 +281,12 @@ def load_model(config: EngineConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     source = model_source(config)
-    quant = resolve_quant(config.quant, device, source.gguf_file is not None and gguf_is_low_bit(source.gguf_file))
     location = source.location
+    low_bit = False
     if source.gguf_file is not None:
         location = str(ensure_converted(source.gguf_file, config.cache_dir))
+        low_bit = config.quant == "auto" and gguf_is_low_bit(source.gguf_file, Path(location))
+    quant = resolve_quant(config.quant, device, low_bit)
     tokenizer = load_tokenizer(location)
     if quant == "none":
         model = _load_weights(location, device, dtype)
@@ -296,15 +300,16 @@ def load_model(config: EngineConfig) -> LoadedModel:
 def _load_quantized(location: str, device: torch.device, quant: str, cache_dir: Path) -> Any:
     """The model at ``location`` with quantized linear layers (see quant.py).
 
-    The first start quantizes from float32 weights (which recovers a Q4_1
-    GGUF's codes exactly) and caches the result; later starts load bf16 and
-    take the quantized layers from the cache.
+    A cached start builds the model straight from the cached quantized state;
+    the first start loads float32 weights (which recovers a Q4_1 GGUF's codes
+    exactly), quantizes them and writes that cache.
     """
     folder = Path(location)
     cache_file = cache_path(folder, cache_dir, quant) if folder.is_dir() else None
-    cached = cache_file is not None and cache_file.is_file()
-    model = _load_weights(location, device, torch.bfloat16 if cached else torch.float32)
-    quantize(model, quant, cache_file)
+    model = load_quantized(folder, cache_file) if cache_file is not None else None
+    if model is None:
+        model = _load_weights(location, device, torch.float32)
+        quantize(model, quant, cache_file)
     _return_freed_memory()
     return model
 
@@ -317,8 +322,18 @@ def _return_freed_memory() -> None:
         pass  # not glibc: nothing to do
 
 
-def gguf_is_low_bit(gguf_file: Path) -> bool:
-    """Whether every matrix of ``gguf_file`` is stored in a quantized (4- to 8-bit) type."""
+def gguf_is_low_bit(gguf_file: Path, folder: Path) -> bool:
+    """Whether every matrix of ``gguf_file`` is stored in a quantized (4- to 8-bit) type.
+
+    Reading a GGUF's tensor table parses its whole header (the vocabulary
+    included: seconds), so the answer is kept in ``folder``, the file's
+    conversion, which is keyed on the same file.
+    """
+    recorded = folder / _LOW_BIT_FILE
+    try:
+        return recorded.read_text().strip() == "true"
+    except OSError:
+        pass  # not recorded yet
     try:
         from gguf import GGUFReader
 
@@ -326,7 +341,20 @@ def gguf_is_low_bit(gguf_file: Path) -> bool:
     except (ImportError, OSError, ValueError) as exc:
         logger.warning("cannot read the tensor types of %s: %s", gguf_file, exc)
         return False
-    return bool(types) and not types & {"F32", "F16", "BF16", "F64"}
+    low_bit = bool(types) and not types & {"F32", "F16", "BF16", "F64"}
+    _write_atomically(recorded, f"{str(low_bit).lower()}\n")
+    return low_bit
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        scratch.write_text(text)
+        os.replace(scratch, path)
+    except OSError:
+        logger.warning("could not write %s", path, exc_info=True)
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def load_tokenizer(location: str) -> Any:

@@ -16,9 +16,11 @@ byte. torch has CPU kernels for both (``_weight_int4pack_mm_for_cpu``,
 * ``int8``: every linear layer and the LM head in 8 bits, one scale per output
   row (symmetric).
 
-The LM head is untied from the embedding: the lookup stays bf16, the head
-becomes int8. Quantized tensors are cached next to the converted model (see
-``cache_path``), so a restart skips the quantization.
+The LM head is int8; where it is tied to the embedding (SmolLM2), the token
+lookup reads the same int8 rows (``Int8Embedding``), so the matrix is held
+once. The quantized model's whole state is cached next to the converted
+model (see ``cache_path``); a restart builds the model from it
+(``load_quantized``) without ever reading the full-precision weights.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import QUANTS
@@ -43,7 +46,7 @@ logger = logging.getLogger(__name__)
 GROUP_SIZE = 32
 ACTIVATION_DTYPE = torch.bfloat16
 # Bump when the cached format changes, so an old cache is not misread.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 
 def resolve_quant(name: str, device: torch.device, from_low_bit_gguf: bool) -> str:
@@ -147,15 +150,35 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+class Int8Embedding(nn.Module):
+    """The token lookup of a model whose embedding and LM head are one matrix: rows of the int8 head.
+
+    Tied weights stay one copy: a bf16 embedding beside the int8 head would
+    hold the vocabulary twice (57 MB more for SmolLM2-135M). A looked-up row
+    is its int8 codes times its scale, in bf16.
+    """
+
+    def __init__(self, head: Int8Linear) -> None:
+        super().__init__()
+        # Not a submodule: the head owns (and saves) the tensors.
+        self._head = (head,)
+        self.embedding_dim = head.in_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._head[0].weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        head = self._head[0]
+        return F.embedding(ids, head.weight).to(ACTIVATION_DTYPE) * head.scales[ids].unsqueeze(-1)
+
+
 def weight_count(model: Any) -> int:
-    """The model's weights, quantized ones included (a head copied from the embedding counted once)."""
+    """The model's weights, quantized ones included (a shared embedding and head counted once)."""
     count = sum(parameter.numel() for parameter in model.parameters())
     for layer in model.modules():
         if isinstance(layer, (Int4Linear, Int8Linear)):
             count += layer.in_features * layer.out_features
-    if getattr(model, "head_is_a_copy", False):
-        head = model.get_output_embeddings()
-        count -= head.in_features * head.out_features
     return count
 
 
@@ -165,33 +188,69 @@ def weight_count(model: Any) -> int:
 def quantize(model: Any, quant: str, cache_file: Path | None = None) -> None:
     """Quantize ``model`` in place (``int8`` or ``int4``); other floats become bf16.
 
-    With ``cache_file``, quantized tensors are read from it when it exists and
-    written to it otherwise, so only the first start pays for quantizing.
+    With ``cache_file``, the whole quantized state (packed layers and the bf16
+    rest) is written there, so later starts build the model from it with
+    ``load_quantized`` instead of loading and quantizing full-precision weights.
     """
     started = time.monotonic()
     # Fused q/k/v and gate/up are quantized as one matrix each (see lean.py).
     fuse_projections(model)
-    cached = _read_cache(cache_file)
-    tensors: dict[str, torch.Tensor] = {}
     for name, linear in _decoder_linears(model):
-        layer = _quantized(linear, quant, cached, name, tensors)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        if quant == "int4" and linear.in_features % GROUP_SIZE == 0:
+            layer: nn.Module = Int4Linear.from_weight(linear.weight.detach(), bias)
+        else:  # int8, or an int4 layer whose width is not a whole number of groups
+            layer = Int8Linear.from_weight(linear.weight.detach(), bias)
         _replace(model, name, layer)
     head = model.get_output_embeddings()
-    # Counted once in parameter_count, as before untying.
-    model.head_is_a_copy = head.weight is model.get_input_embeddings().weight
-    head_layer = _int8_from(head.weight.detach(), getattr(head, "bias", None), cached, "lm_head", tensors)
-    # The head gets its own int8 copy; the embedding keeps its (now bf16) weight.
-    model.set_output_embeddings(head_layer)
-    model.config.tie_word_embeddings = False
-    if hasattr(model.config, "get_text_config"):
-        model.config.get_text_config().tie_word_embeddings = False
+    tied = head.weight is model.get_input_embeddings().weight
+    int8_head = Int8Linear.from_weight(head.weight.detach(), getattr(head, "bias", None))
+    model.set_output_embeddings(int8_head)
+    if tied:
+        model.set_input_embeddings(Int8Embedding(int8_head))
+    _untie(model.config)
     for parameter in model.parameters():
         # Buffers (rotary frequencies) stay float32: only weights lose precision.
         if parameter.is_floating_point() and parameter.dtype != ACTIVATION_DTYPE:
             parameter.data = parameter.data.to(ACTIVATION_DTYPE)
-    if cache_file is not None and cached is None:
-        _write_cache(cache_file, tensors)
-    logger.info("quantized to %s in %.1fs%s", quant, time.monotonic() - started, " (cached)" if cached else "")
+    if cache_file is not None:
+        _write_cache(cache_file, model.state_dict(), {"embedding": "head" if tied else "own"})
+    logger.info("quantized to %s in %.1fs", quant, time.monotonic() - started)
+
+
+def load_quantized(folder: Path, cache_file: Path) -> Any:
+    """The model of ``folder`` built straight from its quantized state in ``cache_file``, or None.
+
+    The model is made from its config with empty (meta) weights, so no
+    full-precision copy is ever read or held: the fused layers become the
+    cached int4/int8 ones and every other weight is the cached bf16 tensor.
+    None when the file is missing, unreadable or does not fit the config.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    cached = _read_cache(cache_file)
+    if cached is None:
+        return None
+    state, metadata = cached
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    _untie(config)
+    # Parameters on the meta device; buffers (rotary frequencies) are computed for real.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=ACTIVATION_DTYPE)
+    fuse_projections(model)
+    try:
+        for name, linear in [*_decoder_linears(model), (_head_name(model), model.get_output_embeddings())]:
+            _replace(model, name, _cached_layer(state, name, linear))
+        if metadata.get("embedding") == "head":
+            model.set_input_embeddings(Int8Embedding(model.get_output_embeddings()))
+        model.load_state_dict(state, strict=True, assign=True)
+    except (KeyError, RuntimeError) as exc:
+        logger.warning("ignoring quantization cache %s that does not fit the model: %s", cache_file, exc)
+        return None
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    return model
 
 
 def _decoder_linears(model: Any) -> list[tuple[str, nn.Linear]]:
@@ -200,24 +259,23 @@ def _decoder_linears(model: Any) -> list[tuple[str, nn.Linear]]:
     return [(name, layer) for name, layer in model.named_modules() if type(layer) is nn.Linear and layer is not head]
 
 
-def _quantized(linear: nn.Linear, quant: str, cached: Any, name: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    bias = linear.bias.detach() if linear.bias is not None else None
-    if quant == "int4" and linear.in_features % GROUP_SIZE == 0:
-        if cached is not None:
-            return Int4Linear(cached[f"{name}.packed"], cached[f"{name}.scales_and_zeros"], linear.in_features, bias)
-        layer = Int4Linear.from_weight(linear.weight.detach(), bias)
-        tensors[f"{name}.packed"], tensors[f"{name}.scales_and_zeros"] = layer.packed, layer.scales_and_zeros
-        return layer
-    # int8, or an int4 layer whose width is not a whole number of groups.
-    return _int8_from(linear.weight.detach(), bias, cached, name, tensors)
+def _head_name(model: Any) -> str:
+    head = model.get_output_embeddings()
+    return next(name for name, layer in model.named_modules() if layer is head)
 
 
-def _int8_from(weight: torch.Tensor, bias: Any, cached: Any, name: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
-    if cached is not None and f"{name}.weight" in cached:
-        return Int8Linear(cached[f"{name}.weight"], cached[f"{name}.scales"], bias)
-    layer = Int8Linear.from_weight(weight, bias)
-    tensors[f"{name}.weight"], tensors[f"{name}.scales"] = layer.weight, layer.scales
-    return layer
+def _cached_layer(state: dict[str, torch.Tensor], name: str, linear: nn.Linear) -> nn.Module:
+    """The quantized layer ``state`` holds for ``name`` (its bias, if any, is loaded afterwards)."""
+    bias = linear.bias
+    if f"{name}.packed" in state:
+        return Int4Linear(state[f"{name}.packed"], state[f"{name}.scales_and_zeros"], linear.in_features, bias)
+    return Int8Linear(state[f"{name}.weight"], state[f"{name}.scales"], bias)
+
+
+def _untie(config: Any) -> None:
+    config.tie_word_embeddings = False
+    if hasattr(config, "get_text_config"):
+        config.get_text_config().tie_word_embeddings = False
 
 
 def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
@@ -243,28 +301,30 @@ def cache_path(model_folder: Path, cache_dir: Path, quant: str) -> Path:
     return Path(cache_dir) / f"{slug}-{quant}-{key}.safetensors"
 
 
-def _read_cache(cache_file: Path | None) -> dict[str, torch.Tensor] | None:
-    if cache_file is None or not cache_file.is_file():
+def _read_cache(cache_file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    if not cache_file.is_file():
         return None
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     try:
-        # Copies: tensors read from the file can sit at addresses the kernels'
-        # vector loads do not expect (a segmentation fault, not an error).
-        return {name: tensor.clone() for name, tensor in load_file(cache_file).items()}
+        with safe_open(cache_file, framework="pt") as file:
+            metadata = file.metadata() or {}
+            # Copies: tensors mapped from the file can sit at addresses the kernels'
+            # vector loads do not expect (a segmentation fault, not an error).
+            return {name: file.get_tensor(name).clone() for name in file.keys()}, metadata
     except (OSError, ValueError, RuntimeError):
         logger.warning("ignoring unreadable quantization cache %s", cache_file, exc_info=True)
         return None
 
 
-def _write_cache(cache_file: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _write_cache(cache_file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write atomically (a scratch file renamed into place), so a crash never leaves half a cache."""
     from safetensors.torch import save_file
 
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     scratch = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, scratch)
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, scratch, metadata=metadata)
         os.replace(scratch, cache_file)
     except OSError:
         logger.warning("could not cache the quantized weights in %s", cache_file, exc_info=True)

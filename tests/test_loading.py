@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inference import EngineConfig, InvalidConfig, ModelLoadError, loading
+from inference.config import DEFAULT_MODEL
 from inference.loading import (
     converted_folder,
     ensure_converted,
@@ -189,3 +190,16 @@ def test_a_tokenizer_without_pad_token_pads_with_end_of_sequence(tiny_model):
     tokenizer.pad_token = None
     prepare_for_inference(model, tokenizer)
     assert tokenizer.pad_token == tokenizer.eos_token
+
+
+def test_whether_a_gguf_is_low_bit_is_read_once_and_recorded(tmp_path, monkeypatch):
+    gguf_file = loading.packaged_gguf(DEFAULT_MODEL)
+    assert loading.gguf_is_low_bit(gguf_file, tmp_path) is True
+    assert (tmp_path / "chatsite-low-bit.txt").read_text() == "true\n"
+    import gguf
+
+    def read_again(*args):
+        raise AssertionError("the recorded answer should have been reused")
+
+    monkeypatch.setattr(gguf, "GGUFReader", read_again)
+    assert loading.gguf_is_low_bit(gguf_file, tmp_path) is True

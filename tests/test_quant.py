@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference import EngineConfig, Finished, GenerationParams, InvalidConfig, Request, build_engine, loading, quant
-from inference.quant import GROUP_SIZE, Int4Linear, Int8Linear, minmax_int4, resolve_quant
+from inference.quant import GROUP_SIZE, Int4Linear, Int8Embedding, Int8Linear, minmax_int4, resolve_quant
 from tests.inference_fixtures import load_tiny, tiny_config
 
 
@@ -80,18 +80,34 @@ def test_a_quantized_engine_decodes_as_transformers_generate_on_the_same_weights
         engine.close()
 
 
-def test_the_quantized_weights_are_cached_and_reused(tiny_model_dir, tmp_path, monkeypatch):
-    config = EngineConfig(model=str(tiny_model_dir), device="cpu", quant="int4", cache_dir=tmp_path)
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_cached_start_builds_the_model_from_the_quantized_cache_alone(tiny_model_dir, tmp_path, monkeypatch, tied):
+    folder = tiny_model_dir
+    if tied:
+        # Embedding and LM head one matrix, as in SmolLM2.
+        model, tokenizer = load_tiny(tiny_model_dir)
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+        folder = tmp_path / "tied"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    config = EngineConfig(model=str(folder), device="cpu", quant="int4", cache_dir=tmp_path / "cache")
     first = loading.load_model(config)
     assert first.quant == "int4"
-    cached = list(tmp_path.glob("*-int4-*.safetensors"))
-    assert len(cached) == 1
+    assert len(list((tmp_path / "cache").glob("*-int4-*.safetensors"))) == 1
 
-    def quantize_again(*args, **kwargs):
-        raise AssertionError("the cached quantization should have been reused")
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached start must not load full-precision weights or quantize")
 
-    monkeypatch.setattr(Int4Linear, "from_weight", quantize_again)
+    monkeypatch.setattr(Int4Linear, "from_weight", forbidden)
+    monkeypatch.setattr(loading, "_load_weights", forbidden)
     second = loading.load_model(config)
+    assert not any(p.is_meta for p in second.model.parameters())
+    embedding, head = second.model.get_input_embeddings(), second.model.get_output_embeddings()
+    # A tied matrix is held once: the lookup reads the int8 head's rows.
+    assert isinstance(embedding, Int8Embedding) is tied
+    assert (embedding.weight.data_ptr() == head.weight.data_ptr()) is tied
+    assert quant.weight_count(second.model) == quant.weight_count(first.model)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.inference_mode():
         torch.testing.assert_close(first.model(input_ids=ids).logits, second.model(input_ids=ids).logits)
