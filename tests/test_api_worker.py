@@ -7,6 +7,7 @@ same runner as web chats, over PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import redis
 
 from scripts.services import postgres_server, redis_server
 from tests.clients import sign_up
@@ -49,11 +51,11 @@ def worker_site(tiny_model_dir):
         server = start_daphne(shared, migrate=False, health_timeout=START_TIMEOUT)
         stack.callback(server.stop)
         wait_for_workers(server.url, 1)
-        yield server, worker
+        yield server, worker, redis_url
 
 
 def test_the_api_runs_on_an_inference_worker(worker_site):
-    server, worker = worker_site
+    server, _, _ = worker_site
     session = sign_up(server.url, "api-worker-user")
     api = client(server, api_key(server, "api-worker-user"))
     messages = [{"role": "user", "content": "Hello"}]
@@ -79,13 +81,21 @@ def test_the_api_runs_on_an_inference_worker(worker_site):
 
 
 def test_a_client_that_leaves_stops_its_reply_on_the_worker(worker_site):
-    server, worker = worker_site
+    server, worker, redis_url = worker_site
     session = sign_up(server.url, "api-worker-leaver")
     api = client(server, api_key(server, "api-worker-leaver"))
     held = api.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "Go on"}], temperature=0, max_tokens=1000, stream=True
     )
     first = next(chunk for chunk in held if chunk.choices and chunk.choices[0].delta.content)
-    held.close()
+    # The worker is held still until the web process has sent it the stop, so
+    # the reply cannot run to its end first, however slow this machine is.
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=60) as watcher, watcher.monitor() as monitor:
+            held.close()
+            next(command for command in monitor.listen() if "reply.stop" in command["command"])
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
     reply = wait_ended(session, server, first.id)["messages"][-1]
     assert reply["status"] == "cancelled" and 0 < reply["completion_tokens"] < 1000
