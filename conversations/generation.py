@@ -54,6 +54,10 @@ class LiveReply:
     # Set with `cancel` when the process stops: the reply then ends as
     # interrupted (the server went away), not cancelled (the user asked).
     interrupted: bool = False
+    # Set as the reply's end is stored: from then on the database says whether
+    # the conversation is busy, so a client that got `end` can send at once,
+    # before this task has wound down.
+    ending: bool = False
 
     @property
     def conversation_id(self) -> str:
@@ -118,6 +122,7 @@ async def run_reply(reply: LiveReply, engine) -> None:
     finally:
         # Whatever was published is the text, whatever the engine said.
         ending.text = reply.record.text
+        reply.ending = True
         # Shielded so a cancelled task still stores and announces its end.
         await asyncio.shield(turns.finish(turn.conversation_id, turn.message_id, ending))
 

@@ -27,7 +27,8 @@ class LocalRunner(Runner):
         return self.replies.get(str(conversation_id))
 
     def in_progress(self, conversation_id: str) -> bool:
-        return self.get(conversation_id) is not None
+        reply = self.get(conversation_id)
+        return reply is not None and not reply.ending
 
     async def start(self, turn) -> None:
         reply = LiveReply(turn)
