@@ -71,6 +71,7 @@ class Turn:
     replaces: int | None = None
     user_message: dict | None = None
     place: dict = field(default_factory=dict)  # the reply's `parent` and `siblings`, for the `start` frame
+    title: str | None = None  # the conversation's new title, when this turn's message gave it one
 
 
 @dataclass
@@ -134,7 +135,8 @@ async def start(
         logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
         raise Refused("busy", DB_BUSY) from None
     if turn.user_message is not None:
-        await publish(turn.conversation_id, {"type": "chat.message", "message": turn.user_message})
+        event = {"type": "chat.message", "message": turn.user_message}
+        await publish(turn.conversation_id, event | ({"title": turn.title} if turn.title else {}))
     start_event = {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
     await publish(turn.conversation_id, start_event | turn.place)
     try:
@@ -176,6 +178,7 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
         conversation.activate(reply)
         history = conversation.prompt_history(until=reply)
         _reserve_tokens(conversation, reply, history, params)
+        untitled = not conversation.title
         conversation.start_turn(params.to_dict(), first_text=text or None)
         tree = Tree.of(conversation)
     return Turn(
@@ -186,6 +189,7 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
         replaces=replaces,
         user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
+        title=conversation.title if untitled and conversation.title else None,
     )
 
 
@@ -393,7 +397,8 @@ def client_frame(event: dict) -> dict | None:
     """The frame a client sees for a group event (None for internal ones)."""
     kind = event["type"]
     if kind == "chat.message":
-        return {"type": "message", "message": event["message"]}
+        frame = {"type": "message", "message": event["message"]}
+        return frame | ({"title": event["title"]} if "title" in event else {})
     if kind == "chat.start":
         frame = {"type": "start", "message_id": event["message_id"]}
         frame |= {name: event[name] for name in ("parent", "siblings") if name in event}

@@ -90,9 +90,14 @@ async def test_it_streams_a_reply_and_stores_it(chat, alice, engine):
 async def test_the_first_message_titles_the_conversation(chat, alice):
     ws, _, _ = await connect(chat.id, alice)
     await ws.send_json_to({"type": "send", "content": "Plan a trip to Lisbon in spring", "params": GREEDY})
-    await receive_until_end(ws)
+    first = await receive_until_end(ws)
     await sync_to_async(chat.refresh_from_db)()
     assert chat.title == "Plan a trip to Lisbon in spring"
+    # Every tab hears the new title with the message; later messages keep it.
+    assert first[0]["type"] == "message" and first[0]["title"] == chat.title
+    await ws.send_json_to({"type": "send", "content": "And in autumn?", "params": GREEDY})
+    second = await receive_until_end(ws)
+    assert second[0]["type"] == "message" and "title" not in second[0]
     await ws.disconnect()
 
 

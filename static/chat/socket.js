@@ -3,7 +3,7 @@
  *
  * What the server decides stays the server's: a reply's final status comes
  * from the stored message (GET the conversation API after `end`), and so
- * does the title a first message gives the chat.
+ * does the title a first message gives the chat (its `message` frame carries it).
  */
 import { $, $all, el, setText } from './dom.js';
 import { announce } from './markdown.js';
@@ -29,6 +29,12 @@ function send(frame) {
 }
 
 // ---- frames ----
+
+/** A chat's first message names it: the frame carries the title, so no page or list fetch is needed. */
+function onMessageFrame(frame) {
+  if (typeof frame.title === 'string' && frame.title) noteUserMessage(frame.title);
+  onMessage(frame.message);
+}
 
 function onMessage(message) {
   if (!message || message.id === undefined) return;
@@ -104,7 +110,7 @@ function onErrorFrame(frame) {
   changed();
 }
 
-const HANDLERS = { message: (f) => onMessage(f.message), start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame };
+const HANDLERS = { message: onMessageFrame, start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame };
 // Other modules' handlers (branches.js, feedback.js), run after the socket's own, for any frame
 // type (`feedback` has no handler of the socket's own); `synced` after each sync().
 const hooks = {};
@@ -139,6 +145,7 @@ function sync() {
     .then((response) => (response.ok ? response.json() : null))
     .then((data) => {
       if (!data || !Array.isArray(data.messages)) return;
+      if (data.messages.some((m) => m.role === 'user')) noteUserMessage(data.title);
       const known = new Set();
       let maxId = 0;
       for (const message of data.messages) {
@@ -153,7 +160,6 @@ function sync() {
         if (!known.has(String(id)) && id < maxId && li !== state.live) li.remove();
       }
       runHooks('synced', data);
-      if (data.messages.some((m) => m.role === 'user')) noteUserMessage(data.title);
       if (state.maybeSent !== null) {
         // Sent just before the connection dropped: stored or lost?
         const users = data.messages.filter((m) => m.role === 'user');
