@@ -18,7 +18,10 @@ variant sees the same load on a shared machine:
   (``bench/clients.py``): adds Django, Channels, the coalescing and the socket;
 * ``ws-baseline tN`` (with ``--baseline-repo``): the same from another checkout
   of Chatsite (e.g. ``git archive <commit> | tar -x -C DIR``), for a before/after
-  of the served path in the same run.
+  of the served path in the same run;
+* with ``--burst N``, each round also sends N users' first turns at once to
+  each server: TTFT p50/p95 (the client's, and the engine's own from the
+  `end` frame) and the aggregate tokens/s.
 
 Every figure is (tokens - 1) / (last token - first token), as in the
 benchmark. Prints medians with the range over rounds and the ratios between
@@ -59,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", default="0,1,2", help="torch thread counts to compare, 0 = the engine's auto (default 0,1,2)"
     )
     parser.add_argument("--skip-ws", action="store_true", help="no daphne servers, in-process layers only")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="also N WebSocket users at once on each server: TTFT and aggregate"
+    )
     parser.add_argument("--baseline-repo", type=Path, help="another Chatsite checkout to serve as ws-baseline")
     args = parser.parse_args(argv)
     args.threads = [int(value) for value in args.threads.split(",")]
@@ -119,8 +125,30 @@ def ws_rate(user: clients.User, prompt: str, new_tokens: int) -> float:
     return turn.stream_tokens_per_s or 0.0
 
 
-def start_server(stack: ExitStack, repo: Path, workdir: Path, name: str, threads: int) -> clients.User:
-    """A daphne from ``repo`` serving the default model with ``CHAT_THREADS=threads``; returns a signed-up user."""
+def burst(users: list[clients.User], prompts: list[str], new_tokens: int) -> dict:
+    """``len(users)`` users sending at once, one turn each: the client's TTFT and the aggregate rate.
+
+    ``engine_ttft`` is the engine's own (submission to first token, from the
+    `end` frame): the rest of the client's TTFT is the turn's database work,
+    the prompt's rendering and the socket.
+    """
+    summary, turns = clients.run_level(users, prompts, 1, new_tokens)
+    if summary["errors"]:
+        raise RuntimeError(f"burst turns failed: {summary['error_messages']}")
+    engine = [turn.server_timing.get("ttft_ms", 0) / 1000 for turn in turns]
+    return {
+        "aggregate": summary["aggregate_tokens_per_s"],
+        "ttft_p50": summary["ttft_p50_s"],
+        "ttft_p95": summary["ttft_p95_s"],
+        "engine_ttft_p95": clients.percentile(engine, 95),
+        "ttfts": sorted(round(turn.ttft_s, 3) for turn in turns),
+    }
+
+
+def start_server(
+    stack: ExitStack, repo: Path, workdir: Path, name: str, threads: int, users: int = 1
+) -> list[clients.User]:
+    """A daphne from ``repo`` serving the default model with ``CHAT_THREADS=threads``; returns signed-up users."""
     env = server_env(f"sqlite:///{workdir / name}.sqlite3", REPO / "var" / "models", 16)
     env["CHAT_THREADS"] = str(threads)
     migrate(repo, env)
@@ -130,14 +158,15 @@ def start_server(stack: ExitStack, repo: Path, workdir: Path, name: str, threads
     )
     server = stack.enter_context(Server(repo, env, workdir / f"{name}.log"))
     print(f"[breakdown] {name}: started in {server.start():.1f} s", flush=True)
-    return clients.User.sign_up(server.url, "breakdown")
+    return [clients.User.sign_up(server.url, f"breakdown-{index}") for index in range(users)]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from inference import EngineConfig, build_engine
 
-    prompt = next(line.strip() for line in (REPO / "bench" / "prompts.txt").read_text().splitlines() if line.strip())
+    prompts = [line.strip() for line in (REPO / "bench" / "prompts.txt").read_text().splitlines() if line.strip()]
+    prompt = prompts[0]
     loaded = raw.load(REPO / "var" / "models")
     cores = torch.get_num_threads()
     engines = {
@@ -160,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         variants[f"engine {label(threads)}"] = lambda t=threads: asyncio.run(engine_rate(engines[t], prompt, n))
     rates: dict[str, list[float]] = {}
+    bursts: dict[str, Callable[[], dict]] = {}
+    burst_results: dict[str, list[dict]] = {}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="chatsite-breakdown-") as work:
         if not args.skip_ws:
@@ -167,17 +198,28 @@ def main(argv: list[str] | None = None) -> int:
             for layer, repo in repos.items():
                 for threads in args.threads:
                     name = f"{layer} {label(threads)}"
-                    user = start_server(stack, repo, Path(work), name.replace(" ", "-"), threads)
-                    variants[name] = lambda u=user: ws_rate(u, prompt, n)
+                    users = start_server(stack, repo, Path(work), name.replace(" ", "-"), threads, max(args.burst, 1))
+                    variants[name] = lambda u=users[0]: ws_rate(u, prompt, n)
+                    if args.burst:
+                        bursts[f"{name} x{args.burst}"] = lambda u=users: burst(u, prompts, n)
         load_start = os.getloadavg()
         for round_ in range(args.rounds):
             for name, variant in variants.items():
                 rates.setdefault(name, []).append(variant())
             print(f"[breakdown] round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()))
+            for name, run_burst in bursts.items():
+                burst_results.setdefault(name, []).append(run_burst())
+                print(f"[breakdown] {name}: {burst_results[name][-1]}", flush=True)
     for engine in engines.values():
         engine.close()
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print_table(rates, medians)
+    for name, runs in burst_results.items():
+        print(
+            f"{name:<24} aggregate {statistics.median(r['aggregate'] for r in runs):6.1f} tokens/s, TTFT p95 "
+            f"{statistics.median(r['ttft_p95'] for r in runs):.2f} s (engine's own "
+            f"{statistics.median(r['engine_ttft_p95'] for r in runs):.2f} s), median of {len(runs)}"
+        )
     result = {
         "stamp": stamp,
         "prompt_tokens": len(ids),
@@ -187,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "rates": rates,
         "medians": medians,
+        "bursts": burst_results,
         "baseline_repo": str(args.baseline_repo) if args.baseline_repo else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -306,8 +306,8 @@ CHAT_QUANT = env_choice("CHAT_QUANT", "auto", ("auto", "none", "int8", "int4"))
 CHAT_MODEL_CACHE = Path(os.getenv("CHAT_MODEL_CACHE") or VAR_DIR / "models")
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8, minimum=1, maximum=256)
 CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)
-# Threads for the model's CPU work; 0 keeps torch's default (one per core).
-# On a machine whose cores are busy with other work, 1 is often faster.
+# Threads for the model's CPU work; 0 = auto: one thread or one per core,
+# whichever decodes faster by the wall clock, re-measured as it runs.
 CHAT_THREADS = env_int("CHAT_THREADS", 0, minimum=0, maximum=1024)
 # How often a growing reply is written to the database (seconds), so a crash
 # or a dropped client loses at most this much text.
