@@ -13,7 +13,8 @@ one on a quiet machine. Neither fixed choice is safe, so ``auto`` measures.
 steps, tries the other count for ``TRIAL`` steps of the same batch size,
 keeping whichever had the lower median step time. A trial step that takes
 several times the usual one ends the trial at once, so a collapse costs a
-step or two, not a whole trial.
+step or two, not a whole trial; so does such a step once more threads than
+one have won (back to one thread until the next trial).
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ class ThreadChooser:
             self._rows, self._trial = rows, None
             self._recent.clear()
         if self._trial is None:
+            if self.current != self.counts[0] and len(self._recent) == TRIAL:
+                if seconds > ABORT * statistics.median(self._recent):
+                    # More threads than one collapse when a core is taken away: back to one at once.
+                    self.current, self._since_trial = self.counts[0], 0
+                    self._recent.clear()
+                    logger.info("decoding with %d torch thread(s): a step stalled", self.current)
+                    return
             self._recent.append(seconds)
             self._since_trial += 1
             if self._since_trial >= EVERY and len(self._recent) == TRIAL and len(self.counts) > 1:

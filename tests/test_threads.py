@@ -26,6 +26,18 @@ def test_it_starts_at_one_thread_and_keeps_a_clearly_faster_count():
     assert chooser.trying == 1
 
 
+def test_a_stalled_step_after_winning_goes_back_to_one_thread():
+    chooser = ThreadChooser((1, 2))
+    settle(chooser, 0.010)
+    for _ in range(TRIAL):
+        chooser.record(1, 0.007)
+    assert chooser.current == 2
+    chooser.record(1, 0.008)
+    assert chooser.current == 2
+    chooser.record(1, 0.100)
+    assert chooser.current == 1 and chooser.trying is None
+
+
 def test_a_slower_or_barely_faster_trial_changes_nothing():
     chooser = ThreadChooser((1, 2))
     settle(chooser, 0.010)
