@@ -309,8 +309,8 @@ CHAT_MAX_QUEUE = env_int("CHAT_MAX_QUEUE", 32, minimum=0, maximum=10_000)
 # Prompt + completion tokens a user may spend per UTC day (web, API and
 # batch_prompts together); 0 = no limit. Staff set per-user overrides in the admin.
 CHAT_USER_DAILY_TOKENS = env_int("CHAT_USER_DAILY_TOKENS", 0, minimum=0)
-# Threads for the model's CPU work; 0 keeps torch's default (one per core).
-# On a machine whose cores are busy with other work, 1 is often faster.
+# Threads for the model's CPU work; 0 = auto: one thread or one per core,
+# whichever decodes faster by the wall clock, re-measured as it runs.
 CHAT_THREADS = env_int("CHAT_THREADS", 0, minimum=0, maximum=1024)
 # How often a growing reply is written to the database (seconds), so a crash
 # or a dropped client loses at most this much text.

@@ -70,7 +70,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environ.get("CHAT_MODEL_CACHE", str(defaults.cache_dir)),
         help="where converted models are kept (default %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads, 0 = torch's default")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads, 0 = auto (measured)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
     return parser
 

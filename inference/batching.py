@@ -33,6 +33,7 @@ from .rows import Batch, Job, Prefill, cache_is_mergeable
 from .sampling import Sampler
 from .stats import EngineStats
 from .streaming import Chunk, Finished, IncrementalDetokenizer, Queued, Started
+from .threads import ThreadChooser
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Scheduler:
         self.stats = stats if stats is not None else EngineStats()
         # Decoding steps take the lean path where the architecture has one (lean.py).
         self.lean = LeanDecoder.for_model(model) if lean_decode else None
+        # num_threads 0 on a CPU: chosen step by step by the wall clock (threads.py), set on the thread.
+        self.threads: ThreadChooser | None = None
         self.eos_token_ids = frozenset(eos_token_ids)
         # Fills the left padding of prompts read together (masked out, so any id works).
         self.pad_token_id = (
@@ -215,9 +218,12 @@ class Scheduler:
     # -- the thread ------------------------------------------------------------
 
     def _run(self) -> None:
+        # Set on this thread: torch's intra-op thread count is per calling thread.
         if self.num_threads:
-            # Set on this thread: torch's intra-op thread count is per calling thread.
             torch.set_num_threads(self.num_threads)
+        elif self.device.type == "cpu" and torch.get_num_threads() > 1:
+            self.threads = ThreadChooser((1, torch.get_num_threads()))
+            self.threads.apply()
         with torch.inference_mode():
             self._warm_up()
             while self._wait_for_work():
@@ -416,7 +422,12 @@ class Scheduler:
                 return
         self.stats.decode_steps += 1
         self.stats.max_rows = max(self.stats.max_rows, batch.size)
+        if self.threads is not None:
+            self.threads.apply()
+        started = time.perf_counter()
         tokens = batch.sampler.choose(batch.forward(self.model, self.lean))
+        if self.threads is not None:
+            self.threads.record(batch.size, time.perf_counter() - started)
         batch.advance(tokens)
         done = [
             row

@@ -42,9 +42,9 @@ class EngineConfig:
     max_batch_size: int = 8
     max_queue: int = 32
     default_system_prompt: str = "You are a helpful assistant."
-    # Intra-op threads of the scheduler thread; 0 keeps torch's choice (one
-    # per core). On a CPU shared with other busy processes, 1 can be several
-    # times faster: see docs/inference.md.
+    # Intra-op threads of the scheduler thread; 0 = auto on a CPU: one thread
+    # or one per core, whichever decodes faster by the wall clock, re-measured
+    # as it runs (threads.py; docs/inference.md, Threads).
     num_threads: int = 0
     # Decode Llama-architecture models with the lean step (fused projections,
     # see lean.py); False keeps the generic transformers forward everywhere.

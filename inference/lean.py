@@ -23,6 +23,7 @@ returns None).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,16 +114,12 @@ class LeanDecoder:
     """One decoding step of a LlamaForCausalLM: fused projections, few operations."""
 
     def __init__(self, model: Any) -> None:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         fuse_projections(model)
-
-        self._rotate = apply_rotary_pos_emb
         inner = model.model
         self.embed = inner.embed_tokens
-        self.norm = inner.norm
+        self.norm = _norm(inner.norm)
         self.rotary = inner.rotary_emb
-        self.head = model.get_output_embeddings()
+        self.head = _flat(model.get_output_embeddings())
         self.layers = [_Layer(layer, model.config) for layer in inner.layers]
 
     @classmethod
@@ -136,12 +133,39 @@ class LeanDecoder:
     ) -> torch.Tensor:
         """Decode one token a row: ``tokens`` and ``positions`` (rows, 1), ``mask`` (rows, cache length + 1)
         or None when no row is padded. Appends to ``cache``; returns float32 logits (rows, vocab)."""
-        hidden = self.embed(tokens)
+        # One token a row, so activations stay 2-D (rows, features) throughout: no reshapes around the matmuls.
+        hidden = self.embed(tokens.view(-1))
         cos, sin = self.rotary(hidden, positions)
+        # rotate_half(x) * sin == roll(x, half) * sin with sin's first half negated: one roll, no cat of pieces.
+        half = cos.shape[-1] // 2
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
         attend = None if mask is None else mask[:, None, None, :].bool()
-        for index, layer in enumerate(self.layers):
-            hidden = layer.forward(hidden, cos, sin, cache, index, attend, self._rotate)
-        return self.head(self.norm(hidden)[:, -1, :]).float()
+        for layer, cached in zip(self.layers, cache.layers, strict=True):
+            hidden = layer.forward(hidden, cos, sin, cached, attend)
+        return self.head(self.norm(hidden)).float()
+
+
+def _norm(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """LlamaRMSNorm's arithmetic, called without the module machinery (61 norms a step on SmolLM2)."""
+    weight, eps = module.weight, module.variance_epsilon
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * h.to(x.dtype)
+
+    return norm
+
+
+def _flat(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``layer``'s product for a contiguous 2-D input: the quantized kernel itself where there is one."""
+    flat = getattr(layer, "flat", None)
+    if flat is not None:
+        return flat()
+    if isinstance(layer, nn.Linear):
+        weight, bias = layer.weight, layer.bias
+        return lambda x: F.linear(x, weight, bias)
+    return layer
 
 
 class _Layer:
@@ -149,41 +173,35 @@ class _Layer:
 
     def __init__(self, layer: Any, config: Any) -> None:
         attention, mlp = layer.self_attn, layer.mlp
-        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.input_norm, self.post_norm = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(attention, "head_dim", config.hidden_size // config.num_attention_heads)
         self.scaling = attention.scaling
-        self.qkv = attention.qkv_proj
-        self.splits = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
-        self.o = attention.o_proj
-        self.gate_up = mlp.gate_up_proj
-        self.down = mlp.down_proj
+        self.qk_width = (self.heads + self.kv_heads) * self.head_dim
+        self.qkv = _flat(attention.qkv_proj)
+        self.o = _flat(attention.o_proj)
+        self.gate_up = _flat(mlp.gate_up_proj)
+        self.down = _flat(mlp.down_proj)
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: Any,
-        index: int,
-        attend: torch.Tensor | None,
-        rotate: Any,
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached: Any, attend: torch.Tensor | None
     ) -> torch.Tensor:
-        rows = hidden.shape[0]
-        q, k, v = self.qkv(self.input_norm(hidden)).split(self.splits, dim=-1)
-        q = q.view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, k, cos, sin)
-        keys, values = cache.update(k, v, index)
+        rows, dim = hidden.shape[0], self.head_dim
+        qkv = self.qkv(self.input_norm(hidden))
+        # q and k rotate together: (rows, heads + kv_heads, head_dim) against cos/sin (rows, 1, head_dim).
+        qk = qkv[:, : self.qk_width].view(rows, -1, dim)
+        qk = qk * cos + qk.roll(dim // 2, dims=-1) * sin
+        k = qk[:, self.heads :].unsqueeze(2)
+        v = qkv[:, self.qk_width :].view(rows, self.kv_heads, 1, dim)
+        keys, values = cached.update(k, v)
         # Attention for one query by hand: torch's CPU scaled_dot_product_attention
         # takes 5x longer than these two matmuls in bf16 (its math fallback).
         # Query head h reads key head h // group, as transformers' repeat_kv has it.
-        grouped = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+        grouped = qk[:, : self.heads].view(rows, self.kv_heads, self.heads // self.kv_heads, dim)
         scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * self.scaling
         if attend is not None:
             scores = scores.masked_fill(~attend, float("-inf"))
         out = torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
-        hidden = hidden + self.o(out.reshape(rows, 1, -1))
+        hidden = hidden + self.o(out.view(rows, -1))
         gate, up = self.gate_up(self.post_norm(hidden)).chunk(2, dim=-1)
         return hidden + self.down(F.silu(gate) * up)

@@ -30,6 +30,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 GROUP_SIZE = 32
 ACTIVATION_DTYPE = torch.bfloat16
+# The kernels' overloads, resolved once: calling an OpOverloadPacket looks the overload up every time.
+_INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+_INT8_MM = torch.ops.aten._weight_int8pack_mm.default
 # Bump when the cached format changes, so an old cache is not misread.
 _CACHE_FORMAT = 3
 
@@ -120,6 +124,13 @@ class Int4Linear(nn.Module):
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def flat(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The product for a contiguous bf16 2-D input, straight to the kernel (the lean step's calls)."""
+        if self.bias is not None:
+            return self
+        kernel, packed, scales_and_zeros = _INT4_MM, self.packed, self.scales_and_zeros
+        return lambda x: kernel(x, packed, GROUP_SIZE, scales_and_zeros)
+
 
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights, one scale per output row (bf16 in, bf16 out)."""
@@ -148,6 +159,13 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def flat(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The product for a contiguous bf16 2-D input, straight to the kernel (the lean step's calls)."""
+        if self.bias is not None:
+            return self
+        kernel, weight, scales = _INT8_MM, self.weight, self.scales
+        return lambda x: kernel(x, weight, scales)
 
 
 class Int8Embedding(nn.Module):

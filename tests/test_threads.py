@@ -1,0 +1,79 @@
+"""The scheduler's choice of torch threads (inference/threads.py), fed step times directly."""
+
+import threading
+
+import torch
+
+from inference.threads import EVERY, TRIAL, ThreadChooser
+
+
+def settle(chooser: ThreadChooser, seconds: float, rows: int = 1) -> None:
+    """Run the current count until a trial of the other one starts."""
+    for _ in range(EVERY):
+        chooser.record(rows, seconds)
+    assert chooser.trying is not None
+
+
+def test_it_starts_at_one_thread_and_keeps_a_clearly_faster_count():
+    chooser = ThreadChooser((1, 2))
+    assert chooser.current == 1 and chooser.trying is None
+    settle(chooser, 0.010)
+    assert chooser.trying == 2
+    for _ in range(TRIAL):
+        chooser.record(1, 0.007)
+    assert chooser.current == 2 and chooser.trying is None and chooser.switches == 1
+    settle(chooser, 0.007)
+    assert chooser.trying == 1
+
+
+def test_a_stalled_step_after_winning_goes_back_to_one_thread():
+    chooser = ThreadChooser((1, 2))
+    settle(chooser, 0.010)
+    for _ in range(TRIAL):
+        chooser.record(1, 0.007)
+    assert chooser.current == 2
+    chooser.record(1, 0.008)
+    assert chooser.current == 2
+    chooser.record(1, 0.100)
+    assert chooser.current == 1 and chooser.trying is None
+
+
+def test_a_slower_or_barely_faster_trial_changes_nothing():
+    chooser = ThreadChooser((1, 2))
+    settle(chooser, 0.010)
+    for _ in range(TRIAL):
+        chooser.record(1, 0.0095)
+    assert chooser.current == 1 and chooser.trying is None and chooser.switches == 0
+
+
+def test_a_collapsing_trial_ends_at_its_first_slow_step():
+    chooser = ThreadChooser((1, 2))
+    settle(chooser, 0.010)
+    chooser.record(1, 0.200)
+    assert chooser.trying is None and chooser.current == 1
+
+
+def test_a_trial_ends_when_the_batch_size_changes():
+    chooser = ThreadChooser((1, 2))
+    settle(chooser, 0.010)
+    chooser.record(1, 0.005)
+    chooser.record(3, 0.005)
+    assert chooser.trying is None and chooser.current == 1 and chooser.trials == 1
+
+
+def test_apply_sets_the_calling_threads_count():
+    chooser = ThreadChooser((1, 2))
+    seen = []
+
+    def run() -> None:
+        torch.set_num_threads(2)
+        chooser.apply()
+        seen.append(torch.get_num_threads())
+        settle(chooser, 0.010)
+        chooser.apply()
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [1, 2]
