@@ -45,7 +45,15 @@ from inference import GenerationParams, InvalidParams
 
 from .generation import LiveReply, run_reply
 from .models import InferenceWorker, Message
-from .runners.worker import REQUESTS_CHANNEL, StreamRecord, control_group, forget, reap_forever, renew_leases
+from .runners.worker import (
+    REQUESTS_CHANNEL,
+    StreamRecord,
+    control_group,
+    forget,
+    reap_forever,
+    renew_leases,
+    stop_marked,
+)
 from .turns import LAYER_ERRORS, Turn
 
 logger = logging.getLogger(__name__)
@@ -67,8 +75,10 @@ class ReplyConsumer(AsyncConsumer):
     """One request held by a worker, from `generate` to the stored end of its reply.
 
     Its own channel joins the conversation's control group while it holds
-    the reply, so a `stop` from any web process reaches it as reply.stop.
-    The reply runs as a task, so that is handled while it streams.
+    the reply, so a `stop` from any web process reaches it as reply.stop;
+    a stop sent before it joined is read from the reply's stop mark
+    (conversations.runners.worker). The reply runs as a task, so a stop is
+    handled while it streams.
     """
 
     reply: LiveReply | None = None
@@ -102,10 +112,7 @@ class ReplyConsumer(AsyncConsumer):
         record = StreamRecord(message_id)
         await record.open()
         self.reply = LiveReply(turn, record=record)
-        try:
-            await self.channel_layer.group_add(control_group(conversation_id), self.channel_name)
-        except LAYER_ERRORS as exc:  # stop will not reach it; the reply still runs
-            logger.warning("reply %s: cannot join its control group: %s", message_id, exc)
+        await self._listen_for_stop()
         logger.info("reply %s accepted (%d held)", message_id, len(worker.held))
         self.reply.task = asyncio.create_task(self._run(worker))
         worker.held[message_id] = self.reply
@@ -123,10 +130,33 @@ class ReplyConsumer(AsyncConsumer):
                 logger.warning("reply %s: cannot clean up after it: %s", reply.message_id, exc)
             worker.release(reply.message_id)
 
+    async def _listen_for_stop(self) -> None:
+        """Join the control group, then read the stop mark: a stop sent before the join is not lost.
+
+        In this order there is no gap: a stop sent after the join reaches the
+        group; one sent before left its mark before it was sent.
+        """
+        reply = self.reply
+        try:
+            await self.channel_layer.group_add(control_group(reply.conversation_id), self.channel_name)
+        except LAYER_ERRORS as exc:  # a later reply.stop will not reach it; the reply still runs
+            logger.warning("reply %s: cannot join its control group: %s", reply.message_id, exc)
+        try:
+            mark = await stop_marked(reply.message_id)
+        except LAYER_ERRORS as exc:
+            logger.warning("reply %s: cannot read its stop mark: %s", reply.message_id, exc)
+            return
+        if mark is not None:
+            logger.info("reply %s was stopped (%s) before it was accepted", reply.message_id, mark)
+            self._stop(interrupted=mark == "interrupted")
+
+    def _stop(self, interrupted: bool) -> None:
+        self.reply.interrupted = self.reply.interrupted or interrupted
+        self.reply.cancel.set()
+
     async def reply_stop(self, message: dict) -> None:
         if self.reply is not None:
-            self.reply.interrupted = self.reply.interrupted or message.get("interrupted", False)
-            self.reply.cancel.set()
+            self._stop(message.get("interrupted", False))
 
     async def reply_done(self, message: dict) -> None:
         raise StopConsumer

@@ -3,18 +3,21 @@
 `browser` starts one headless chromium per test module. `static_page` opens a
 page whose /static/ URLs are answered straight from the repository's static/
 folder (Playwright routing, no server), for tests of the front-end modules on
-their own; whole-site tests use the real daphne of tests/live_server.py.
+their own; whole-site tests use the real daphne of tests/live_server.py, with
+the page helpers below (`new_page`, `sign_up`, `ready`, `set_settings`,
+`settle_reply`, `audit`).
 """
 
 from __future__ import annotations
 
 import mimetypes
+import re
 from pathlib import Path
 
 import pytest
 
 try:
-    from playwright.sync_api import Page, sync_playwright
+    from playwright.sync_api import Page, expect, sync_playwright
 except ImportError as exc:  # pragma: no cover - a broken install must fail, not skip
     sync_playwright = None
     PLAYWRIGHT_ERROR = f"playwright is not installed ({exc}); `make test` installs it"
@@ -28,6 +31,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ORIGIN = "http://chatsite.test"
 TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css"}
+PASSWORD = "a-long-Passw0rd!"
+# Replies come from the real model on a busy CPU: pages and expectations wait this long.
+TIMEOUT_MS = 60_000
+LAST_REPLY = "#transcript li.msg-assistant >> nth=-1"
+AXE = (TEST_VENDOR / "axe-core" / "axe.min.js").read_text()
+if sync_playwright is not None:
+    expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +106,60 @@ def static_page(browser, body: str = '<div id="out" class="md"></div>'):
     page.goto(ORIGIN + "/")
     page.evaluate("async () => { window.Markdown = await import('/static/chat/markdown.js'); }")
     return context, page, problems
+
+
+# -- whole-site pages (a real daphne) ----------------------------------------------
+
+
+def new_page(browser, width=1280, height=860, **options):
+    """A page in a fresh context; returns (context, page, problems)."""
+    context = browser.new_context(viewport={"width": width, "height": height}, **options)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    return context, page, PageProblems(page)
+
+
+def ready(page: Page) -> None:
+    """Wait until the page's modules have run (module scripts run after the page is shown)."""
+    expect(page.locator("html")).to_have_attribute("data-ready", "1")
+
+
+def sign_up(page: Page, base_url: str, username: str) -> None:
+    page.goto(base_url + "/accounts/signup/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password confirmation").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page).to_have_url(base_url + "/")
+    ready(page)
+
+
+def set_settings(page: Page, **values) -> None:
+    """Open the settings drawer, fill in values, close it with Escape."""
+    page.get_by_role("button", name="Chat settings").click()
+    fields = {
+        "temperature": "#set-temperature",
+        "top_p": "#set-top-p",
+        "max_new_tokens": "#set-max-tokens",
+        "repetition_penalty": "#set-rep",
+    }
+    for name, value in values.items():
+        page.locator(fields[name]).fill(str(value))
+    page.keyboard.press("Escape")
+    expect(page.locator("#settings-panel")).not_to_have_class(re.compile(r"\bopen\b"))
+
+
+def settle_reply(page: Page) -> None:
+    """The last reply has ended and shows the server's status line."""
+    expect(page.locator(LAST_REPLY)).not_to_have_attribute("data-status", "streaming")
+    expect(page.locator(LAST_REPLY).locator(".msg-meta")).to_contain_text(re.compile(r"tokens?|Stopped"))
+
+
+def audit(page: Page, label: str) -> list[str]:
+    """axe-core's violations on the page (its context must bypass the CSP for the injection)."""
+    page.evaluate(AXE)
+    violations = page.evaluate(
+        """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
+             .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).join(', '))"""
+    )
+    return [f"{label}: {v}" for v in violations]

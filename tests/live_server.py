@@ -132,6 +132,22 @@ def die_with_test_run() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def spawn(args: list[str], env: dict, log) -> subprocess.Popen:
+    """`python ARGS` from the repository root, its output going to the open file `log`."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        # Its own process group: a Ctrl-C meant for pytest reaches pytest,
+        # which then stops the process in an orderly way.
+        start_new_session=True,
+        preexec_fn=die_with_test_run,
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -162,7 +178,8 @@ def _tail(text: str, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _migrate(env: dict, log_path: Path) -> None:
+def migrate_database(env: dict, log_path: Path) -> None:
+    """`manage.py migrate` with this environment, logging to log_path; ServerError (with the log) if it fails."""
     with open(log_path, "ab") as log:
         log.write(b"$ python manage.py migrate --noinput\n")
         log.flush()
@@ -229,24 +246,15 @@ def start_daphne(
     env = server_env(workdir, env_overrides)
     try:
         if migrate:
-            _migrate(env, log_path)
+            migrate_database(env, log_path)
         last_error: ServerError | None = None
         for _attempt in range(START_ATTEMPTS):
             port = free_port()
             with open(log_path, "ab") as log:
                 log.write(f"$ python -m daphne -b 127.0.0.1 -p {port} chatsite.asgi:application\n".encode())
                 log.flush()
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    # Its own process group: a Ctrl-C meant for pytest reaches
-                    # pytest, which then stops the server in an orderly way.
-                    start_new_session=True,
-                    preexec_fn=die_with_test_run,
+                process = spawn(
+                    ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"], env, log
                 )
             server = ServerHandle(
                 port=port, process=process, workdir=workdir, log_path=log_path, env=env, keep_workdir=True

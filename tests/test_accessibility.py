@@ -13,58 +13,16 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import TEST_VENDOR, PageProblems
+from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-PASSWORD = "a-long-Passw0rd!"
-TIMEOUT_MS = 60_000
-AXE = (TEST_VENDOR / "axe-core" / "axe.min.js").read_text()
 RICH = (
     "Here is **bold**, a [link](https://example.com), math $a^2 + b^2 = c^2$ and code:\n\n"
     "```python\ndef add(a, b):\n    return a + b\n```\n\n| a | b |\n|---|--:|\n| 1 | 2 |"
 )
-LAST_REPLY = "#transcript li.msg-assistant >> nth=-1"
 # Stopped, or (if the model ended it first, on a fast machine) complete: focus is what is checked here.
 ENDED = re.compile(r"^(cancelled|complete)$")
-# Replies come from the real model on a busy CPU: wait as long as the pages do.
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-def new_page(browser, width=1280, height=860, **options):
-    context = browser.new_context(viewport={"width": width, "height": height}, **options)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    return context, page, PageProblems(page)
-
-
-def ready(page: Page) -> None:
-    expect(page.locator("html")).to_have_attribute("data-ready", "1")
-
-
-def sign_up(page: Page, base: str, username: str) -> None:
-    page.goto(base + "/accounts/signup/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label("Password confirmation").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
-    expect(page).to_have_url(base + "/")
-    ready(page)
-
-
-def settle_reply(page: Page) -> None:
-    """The last reply has ended and shows the server's status line."""
-    expect(page.locator(LAST_REPLY)).not_to_have_attribute("data-status", "streaming")
-    expect(page.locator(LAST_REPLY).locator(".msg-meta")).to_contain_text(re.compile(r"tokens?|Stopped"))
-
-
-def audit(page: Page, label: str) -> list[str]:
-    page.evaluate(AXE)
-    violations = page.evaluate(
-        """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
-             .map(v => v.id + ' (' + v.impact + '): ' + v.nodes.map(n => n.target.join(' ')).join(', '))"""
-    )
-    return [f"{label}: {v}" for v in violations]
 
 
 def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
@@ -72,9 +30,7 @@ def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
     context, page, problems = new_page(browser, bypass_csp=True)
     sign_up(page, base, "axe-user")
     # A chat whose messages have code, math, a table and a link in them.
-    page.get_by_role("button", name="Chat settings").click()
-    page.locator("#set-max-tokens").fill("12")
-    page.keyboard.press("Escape")
+    set_settings(page, max_new_tokens=12)
     box = page.get_by_label("Message", exact=True)
     box.fill(RICH)
     box.press("Enter")
@@ -303,10 +259,7 @@ def test_one_announcement_per_streamed_reply(browser, daphne_server):
     base = daphne_server.url
     context, page, problems = new_page(browser)
     sign_up(page, base, "listener")
-    page.get_by_role("button", name="Chat settings").click()
-    page.locator("#set-temperature").fill("0")
-    page.locator("#set-max-tokens").fill("40")
-    page.keyboard.press("Escape")
+    set_settings(page, temperature=0, max_new_tokens=40)
     box = page.get_by_label("Message", exact=True)
     box.fill("Hello")
     box.press("Enter")

@@ -6,52 +6,25 @@ same runner as web chats, over PostgreSQL and Redis.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import tempfile
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 import redis
 
-from scripts.services import postgres_server, redis_server
 from tests.clients import sign_up
-from tests.live_server import REPO, server_env, start_daphne
 from tests.test_api_live import api_key, client, stored, wait_ended
-from tests.test_scaleout import START_TIMEOUT, WorkerProcess, wait_for_workers
+from tests.worker_support import worker_site as start_site
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
 def worker_site(tiny_model_dir):
-    with ExitStack() as stack:
-        database_url = os.getenv("DATABASE_URL", "")
-        if not database_url.startswith("postgres"):
-            database_url = stack.enter_context(postgres_server())
-        redis_url = os.getenv("REDIS_URL") or stack.enter_context(redis_server())
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chatsite-api-worker-")))
-        shared = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "CHAT_INFERENCE": "worker",
-            "CHAT_MODEL": str(tiny_model_dir),
-            "CHAT_DEVICE": "cpu",
-            "CHAT_SAVE_INTERVAL_MS": 0,
-        }
-        env = server_env(folder, shared)
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env, check=True, capture_output=True
-        )
-        worker = WorkerProcess("api-w1", env, folder)
-        stack.callback(worker.stop)
-        server = start_daphne(shared, migrate=False, health_timeout=START_TIMEOUT)
-        stack.callback(server.stop)
-        wait_for_workers(server.url, 1)
-        yield server, worker, redis_url
+    with start_site(tiny_model_dir, "chatsite-api-worker-") as site:
+        worker = site.start_worker("api-w1")
+        server = site.start_web()
+        site.wait_for_workers(1)
+        yield server, worker, site.redis_url
 
 
 def test_the_api_runs_on_an_inference_worker(worker_site):

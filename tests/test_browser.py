@@ -14,52 +14,11 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import PageProblems
+from tests.browser_support import new_page, ready, set_settings, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-PASSWORD = "a-long-Passw0rd!"
-# Generous for a CPU model at ~14 tokens/s; each step asks for far fewer tokens.
-REPLY_TIMEOUT_MS = 60_000
-
 LAST_REPLY = "() => [...document.querySelectorAll('#transcript li.msg-assistant')].pop() || null"
-
-
-def new_page(browser, **context_args):
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, **context_args)
-    context.set_default_timeout(REPLY_TIMEOUT_MS)
-    page = context.new_page()
-    return context, page, PageProblems(page)
-
-
-def ready(page: Page) -> None:
-    """Wait until the page's modules have run (module scripts run after the page is shown)."""
-    expect(page.locator("html")).to_have_attribute("data-ready", "1")
-
-
-def sign_up(page: Page, base_url: str, username: str) -> None:
-    page.goto(base_url + "/accounts/signup/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label("Password confirmation").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
-    expect(page).to_have_url(base_url + "/")
-    ready(page)
-
-
-def set_settings(page: Page, **values) -> None:
-    """Open the settings drawer, fill in values, close it with Escape."""
-    page.get_by_role("button", name="Chat settings").click()
-    fields = {
-        "temperature": "#set-temperature",
-        "top_p": "#set-top-p",
-        "max_new_tokens": "#set-max-tokens",
-        "repetition_penalty": "#set-rep",
-    }
-    for name, value in values.items():
-        page.locator(fields[name]).fill(str(value))
-    page.keyboard.press("Escape")
-    expect(page.locator("#settings-panel")).not_to_have_class(re.compile(r"\bopen\b"))
 
 
 def reply_count(page: Page) -> int:

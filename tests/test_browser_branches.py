@@ -15,18 +15,15 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.test_accessibility import audit, new_page, ready, settle_reply, sign_up
+from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-LAST_REPLY = "#transcript li.msg-assistant >> nth=-1"
 FIRST_USER = "#transcript li.msg-user >> nth=0"
 
 
 def short_replies(page: Page) -> None:
-    page.get_by_role("button", name="Chat settings").click()
-    page.locator("#set-max-tokens").fill("6")
-    page.keyboard.press("Escape")
+    set_settings(page, max_new_tokens=6)
 
 
 def test_edit_variants_search_and_archive(browser, daphne_server):

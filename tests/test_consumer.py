@@ -53,6 +53,15 @@ def joined_tokens(frames) -> str:
     return "".join(f["text"] for f in frames if f["type"] == "token")
 
 
+async def send_long(communicator, content: str) -> list[dict]:
+    """Ask for a LONG reply; the frames up to its first token (it is then streaming)."""
+    await communicator.send_json_to({"type": "send", "content": content, "params": LONG})
+    frames = []
+    while not any(f["type"] == "token" for f in frames):
+        frames.append(await communicator.receive_json_from(timeout=30))
+    return frames
+
+
 @sync_to_async
 def stored_reply(conversation) -> Message:
     return conversation.messages.filter(role="assistant").last()
@@ -115,10 +124,7 @@ async def test_the_conversation_settings_apply(engine, alice, conversation):
 
 async def test_stop_keeps_the_text_so_far(chat, alice):
     ws, _, _ = await connect(chat.id, alice)
-    await ws.send_json_to({"type": "send", "content": "Tell me a long story", "params": LONG})
-    frames = []
-    while not any(f["type"] == "token" for f in frames):
-        frames.append(await ws.receive_json_from(timeout=30))
+    frames = await send_long(ws, "Tell me a long story")
     await ws.send_json_to({"type": "stop"})
     frames += await receive_until_end(ws)
     end = frames[-1]
@@ -281,10 +287,7 @@ async def test_a_disconnect_does_not_stop_a_reply_others_watch(chat, alice):
 async def test_the_last_watcher_leaving_stops_the_reply_after_the_grace(chat, alice, settings):
     settings.CHAT_ORPHAN_GRACE = 0
     ws, _, _ = await connect(chat.id, alice)
-    await ws.send_json_to({"type": "send", "content": "Talk a lot", "params": LONG})
-    frames = []
-    while not any(f["type"] == "token" for f in frames):
-        frames.append(await ws.receive_json_from(timeout=30))
+    frames = await send_long(ws, "Talk a lot")
     live = turns.runner().get(chat.id)
     await ws.disconnect()
     await asyncio.wait_for(live.task, timeout=30)

@@ -11,12 +11,11 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
 from tests.live_server import start_daphne
-from tests.test_accessibility import audit, new_page, ready, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-LAST_REPLY = "#transcript li.msg-assistant >> nth=-1"
 BUDGET = 100_000
 
 
@@ -36,9 +35,7 @@ def thumbs(page: Page):
 
 def chat_with_a_reply(page: Page, base: str, username: str) -> str:
     sign_up(page, base, username)
-    page.get_by_role("button", name="Chat settings").click()
-    page.locator("#set-max-tokens").fill("4")
-    page.keyboard.press("Escape")
+    set_settings(page, max_new_tokens=4)
     box = page.get_by_label("Message", exact=True)
     box.fill("Say hello")
     box.press("Enter")

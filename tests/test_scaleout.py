@@ -10,113 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
-import requests
 
-from scripts.services import postgres_server, redis_server
 from tests.clients import frames_until_end, joined_tokens, new_conversation, open_socket, sign_up
-from tests.live_server import REPO, ServerError, die_with_test_run, server_env, start_daphne
+from tests.worker_support import WorkerProcess, worker_site
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 WORKER_TIMEOUT_S = 3
-START_TIMEOUT = 120.0
-
-
-class WorkerProcess:
-    """`manage.py inference_worker` in its own process, logging to a file."""
-
-    def __init__(self, name: str, env: dict, folder: Path) -> None:
-        self.name = name
-        self.log_path = folder / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "inference_worker", "--name", name],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_test_run,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+TALK_LONG = '{"type": "send", "content": "Talk for a long time", "params": {"max_new_tokens": 1000}}'
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir):
     """Two web processes (a, b) and two workers on one PostgreSQL and one Redis."""
-    with ExitStack() as stack:
-        database_url = os.getenv("DATABASE_URL", "")
-        if not database_url.startswith("postgres"):
-            database_url = stack.enter_context(postgres_server())
-        redis_url = os.getenv("REDIS_URL") or stack.enter_context(redis_server())
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chatsite-scaleout-")))
-        shared = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "CHAT_INFERENCE": "worker",
-            "CHAT_MODEL": str(tiny_model_dir),
-            "CHAT_DEVICE": "cpu",
-            "CHAT_WORKER_TIMEOUT_S": WORKER_TIMEOUT_S,
-            "CHAT_SAVE_INTERVAL_MS": 0,
-            # Room for 1 + 2 requests per worker, so a few chats at once need both.
-            "CHAT_MAX_BATCH": 1,
-        }
-        env = server_env(folder, shared)
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=START_TIMEOUT,
-        )
-        workers = [WorkerProcess(name, env, folder) for name in ("w1", "w2")]
+    # Room for 1 + 2 requests per worker, so a few chats at once need both.
+    settings = {"CHAT_WORKER_TIMEOUT_S": WORKER_TIMEOUT_S, "CHAT_MAX_BATCH": 1}
+    with worker_site(tiny_model_dir, "chatsite-scaleout-", **settings) as site:
         # The list, not each worker: tests replace killed workers by fresh ones (restart()).
-        stack.callback(lambda: [worker.stop() for worker in workers])
-        web = []
-        try:
-            for _ in range(2):
-                server = start_daphne(shared, migrate=False, health_timeout=START_TIMEOUT)
-                stack.callback(server.stop)
-                web.append(server)
-            wait_for_workers(web[0].url, 2)
-        except (ServerError, TimeoutError):
-            for worker in workers:
-                sys.stderr.write(f"--- {worker.name} ---\n{worker.log()[-3000:]}\n")
-            raise
-        yield {"a": web[0], "b": web[1], "workers": workers, "env": env, "folder": folder, "shared": shared}
-
-
-def wait_for_workers(base_url: str, count: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        health = requests.get(f"{base_url}/healthz", timeout=5).json()
-        if health.get("workers", 0) >= count:
-            return
-        time.sleep(0.2)  # waiting for other processes to start; nothing to await
-    raise TimeoutError(f"{count} workers not seen: {health}")
+        workers = [site.start_worker(name) for name in ("w1", "w2")]
+        web = [site.start_web() for _ in range(2)]
+        site.wait_for_workers(2)
+        yield {"a": web[0], "b": web[1], "workers": workers, "site": site, "shared": site.shared}
 
 
 def stored_messages(session, base_url: str, conversation_id: str) -> list[dict]:
@@ -156,6 +74,21 @@ def test_chats_on_both_web_processes_are_served_by_both_workers(cluster):
         assert "accepted" in worker.log(), worker.log()[-2000:]
 
 
+async def until_tokens(tab, count: int = 2) -> list[dict]:
+    """The frames up to the reply's `count`th token."""
+    frames: list[dict] = []
+    while sum(f["type"] == "token" for f in frames) < count:
+        frames.append(json.loads(await asyncio.wait_for(tab.recv(), timeout=60)))
+    return frames
+
+
+def kill_holder(cluster, reply_id: int) -> tuple[WorkerProcess, float]:
+    """SIGKILL the worker that accepted the reply; returns it and when it was killed."""
+    holder = next(w for w in cluster["workers"] if f"reply {reply_id} accepted" in w.log())
+    holder.process.kill()
+    return holder, time.monotonic()
+
+
 def test_a_killed_worker_costs_one_reply_and_the_next_goes_to_the_other(cluster):
     a, b = cluster["a"], cluster["b"]
     session = sign_up(a.url, "killer")
@@ -166,14 +99,9 @@ def test_a_killed_worker_costs_one_reply_and_the_next_goes_to_the_other(cluster)
             open_socket(a.ws_url, conversation_id, session, a.url) as tab_a,
             open_socket(b.ws_url, conversation_id, session, b.url) as tab_b,
         ):
-            await tab_a.send('{"type": "send", "content": "Talk for a long time", "params": {"max_new_tokens": 1000}}')
-            frames = []
-            while sum(f["type"] == "token" for f in frames) < 2:
-                frames.append(json.loads(await asyncio.wait_for(tab_a.recv(), timeout=60)))
-            reply_id = frames[-1]["message_id"]
-            holder = next(w for w in cluster["workers"] if f"reply {reply_id} accepted" in w.log())
-            holder.process.kill()
-            killed_at = time.monotonic()
+            await tab_a.send(TALK_LONG)
+            frames = await until_tokens(tab_a)
+            holder, killed_at = kill_holder(cluster, frames[-1]["message_id"])
             frames += await frames_until_end(tab_a, timeout=WORKER_TIMEOUT_S * 4)
             detected_after = time.monotonic() - killed_at
             other = await frames_until_end(tab_b, timeout=WORKER_TIMEOUT_S * 4)
@@ -202,9 +130,9 @@ def test_a_killed_worker_costs_one_reply_and_the_next_goes_to_the_other(cluster)
 
 def restart(cluster, worker: WorkerProcess) -> None:
     """Replace a killed worker by a fresh one, so later tests have two again."""
-    fresh = WorkerProcess(worker.name + "x", cluster["env"], cluster["folder"])
+    fresh = cluster["site"].start_worker(worker.name + "x")
     cluster["workers"][cluster["workers"].index(worker)] = fresh
-    wait_for_workers(cluster["a"].url, 2)
+    cluster["site"].wait_for_workers(2)
 
 
 def wait_ended(session, base_url: str, conversation_id: str, timeout: float) -> dict:
@@ -223,17 +151,11 @@ def test_a_reply_nobody_watches_is_ended_after_its_worker_is_killed(cluster):
 
     async def scenario():
         async with open_socket(a.ws_url, conversation_id, session, a.url) as tab:
-            await tab.send('{"type": "send", "content": "Talk for a long time", "params": {"max_new_tokens": 1000}}')
-            frames = []
-            while sum(f["type"] == "token" for f in frames) < 2:
-                frames.append(json.loads(await asyncio.wait_for(tab.recv(), timeout=60)))
-        return frames  # the tab is closed: nobody watches the reply any more
+            await tab.send(TALK_LONG)
+            return await until_tokens(tab)  # the tab is closed: nobody watches the reply any more
 
     frames = asyncio.run(scenario())
-    reply_id = frames[-1]["message_id"]
-    holder = next(w for w in cluster["workers"] if f"reply {reply_id} accepted" in w.log())
-    holder.process.kill()
-    killed_at = time.monotonic()
+    holder, killed_at = kill_holder(cluster, frames[-1]["message_id"])
     reply = wait_ended(session, a.url, conversation_id, WORKER_TIMEOUT_S * 4)
     ended_after = time.monotonic() - killed_at
     restart(cluster, holder)
@@ -244,7 +166,7 @@ def test_a_reply_nobody_watches_is_ended_after_its_worker_is_killed(cluster):
 
 
 def test_sigterm_on_a_web_process_ends_the_replies_its_sockets_watch(cluster):
-    server = start_daphne(dict(cluster["shared"], CHAT_SHUTDOWN_GRACE_S=0), migrate=False, health_timeout=START_TIMEOUT)
+    server = cluster["site"].start_web(CHAT_SHUTDOWN_GRACE_S=0)
     try:
         session = sign_up(server.url, "webstop")
         conversation_id = new_conversation(session, server.url)
@@ -252,9 +174,7 @@ def test_sigterm_on_a_web_process_ends_the_replies_its_sockets_watch(cluster):
         async def scenario():
             async with open_socket(server.ws_url, conversation_id, session, server.url) as tab:
                 await tab.send('{"type": "send", "content": "Talk", "params": {"max_new_tokens": 1000}}')
-                frames = []
-                while sum(f["type"] == "token" for f in frames) < 2:
-                    frames.append(json.loads(await asyncio.wait_for(tab.recv(), timeout=60)))
+                frames = await until_tokens(tab)
                 server.process.send_signal(signal.SIGTERM)
                 frames += await frames_until_end(tab, timeout=WORKER_TIMEOUT_S * 4)
                 return frames

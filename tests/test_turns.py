@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from conversations import runtime, shutdown, turns
 from conversations.models import Message
 from inference import GenerationParams
-from tests.test_consumer import LONG, connect, joined_tokens, receive_until_end, stored_reply
+from tests.test_consumer import connect, joined_tokens, receive_until_end, send_long, stored_reply
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -66,10 +66,7 @@ async def test_stopping_gracefully_refuses_new_turns_lets_live_ones_finish_and_c
     idle_chat = await sync_to_async(conversation)(alice)
     ws, _, _ = await connect(live_chat.id, alice)
     idle, _, _ = await connect(idle_chat.id, alice)
-    await ws.send_json_to({"type": "send", "content": "Talk a lot", "params": LONG})
-    frames = []
-    while not any(f["type"] == "token" for f in frames):
-        frames.append(await ws.receive_json_from(timeout=30))
+    frames = await send_long(ws, "Talk a lot")
     try:
         stopping = asyncio.create_task(shutdown.stop_gracefully())
         while turns.state["accepting"]:

@@ -20,11 +20,21 @@ from channels.layers import channel_layers
 from django.utils import timezone
 
 from chatsite.settings import channel_layers as layer_settings
-from conversations import runtime
+from conversations import runtime, turns
 from conversations.models import InferenceWorker, Message
+from conversations.runners.worker import client, stop_key
 from conversations.worker import InferenceWorkerServer
 from scripts.services import redis_server
-from tests.test_consumer import GREEDY, LONG, connect, greedy_alone, joined_tokens, receive_until_end, stored_reply
+from tests.test_consumer import (
+    GREEDY,
+    LONG,
+    connect,
+    greedy_alone,
+    joined_tokens,
+    receive_until_end,
+    send_long,
+    stored_reply,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -101,15 +111,30 @@ async def test_it_streams_a_reply_through_a_worker(start_worker, chat, alice, ti
 async def test_stop_reaches_the_worker_holding_the_reply(start_worker, chat, alice):
     await start_worker()
     ws, _, _ = await connect(chat.id, alice)
-    await ws.send_json_to({"type": "send", "content": "Tell me a long story", "params": LONG})
-    frames = []
-    while not any(f["type"] == "token" for f in frames):
-        frames.append(await ws.receive_json_from(timeout=30))
+    frames = await send_long(ws, "Tell me a long story")
     await ws.send_json_to({"type": "stop"})
     frames += await receive_until_end(ws)
     assert frames[-1]["finish_reason"] == "cancelled"
     reply = await stored_reply(chat)
     assert reply.status == "cancelled" and reply.content == joined_tokens(frames) != ""
+    await ws.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_a_stop_sent_before_a_worker_took_the_request_is_not_lost(start_worker, chat, alice, worker_mode):
+    # The request waits for the worker started below; the reaper must not give it up first.
+    worker_mode.CHAT_WORKER_TIMEOUT = 60
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Tell me a long story", "params": LONG})
+    frames = [await ws.receive_json_from(timeout=30) for _ in range(2)]
+    assert [f["type"] for f in frames] == ["message", "start"]
+    assert await turns.stop(chat.id)  # no worker holds the reply: the control group is empty
+    await start_worker()
+    frames += await receive_until_end(ws)
+    assert frames[-1]["finish_reason"] == "cancelled" and frames[-1]["status"] == "cancelled"
+    reply = await stored_reply(chat)
+    assert reply.status == "cancelled" and reply.completion_tokens < LONG["max_new_tokens"]
+    assert not await client().exists(stop_key(reply.id))  # the mark went with the reply
     await ws.disconnect()
 
 
@@ -153,10 +178,7 @@ async def test_a_worker_told_to_stop_interrupts_what_outlives_the_drain(start_wo
     settings.CHAT_SHUTDOWN_GRACE = 0
     server, task = await start_worker()
     ws, _, _ = await connect(chat.id, alice)
-    await ws.send_json_to({"type": "send", "content": "Talk a lot", "params": LONG})
-    frames = []
-    while not any(f["type"] == "token" for f in frames):
-        frames.append(await ws.receive_json_from(timeout=30))
+    frames = await send_long(ws, "Talk a lot")
     server.stop()
     frames += await receive_until_end(ws)
     errors = [f for f in frames if f["type"] == "error"]

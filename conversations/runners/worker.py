@@ -68,6 +68,10 @@ def lease_key(message_id: int) -> str:
     return f"{_prefix()}:reply:{message_id}:lease"
 
 
+def stop_key(message_id: int) -> str:
+    return f"{_prefix()}:reply:{message_id}:stop"
+
+
 def lease_ms() -> int:
     return int(settings.CHAT_WORKER_TIMEOUT * 1000)
 
@@ -115,9 +119,20 @@ async def renew_leases(message_ids) -> None:
         await pipe.execute()
 
 
+async def mark_stop(message_id: int, interrupted: bool) -> None:
+    """Leave the stop where the worker that takes (or took) the reply reads it; `interrupted` wins."""
+    value = "interrupted" if interrupted else "cancelled"
+    await client().set(stop_key(message_id), value, ex=LIVE_STREAM_TTL_SECONDS, nx=not interrupted)
+
+
+async def stop_marked(message_id: int) -> str | None:
+    """The reply's stop mark ("cancelled" or "interrupted"), or None when nobody asked it to stop."""
+    return await client().get(stop_key(message_id))
+
+
 async def forget(message_id: int) -> None:
-    """A reply ended: no lease any more; its stream lingers a minute for late readers."""
-    await client().delete(lease_key(message_id))
+    """A reply ended: no lease or stop mark any more; its stream lingers a minute for late readers."""
+    await client().delete(lease_key(message_id), stop_key(message_id))
     await client().expire(stream_key(message_id), STREAM_TTL_SECONDS)
 
 
@@ -151,8 +166,11 @@ class WorkerRunner(Runner):
             raise Refused("generation_failed", UNREACHABLE) from None
 
     async def stop(self, conversation_id: str, interrupted: bool = False) -> bool:
-        if await _streaming_message_id(conversation_id) is None:
+        message_id = await _streaming_message_id(conversation_id)
+        if message_id is None:
             return False
+        # Marked before it is sent: a worker not yet in the control group reads the mark once it joins.
+        await mark_stop(message_id, interrupted)
         event = {"type": "reply.stop", "conversation_id": conversation_id, "interrupted": interrupted}
         await get_channel_layer().group_send(control_group(conversation_id), event)
         return True
