@@ -112,7 +112,7 @@ def channel_layers(redis_url: str | None) -> dict:
         raise ImproperlyConfigured(f"REDIS_URL={redis_url!r}: expected a redis:// URL")
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "chatsite.layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
