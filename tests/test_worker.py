@@ -139,17 +139,19 @@ async def test_a_stop_sent_before_a_worker_took_the_request_is_not_lost(start_wo
 
 
 @pytest.mark.asyncio
-async def test_a_socket_joining_mid_reply_gets_the_workers_snapshot(start_worker, chat, alice):
+async def test_a_socket_joining_mid_reply_gets_the_workers_snapshot(start_worker, tiny_engine, chat, alice):
     await start_worker()
     first, _, _ = await connect(chat.id, alice)
-    await first.send_json_to(
-        {"type": "send", "content": "Tell me more", "params": {"temperature": 0, "max_new_tokens": 60}}
-    )
+    await first.send_json_to({"type": "send", "content": "Tell me more", "params": LONG})
     early = []
     while sum(f["type"] == "token" for f in early) < 3:
         early.append(await first.receive_json_from(timeout=30))
-    late, _, _ = await connect(chat.id, alice)
-    resumed = await receive_until_end(late)
+    # Held between steps while the second tab connects, so the reply cannot end first.
+    with tiny_engine.scheduler.paused():
+        late, _, _ = await connect(chat.id, alice)
+        resumed = [await late.receive_json_from(timeout=30)]
+        await late.send_json_to({"type": "stop"})
+    resumed += await receive_until_end(late)
     assert resumed[0]["type"] == "start" and resumed[0]["content"].startswith(joined_tokens(early))
     reply = await stored_reply(chat)
     assert resumed[0]["content"] + joined_tokens(resumed) == reply.content
