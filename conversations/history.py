@@ -9,8 +9,9 @@ Search matches all words of `q` against titles and message contents. On
 PostgreSQL it is full-text search with the `simple` configuration (no
 stemming or stop words, so it works the same in every language) and each word
 matching as a prefix (`pyth` finds `python`, as the user types), served by the
-GIN indexes of migration 0003_conversation_list. On SQLite it is a
-case-insensitive substring match (ASCII letters only: SQLite's LIKE).
+GIN index on titles of migration 0003_conversation_list and the stored,
+indexed tsvector of each message of 0007_message_search_vector. On SQLite it
+is a case-insensitive substring match (ASCII letters only: SQLite's LIKE).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector, SearchVectorField
 from django.db import connection
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, Exists, Expression, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.expressions import Col
 from django.http import QueryDict
 
 from .models import Conversation, Message
@@ -93,13 +94,12 @@ class Page:
 def page(user, query: ListQuery) -> Page:
     """One page of `user`'s conversations as `query` asks."""
     conversations = _filtered(user, query)
-    if query.searching:
-        conversations = conversations.filter(_search_filter(query.words)).order_by(*SEARCH_ORDER)
-    else:
-        conversations = conversations.order_by(*LIST_ORDER)
     if query.after is not None:
         conversations = conversations.filter(_after(query.after, searching=query.searching))
-    rows = list(conversations[: query.limit + 1])
+    if query.searching:
+        rows = _search(conversations, query.words, query.limit + 1)
+    else:
+        rows = list(conversations.order_by(*LIST_ORDER)[: query.limit + 1])
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     next_cursor = encode_cursor(rows[-1], searching=query.searching) if more else None
@@ -232,6 +232,26 @@ def _vector(column: str) -> SearchVector:
     return SearchVector(column, config=SEARCH_CONFIG)
 
 
+# Migration 0007 stores each message's `to_tsvector('simple', content)` in
+# this column, on PostgreSQL only (so it is no model field).
+_STORED_VECTOR = SearchVectorField()
+_STORED_VECTOR.set_attributes_from_name("search_vector")
+
+
+class MessageVector(Expression):
+    """A message's stored tsvector: the same value as `_vector("content")`,
+    read rather than computed, which is what makes checking a conversation's
+    messages one by one cheap (PostgreSQL only)."""
+
+    output_field = SearchVectorField()
+
+    def resolve_expression(self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False):
+        # Resolving `content` finds the messages table's alias in this query
+        # (a subquery renames it); the vector is the column beside it.
+        content = F("content").resolve_expression(query, allow_joins, reuse, summarize, for_save)
+        return Col(content.alias, _STORED_VECTOR, output_field=SearchVectorField())
+
+
 def _tsquery(words: tuple[str, ...]) -> SearchQuery:
     # Each word a prefix, all of them required. _words left only \w
     # characters, so quoting each is safe.
@@ -241,27 +261,33 @@ def _tsquery(words: tuple[str, ...]) -> SearchQuery:
 
 def _matching_messages(words: tuple[str, ...]) -> QuerySet:
     if _postgres():
-        return Message.objects.annotate(match=_vector("content")).filter(match=_tsquery(words))
+        return Message.objects.alias(match=MessageVector()).filter(match=_tsquery(words))
     return Message.objects.filter(*[Q(content__icontains=word) for word in words])
 
 
-def _matching_titles(words: tuple[str, ...]) -> QuerySet:
-    """PostgreSQL: conversations whose title has all the words (any user's: callers filter)."""
-    return Conversation.objects.annotate(match=_vector("title")).filter(match=_tsquery(words))
+def _matching_titles(conversations: QuerySet, words: tuple[str, ...]) -> QuerySet:
+    """PostgreSQL: those of `conversations` whose title has all the words."""
+    return conversations.alias(title_match=_vector("title")).filter(title_match=_tsquery(words))
 
 
-def _search_filter(words: tuple[str, ...]) -> Q:
-    """Conversations whose title, or any one message, has all the words."""
-    messages = _matching_messages(words)
-    if _postgres():
-        # The GIN indexes find the matches; the outer query keeps to the
-        # user's conversations (a join to the user here measured slower).
-        return Q(id__in=_matching_titles(words).values("id")) | Q(id__in=messages.values("conversation_id"))
-    # SQLite has no index for words: walking the list newest first and
-    # stopping at a full page beats scanning every message (measured:
-    # bench/history.py), most of all for common words.
-    titles = Q(*[Q(title__icontains=word) for word in words])
-    return titles | Q(Exists(messages.filter(conversation=OuterRef("pk"))))
+def _search(conversations: QuerySet, words: tuple[str, ...], count: int) -> list[Conversation]:
+    """The newest `count` of `conversations` whose title, or any one message, has all the words."""
+    has_message = Exists(_matching_messages(words).filter(conversation=OuterRef("pk")))
+    if not _postgres():
+        # SQLite has no index for words: walking the list newest first and
+        # stopping at a full page beats scanning every message (measured:
+        # bench/history.py), most of all for common words.
+        titles = Q(*[Q(title__icontains=word) for word in words])
+        return list(conversations.filter(titles | has_message).order_by(*SEARCH_ORDER)[:count])
+    # "title OR EXISTS(message)" in one WHERE makes PostgreSQL fetch every
+    # matching message before it can keep to the newest: for a word in a third
+    # of all messages, most of the table. Apart, each half can stop at `count`:
+    # the planner walks the conversations newest first and checks their
+    # messages when a word is common, and starts from the GIN index when it is
+    # rare. The page is the newest `count` of both halves together.
+    halves = (_matching_titles(conversations, words), conversations.filter(has_message))
+    found = {c.id: c for half in halves for c in half.order_by(*SEARCH_ORDER)[:count]}
+    return sorted(found.values(), key=lambda c: (c.updated_at, c.id), reverse=True)[:count]
 
 
 # Snippets
@@ -282,19 +308,17 @@ def _snippets(conversations: list[Conversation], words: tuple[str, ...]) -> dict
 
 
 def _message_snippets(conversations: list[Conversation], words: tuple[str, ...]) -> dict[uuid.UUID, Snippet]:
-    if _postgres():
-        rank = SearchRank(_vector("content"), _tsquery(words)).desc()
-    else:
-        rank = F("id").desc()
-    best = (
-        _matching_messages(words)
-        .filter(conversation__in=conversations)
-        .annotate(row=Window(RowNumber(), partition_by=F("conversation_id"), order_by=[rank, F("id").desc()]))
-        .filter(row=1)
-        .values_list("id", flat=True)
+    # One best message per conversation of the page, looked up conversation
+    # by conversation: only their own messages are checked, never every
+    # message that has a common word.
+    best_first = [SearchRank(MessageVector(), _tsquery(words)).desc()] if _postgres() else []
+    best = _matching_messages(words).filter(conversation=OuterRef("pk")).order_by(*best_first, "-id")
+    texts = (
+        Conversation.objects.filter(id__in=[c.id for c in conversations])
+        .order_by()
+        .values_list("id", Subquery(best.values("content")[:1]))
     )
-    best_messages = Message.objects.filter(id__in=list(best)).values_list("conversation_id", "content")
-    return {cid: _snippet_around(text, words) for cid, text in best_messages}
+    return {cid: _snippet_around(text, words) for cid, text in texts if text is not None}
 
 
 def _snippet_around(text: str, words: tuple[str, ...]) -> Snippet:

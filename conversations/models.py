@@ -62,8 +62,8 @@ class Conversation(models.Model):
             # is an index range however long the history gets.
             models.Index(fields=["user", "archived", "-pinned", "-updated_at", "-id"], name="conv_user_list"),
         ]
-        # On PostgreSQL, migration 0003_conversation_list adds GIN full-text
-        # indexes on titles and message contents (SQLite has no GIN).
+        # On PostgreSQL, migration 0003_conversation_list adds a GIN full-text
+        # index on titles (SQLite has no GIN); messages: see Message.Meta.
 
     def __str__(self) -> str:
         return self.display_title
@@ -200,6 +200,10 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at", "id"], name="msg_conv_order"),
             models.Index(fields=["status"], name="msg_streaming", condition=Q(status="streaming")),
         ]
+        # On PostgreSQL, migration 0007_message_search_vector adds a stored
+        # generated column, search_vector (the content's tsvector, for search:
+        # conversations/history.py), and its GIN index. It is no field here:
+        # SQLite has no tsvector, and no other query needs it.
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"

@@ -8,9 +8,11 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from conversations import history
+from conversations.models import Conversation
 
 pytestmark = pytest.mark.django_db
 
@@ -148,6 +150,68 @@ def test_a_page_of_results_costs_a_fixed_number_of_queries(alice_client, alice, 
     assert queries_for(2) == queries_for(30)
 
 
+def test_title_and_message_matches_page_together_newest_first(alice_client, alice, conversation):
+    # PostgreSQL looks for title matches and message matches apart; the pages
+    # must still be one list, newest first, each chat once.
+    kinds = ["title", "message", "both", "message", "title", "neither", "both", "message"]
+    for age, kind in enumerate(kinds):
+        title = f"{kind} {age} orchid" if kind in ("title", "both") else f"{kind} {age}"
+        text = "an orchid in bloom" if kind in ("message", "both") else "a fern"
+        convo = conversation(alice, title=title, messages=[("user", text), ("assistant", "nice")])
+        convo.updated_at = timezone.now() - timedelta(minutes=age)
+        convo.save(update_fields=["updated_at"])
+    seen, cursor = [], None
+    while True:
+        data = alice_client.get(API, {"q": "orchid", "limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+        assert len(data["conversations"]) <= 3
+        seen += titles(data["conversations"])
+        cursor = data["next_cursor"]
+        if not cursor:
+            break
+    expected = [f"{kind} {age}" for age, kind in enumerate(kinds) if kind != "neither"]
+    assert [title.removesuffix(" orchid") for title in seen] == expected
+
+
+def test_the_snippet_is_the_best_matching_message(alice_client, alice, conversation):
+    # The newer match also repeats the word: the best on both backends (the
+    # newest on SQLite, the best-ranked on PostgreSQL).
+    conversation(
+        alice,
+        title="Tea",
+        messages=[
+            ("user", "oolong once"),
+            ("assistant", "oolong, oolong and more oolong"),
+            ("user", "thanks, no more tea"),
+        ],
+    )
+    [result] = search(alice_client, "oolong")
+    assert result["snippet"] == "oolong, oolong and more oolong"
+    assert marked(result) == ["oolong", "oolong", "oolong"]
+
+
+def test_a_finished_reply_is_found_by_its_final_words(alice_client, alice, conversation):
+    convo = conversation(alice, title="Draft", messages=[("user", "hello")])
+    reply = convo.append("assistant", "placeholder")
+    reply.finish("stop", "the glacier melted")
+    assert titles(search(alice_client, "glacier")) == ["Draft"]
+    assert search(alice_client, "placeholder") == []
+
+
+def test_postgres_search_reads_the_stored_vectors(alice_client, alice, conversation):
+    if connection.vendor != "postgresql":
+        pytest.skip("the stored tsvector exists only on PostgreSQL; the postgres pass runs this")
+    from django.test.utils import CaptureQueriesContext
+
+    conversation(alice, messages=[("user", "stored vectors")])
+    with CaptureQueriesContext(connection) as captured:
+        assert len(search(alice_client, "vectors")) == 1
+    sql = "\n".join(query["sql"] for query in captured)
+    # Computing to_tsvector(content) for each message checked is what made
+    # common words slow (docs/history.md, "Numbers").
+    assert '"search_vector" @@' in sql
+    assert 'COALESCE(U0."content"' not in sql and 'COALESCE("conversations_message"."content"' not in sql
+
+
 def test_postgres_search_uses_the_gin_indexes(alice, conversation):
     if connection.vendor != "postgresql":
         pytest.skip("GIN indexes exist only on PostgreSQL; the postgres pass runs this")
@@ -156,6 +220,32 @@ def test_postgres_search_uses_the_gin_indexes(alice, conversation):
     with connection.cursor() as cursor:
         # The test tables are tiny: make the planner show what it would do at scale.
         cursor.execute("SET LOCAL enable_seqscan = off")
-    messages = history._matching_messages(("index",)).explain()
-    assert "msg_content_fts" in messages
-    assert "conv_title_fts" in history._matching_titles(("index",)).explain()
+    assert "msg_search_vector" in history._matching_messages(("index",)).explain()
+    titles_plan = history._matching_titles(Conversation.objects.all(), ("index",)).explain()
+    assert "conv_title_fts" in titles_plan
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_old_messages_searchable(django_user_model):
+    before, after = [("conversations", "0006_feedback_quota")], [("conversations", "0007_message_search_vector")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    user = old.get_model("auth", "User").objects.create(username="carol")
+    chat = old.get_model("conversations", "Conversation").objects.create(user_id=user.id, title="Old chat")
+    old.get_model("conversations", "Message").objects.create(conversation=chat, role="user", content="a walrus")
+    try:
+        MigrationExecutor(connection).migrate(after)
+        carol = django_user_model.objects.get(id=user.id)
+        found = history.page(carol, history.ListQuery(words=("walrus",)))
+        assert [c.id for c in found.conversations] == [chat.id]
+        assert found.snippets[chat.id].text == "a walrus"
+        # And back: 0006's expression index serves the old code again.
+        MigrationExecutor(connection).migrate(before)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'conversations_message'")
+                indexes = {name for (name,) in cursor.fetchall()}
+            assert "msg_content_fts" in indexes and "msg_search_vector" not in indexes
+    finally:
+        MigrationExecutor(connection).migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
