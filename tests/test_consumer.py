@@ -325,14 +325,20 @@ async def test_history_is_the_stored_transcript(chat, alice):
 async def test_waiting_requests_are_told_their_place(make_engine, alice, conversation):
     """With room for one reply at a time, later requests hear their queue position."""
     previous = runtime.loaded_engine()
-    runtime.set_engine(await sync_to_async(make_engine)(max_batch_size=1, max_queue=4))
+    engine = await sync_to_async(make_engine)(max_batch_size=1, max_queue=4)
+    runtime.set_engine(engine)
     try:
         chats = [await sync_to_async(conversation)(alice) for _ in range(3)]
         sockets = [(await connect(c.id, alice))[0] for c in chats]
-        for ws in sockets:
-            await ws.send_json_to(
-                {"type": "send", "content": "Count to ten", "params": {"temperature": 0, "max_new_tokens": 20}}
-            )
+        # Held between steps until all three are in the engine, so none can end
+        # before the others arrive: one holds the row, two wait.
+        with engine.scheduler.paused():
+            for ws in sockets:
+                await ws.send_json_to(
+                    {"type": "send", "content": "Count to ten", "params": {"temperature": 0, "max_new_tokens": 20}}
+                )
+            while engine.stats.submitted < 3:
+                await asyncio.sleep(0.01)
         frames = [await receive_until_end(ws) for ws in sockets]
         # The three sends reach the model in whatever order their tasks run.
         positions = sorted([f["position"] for f in fs if f["type"] == "queued"] for fs in frames)
