@@ -14,17 +14,19 @@ channel's inbox, so cancelling it loses nothing meant for anyone else.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import defaultdict
 
+from channels_redis.core import BoundedQueue
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 
 
 class RedisChannelLayer(ChannelsRedisLayer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Messages read for each channel of this process, until it receives them
-        # (created on arrival and dropped when emptied, as channels_redis's buffers are).
-        self.inboxes: defaultdict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
+        # Messages read for each channel of this process, until it receives them: created on
+        # arrival, dropped when emptied, and bounded (the oldest go first), as channels_redis's buffers are.
+        self.inboxes: defaultdict[str, asyncio.Queue] = defaultdict(functools.partial(BoundedQueue, self.capacity))
         self.readers: dict[str, asyncio.Task] = {}  # by Redis key: the task reading it
 
     async def receive(self, channel: str) -> dict:
