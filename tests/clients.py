@@ -61,5 +61,12 @@ async def frames_until_end(socket, timeout: float = 60) -> list[dict]:
     return frames
 
 
+def ends_in_error(frames: list[dict]) -> bool:
+    """`error`, then `end`; between them at most the one `token` with text the socket missed
+    (recorded but not yet published when the reply was cut off: docs/protocol.md)."""
+    kinds = [frame["type"] for frame in frames]
+    return kinds[-2:] == ["error", "end"] or kinds[-3:] == ["error", "token", "end"]
+
+
 def joined_tokens(frames: list[dict]) -> str:
     return "".join(f["text"] for f in frames if f["type"] == "token")
