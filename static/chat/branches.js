@@ -11,7 +11,7 @@ import { $, $all, el, isUnavailable, setUnavailable, svgIcon } from './dom.js';
 import { announce } from './markdown.js';
 import { state, changed } from './state.js';
 import {
-  createMessage, messageEl, rawText, refreshActions, renderMessage, scrollToBottom, setRaw, setStatus, transcript
+  createMessage, messageEl, rawText, refreshActions, renderMessage, scrollToBottom, setStored, transcript
 } from './transcript.js';
 
 function siblingsOf(li) {
@@ -75,13 +75,7 @@ function showStored(message) {
   const li = messageEl(message.id) || createMessage(message.role, message.id);
   placeMessage(li, message);
   if (message.status === 'streaming') return;
-  setRaw(li, message.content || '');
-  setStatus(li, message.status, {
-    finish: message.finish_reason,
-    tokens: message.completion_tokens,
-    tps: message.tokens_per_s,
-    duration: message.duration_ms
-  });
+  setStored(li, message);
   renderMessage(li);
 }
 

@@ -11,7 +11,7 @@ import { page, state, changed } from './state.js';
 import { refill, restoreUnacked, sendPendingFirst, showError } from './composer.js';
 import { noteUserMessage, isTitled, moveCurrentToTop } from './sidebar.js';
 import {
-  createMessage, messageEl, rawText, removeMessage, scheduleRender, scrollToBottom, setRaw, setStatus, transcript
+  createMessage, messageEl, rawText, removeMessage, scheduleRender, scrollToBottom, setRaw, setStatus, setStored, transcript
 } from './transcript.js';
 
 const status = $('#connection-status');
@@ -125,13 +125,7 @@ function applyStored(message) {
   if (message.status === 'streaming') return;
   if (!li) li = createMessage(message.role, message.id);
   else if (li.getAttribute('data-status') !== 'streaming' && rawText(li) === (message.content || '')) return;
-  setRaw(li, message.content || '');
-  setStatus(li, message.status, {
-    finish: message.finish_reason,
-    tokens: message.completion_tokens,
-    tps: message.tokens_per_s,
-    duration: message.duration_ms
-  });
+  setStored(li, message);
   li.removeAttribute('data-ended');
   if (state.live === li) { state.live = null; state.stopping = false; }
   scheduleRender(li);

@@ -184,6 +184,17 @@ export function refreshActions() {
 /** `hook(li)` runs for each message whenever the actions are refreshed (feedback.js adds its thumbs). */
 export function onRefresh(hook) { refreshHooks.push(hook); }
 
+/** A stored message (the API's JSON) onto its element: its text, status, counts and timing. */
+export function setStored(li, message) {
+  setRaw(li, message.content || '');
+  setStatus(li, message.status, {
+    finish: message.finish_reason,
+    tokens: message.completion_tokens,
+    tps: message.tokens_per_s,
+    duration: message.duration_ms
+  });
+}
+
 /** The stored fields of a message onto its element. */
 export function setStatus(li, status, fields) {
   const wasStreaming = li.getAttribute('data-status') === 'streaming';
