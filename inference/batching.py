@@ -29,6 +29,7 @@ from transformers import DynamicCache
 
 from .errors import EngineClosed, QueueFull
 from .lean import LeanDecoder
+from .prefix import PrefixStore
 from .rows import Batch, Job, Prefill, cache_is_mergeable
 from .sampling import Sampler
 from .stats import EngineStats
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 # Prompt tokens read per scheduler iteration, between two decoding steps.
 PREFILL_CHUNK = 512
+# Keys and values of recently read prompts kept for reuse (prefix.py): about 2,800 tokens of SmolLM2-135M.
+PREFIX_BYTES = 64 * 2**20
 
 
 class Scheduler:
@@ -71,6 +74,8 @@ class Scheduler:
         if max_batch_size > 1 and not cache_is_mergeable(model):
             logger.warning("this model's cache cannot be batched; serving one request at a time")
             self.max_batch_size = 1
+        # Stored prefixes are spliced into a fresh cache, which only plain per-token layers allow.
+        self.prefixes = PrefixStore(PREFIX_BYTES) if cache_is_mergeable(model) else None
         self.stats = stats if stats is not None else EngineStats()
         # Decoding steps take the lean path where the architecture has one (lean.py).
         self.lean = LeanDecoder.for_model(model) if lean_decode else None
@@ -337,7 +342,8 @@ class Scheduler:
             job.detokenizer = IncrementalDetokenizer(self.tokenizer, job.prompt.ids, job.params.stop)
             job.deliver(Started(prompt_tokens=len(job.prompt.ids), dropped_turns=job.prompt.dropped_turns))
             self.stats.started += 1
-        item = Prefill.start(jobs, DynamicCache(config=self.model.config), self.device)
+        prefixes = [self.prefixes.find(job.prompt.ids) for job in jobs] if self.prefixes is not None else None
+        item = Prefill.start(jobs, DynamicCache(config=self.model.config), self.device, prefixes)
         self._prefilling.append(item)
         return item
 
@@ -369,10 +375,11 @@ class Scheduler:
             output = self.model(input_ids=ids, past_key_values=item.cache, use_cache=True, logits_to_keep=1)
         else:
             # Several prompts are read in one pass (see _take_admitted), left-padded.
-            positions = (item.mask.cumsum(dim=1) - 1).clamp(min=0)
+            end = item.done + ids.shape[1]
+            positions = (item.mask.cumsum(dim=1) - 1).clamp(min=0)[:, item.done : end]
             output = self.model(
                 input_ids=ids,
-                attention_mask=item.mask,
+                attention_mask=item.mask[:, :end],
                 position_ids=positions,
                 past_key_values=item.cache,
                 use_cache=True,
@@ -387,6 +394,9 @@ class Scheduler:
         """Sample the first token of fully read prompts, emit it, and merge the rows into the batch."""
         jobs, logits = item.jobs, item.logits
         assert logits is not None, "a complete prefill has logits"
+        if self.prefixes is not None:
+            for ids, layers in item.rows_read():
+                self.prefixes.add(ids, layers)
         # Sampling happens where the logits are: the last device under a device map.
         sampler = Sampler.for_rows([job.params for job in jobs], [job.prompt.ids for job in jobs], logits.device)
         first = sampler.choose(logits.float())

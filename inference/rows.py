@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .params import GenerationParams
+from .prefix import Prefix
 from .prompts import Prompt
 from .sampling import Sampler
 from .streaming import Event, IncrementalDetokenizer, Result
@@ -80,23 +81,39 @@ class Prefill:
 
     Either several short prompts admitted together, left-padded and read in
     one forward pass, or one long prompt read a chunk at a time. ``mask``
-    covers the padded prompts (1 = a real token).
+    covers the padded prompts (1 = a real token). A row whose prompt starts
+    with a stored prefix (prefix.py) has it in the cache from the start: the
+    first ``shared`` columns hold each row's prefix, right-aligned, and the
+    rest of each prompt follows, left-padded, so a row can have padding
+    between the two.
     """
 
     jobs: list[Job]
     cache: Any
     mask: torch.Tensor
+    reused: list[int] = field(default_factory=list)  # each row's tokens taken from a stored prefix
+    shared: int = 0  # columns of the stored prefixes: the longest of them
     done: int = 0  # prompt columns already in the cache
     logits: torch.Tensor | None = None  # (rows, vocab) after the last column read so far
 
     @classmethod
-    def start(cls, jobs: list[Job], cache: Any, device: torch.device) -> Prefill:
-        """A prefill of ``jobs``' prompts into ``cache`` (empty)."""
-        width = max(len(job.prompt.ids) for job in jobs)
+    def start(
+        cls, jobs: list[Job], cache: Any, device: torch.device, prefixes: list[tuple[Prefix, int] | None] | None = None
+    ) -> Prefill:
+        """A prefill of ``jobs``' prompts into ``cache`` (empty). ``prefixes``: for each job, a stored
+        prefix and how many of its tokens the prompt starts with, or None."""
+        found = prefixes or [None] * len(jobs)
+        reused = [hit[1] if hit is not None else 0 for hit in found]
+        shared = max(reused)
+        rest = [len(job.prompt.ids) - count for job, count in zip(jobs, reused, strict=True)]
+        width = shared + max(rest)
         mask = torch.zeros(len(jobs), width, dtype=torch.long, device=device)
-        for row, job in enumerate(jobs):
-            mask[row, width - len(job.prompt.ids) :] = 1
-        return cls(jobs, cache, mask)
+        for row, (count, left) in enumerate(zip(reused, rest, strict=True)):
+            mask[row, shared - count : shared] = 1
+            mask[row, width - left :] = 1
+        if shared:
+            _fill(cache, found, shared)
+        return cls(jobs, cache, mask, reused=reused, shared=shared, done=shared)
 
     @property
     def width(self) -> int:
@@ -111,12 +128,45 @@ class Prefill:
         columns = min(budget, self.width - self.done)
         ids = torch.full((len(self.jobs), columns), pad, dtype=torch.long)
         for row, job in enumerate(self.jobs):
-            prompt = job.prompt.ids
-            start = self.width - len(prompt)  # the row's first real column
-            wanted = prompt[max(self.done - start, 0) : self.done + columns - start]
+            rest = job.prompt.ids[self.reused[row] :] if self.reused else job.prompt.ids
+            start = self.width - len(rest)  # the row's first column after its stored prefix
+            wanted = rest[max(self.done - start, 0) : self.done + columns - start]
             if wanted:
                 ids[row, columns - len(wanted) :] = torch.tensor(wanted, dtype=torch.long)
         return ids.to(self.mask.device)
+
+    def rows_read(self) -> list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """Each prompt with its keys and values per layer (real columns only), to store as a prefix."""
+        read = []
+        for row, job in enumerate(self.jobs):
+            columns = self.mask[row].nonzero().squeeze(1)
+            layers = [
+                (_columns(layer.keys, row, columns), _columns(layer.values, row, columns))
+                for layer in self.cache.layers
+            ]
+            read.append((job.prompt.ids, layers))
+        return read
+
+
+def _fill(cache: Any, found: list[tuple[Prefix, int] | None], shared: int) -> None:
+    """Put each row's stored prefix, right-aligned in the first ``shared`` columns, into ``cache``'s layers."""
+    template = next(hit[0] for hit in found if hit is not None)
+    for index, layer in enumerate(cache.layers):
+        keys, values = template.layers[index]
+        size = (len(found), keys.shape[1], shared, keys.shape[3])
+        all_keys = keys.new_zeros(size)
+        all_values = values.new_zeros(size)
+        for row, hit in enumerate(found):
+            if hit is not None:
+                entry, count = hit
+                all_keys[row, :, shared - count :] = entry.layers[index][0][0, :, :count]
+                all_values[row, :, shared - count :] = entry.layers[index][1][0, :, :count]
+        layer.update(all_keys, all_values)
+
+
+def _columns(states: torch.Tensor, row: int, columns: torch.Tensor) -> torch.Tensor:
+    # (1, heads, len(columns), head_dim): a copy, so the stored prefix outlives the batch's cache.
+    return states[row : row + 1].index_select(2, columns)
 
 
 # -- the rows decoded together -----------------------------------------------------
@@ -203,8 +253,8 @@ class Batch:
         self.positions = self.positions.index_select(0, index)
         self.sampler.select(index.to(self.sampler.history.device))
         self.jobs = [self.jobs[row] for row in rows]
-        # Real tokens sit right-aligned in each row, so the longest row bounds what is needed.
-        unused = self.width - int(self.mask.sum(dim=1).max())
+        # Leading columns that are padding in every row (a row may have padding inside: see Prefill).
+        unused = int(self.mask.any(dim=0).int().argmax())
         if unused:
             for layer in self.cache.layers:
                 layer.keys = layer.keys[:, :, unused:, :]

@@ -35,11 +35,10 @@ def engine():
     engine.close()
 
 
-async def ask(engine, question: str, max_new_tokens: int = 48):
-    request = Request(
-        messages=[{"role": "user", "content": question}],
-        params=GenerationParams(temperature=0, max_new_tokens=max_new_tokens),
-    )
+async def ask(engine, question: str | list[dict], max_new_tokens: int = 48):
+    """A greedy reply to ``question`` (or to a whole conversation): (chunks, result)."""
+    messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+    request = Request(messages=messages, params=GenerationParams(temperature=0, max_new_tokens=max_new_tokens))
     chunks, result = [], None
     async for event in engine.stream(request):
         if isinstance(event, Chunk):
@@ -64,6 +63,22 @@ async def test_it_knows_the_capital_of_france(engine):
     assert "Paris" in result.text
     assert result.finish_reason == "stop"
     assert "".join(chunks) == result.text
+
+
+@pytest.mark.asyncio
+async def test_a_follow_up_reads_only_the_new_turn_and_answers_as_from_scratch(engine):
+    prefixes = engine.scheduler.prefixes
+    prefixes.clear()
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    _, first = await ask(engine, question)
+    follow_up = [*question, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And Italy's?"}]
+
+    saved = prefixes.tokens_saved
+    _, reused = await ask(engine, follow_up)
+    assert prefixes.tokens_saved - saved == first.prompt_tokens
+    prefixes.clear()
+    _, from_scratch = await ask(engine, follow_up)
+    assert reused.text == from_scratch.text
 
 
 @pytest.mark.asyncio
