@@ -1,8 +1,13 @@
 """Benchmark users: sign up over HTTP, open conversations, chat over the WebSocket.
 
 Each turn is a fresh conversation (POST /c/new/ before the clock starts), so
-every prompt is exactly the raw baseline's prompt (default system prompt plus
-one user message) and TTFT can be compared with the raw prefill.
+every prompt is the raw baseline's prompt (default system prompt plus one
+user message) and TTFT can be compared with the raw prefill. The message
+starts with a number no other turn of the run has ("#7 Explain ..."), so no
+turn repeats an earlier prompt: the server keeps the keys and values of
+prompts it has read (inference/prefix.py) and would otherwise read a
+repeated prompt's last token only. What every turn shares is what new chats
+share: the rendered system prompt.
 
 Per turn, measured on the client: TTFT = ``send`` to the first ``token`` frame;
 stream tokens/s = (completion_tokens - 1) / (``end`` - first ``token``), the
@@ -13,6 +18,7 @@ TTFT, as in the raw figures).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import secrets
 import statistics
@@ -25,6 +31,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 TURN_TIMEOUT = 600.0
+# Numbers that make every turn's message new (see the module doc).
+_serials = itertools.count(1)
 
 
 class SetupFailed(RuntimeError):
@@ -232,7 +240,7 @@ def run_level(users: list[User], prompts: list[str], turns_each: int, max_new_to
     for index, user in enumerate(users):
         conversations = [user.new_conversation(max_new_tokens) for _ in range(turns_each)]
         # Users start on different prompts so a level is not eight copies of one reply.
-        texts = [prompts[(index + turn) % len(prompts)] for turn in range(turns_each)]
+        texts = [f"#{next(_serials)} {prompts[(index + turn) % len(prompts)]}" for turn in range(turns_each)]
         plans.append((user, conversations, texts))
 
     async def everyone() -> list[list[Turn]]:

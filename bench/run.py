@@ -427,7 +427,7 @@ def quality_and_size(args, prompts, phases: Phases, results: dict, workdir: Path
 def one_user(args, prompts, results, server, server_process, me) -> list[clients.User]:
     print(f"[bench] one user: {args.turns} turns ...", flush=True)
     user = clients.User.sign_up(server.url, "bench-1")
-    # Every turn sends the same prompt (the raw prefill's), each in a new conversation.
+    # Every turn sends the raw prefill's prompt (numbered, so never a repeat: clients.py), in a new conversation.
     cpu0, me0, t0 = cpu_seconds(server_process), cpu_seconds(me), time.monotonic()
     meter = CpuMeter()
     summary, turns = clients.run_level([user], [prompts[0]], args.turns, args.max_new_tokens)
