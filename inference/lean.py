@@ -197,11 +197,15 @@ class _Layer:
         # Attention for one query by hand: torch's CPU scaled_dot_product_attention
         # takes 5x longer than these two matmuls in bf16 (its math fallback).
         # Query head h reads key head h // group, as transformers' repeat_kv has it.
-        grouped = qk[:, : self.heads].view(rows, self.kv_heads, self.heads // self.kv_heads, dim)
-        scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * self.scaling
+        # A lone row computes it in float32: at its tiny shapes torch's bf16 batched
+        # matmul costs about twice float32's (the whole step 6-12% faster, measured);
+        # from 8 rows on bf16 is as fast and reads half the bytes.
+        dtype = torch.float32 if rows == 1 else values.dtype
+        grouped = qk[:, : self.heads].view(rows, self.kv_heads, self.heads // self.kv_heads, dim).to(dtype)
+        scores = torch.matmul(grouped, keys.to(dtype).transpose(-1, -2)).float() * self.scaling
         if attend is not None:
             scores = scores.masked_fill(~attend, float("-inf"))
-        out = torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
-        hidden = hidden + self.o(out.view(rows, -1))
+        out = torch.matmul(scores.softmax(dim=-1).to(dtype), values.to(dtype))
+        hidden = hidden + self.o(out.view(rows, -1).to(hidden.dtype))
         gate, up = self.gate_up(self.post_norm(hidden)).chunk(2, dim=-1)
         return hidden + self.down(F.silu(gate) * up)
