@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +136,8 @@ class TransformersEngine(Engine):
         # Fast tokenizers are not safe to encode from several threads at once
         # ("Already borrowed"); prompts are built under this lock.
         self._tokenizer_lock = threading.Lock()
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+        self._mailboxes_lock = threading.Lock()
         self._device = device
         # Public for tests and tools (stats, paused()); callers use the methods below.
         self.scheduler = Scheduler(
@@ -159,7 +162,7 @@ class TransformersEngine(Engine):
         # Rendering and trimming a long history takes a few tokenizer passes: off the loop.
         prompt = await loop.run_in_executor(None, self.prepare, request)
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        job = Job(request=request, prompt=prompt, deliver=_threadsafe_put(loop, queue, request.cancel))
+        job = Job(request=request, prompt=prompt, deliver=_threadsafe_put(self._mailbox(loop), queue, request.cancel))
         self.scheduler.submit(job)
         finished = False
         try:
@@ -172,6 +175,13 @@ class TransformersEngine(Engine):
                 # The reader went away (task cancelled, aclose(), break): free the row.
                 request.cancel.set()
                 self.scheduler.wake()
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        with self._mailboxes_lock:
+            mailbox = self._mailboxes.get(loop)
+            if mailbox is None:
+                mailbox = self._mailboxes[loop] = _Mailbox(loop)
+            return mailbox
 
     async def _events(self, queue: asyncio.Queue[Event], job: Job) -> AsyncGenerator[Event, None]:
         """The job's events, consecutive Chunks already queued merged into one."""
@@ -280,19 +290,54 @@ def _check_request(request: Request) -> None:
         raise InvalidParams("params must be GenerationParams (use GenerationParams.from_dict)")
 
 
-def _threadsafe_put(
-    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event], cancel: threading.Event
-) -> Callable[[Event], None]:
-    """A deliver callback for the scheduler thread that puts events on ``queue`` in ``loop``."""
+def _threadsafe_put(mailbox: _Mailbox, queue: asyncio.Queue[Event], cancel: threading.Event) -> Callable[[Event], None]:
+    """A deliver callback for the scheduler thread that puts events on ``queue`` through ``mailbox``."""
 
     def deliver(event: Event) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-        except RuntimeError:
+        if not mailbox.put(queue, event):
             # The event loop is closed: nobody will read this reply, so stop making it.
             cancel.set()
 
     return deliver
+
+
+class _Mailbox:
+    """Events from the scheduler thread for one event loop, handed over a batch per loop callback.
+
+    A decoding step delivers a token to every row. One ``call_soon_threadsafe``
+    per row would wake the loop (a write to its self-pipe) and take the GIL
+    from the scheduler thread once per row; here the first event of a step
+    schedules the hand-over and the others join it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[Event], Event]] = []
+
+    def put(self, queue: asyncio.Queue[Event], event: Event) -> bool:
+        """Queue ``event`` for ``queue``; False if the loop is closed."""
+        with self._lock:
+            if self.loop.is_closed():
+                # A hand-over scheduled before the loop closed never runs.
+                self._pending.clear()
+                return False
+            self._pending.append((queue, event))
+            if len(self._pending) > 1:
+                return True  # a hand-over is already scheduled
+        try:
+            self.loop.call_soon_threadsafe(self._hand_over)
+        except RuntimeError:
+            with self._lock:
+                self._pending.clear()
+            return False
+        return True
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, event in pending:
+            queue.put_nowait(event)
 
 
 class _ResultCollector:
