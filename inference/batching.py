@@ -312,7 +312,8 @@ class Scheduler:
             if item is None:
                 return
             try:
-                budget -= self._prefill_chunk(item, budget)
+                self.stats.prefill_passes += 1
+                budget -= item.read(self.model, self.pad_token_id, budget)
                 if not item.complete:
                     continue
                 self._prefilling.popleft()
@@ -367,35 +368,12 @@ class Scheduler:
             else:
                 jobs.append(job)
 
-    def _prefill_chunk(self, item: Prefill, budget: int) -> int:
-        """Feed the next prompt columns of ``item`` through the model; returns the tokens read."""
-        ids = item.input_ids(self.pad_token_id, budget)
-        if len(item.jobs) == 1:
-            # Position ids default to the cache length onwards, which is right for a lone row.
-            output = self.model(input_ids=ids, past_key_values=item.cache, use_cache=True, logits_to_keep=1)
-        else:
-            # Several prompts are read in one pass (see _take_admitted), left-padded.
-            end = item.done + ids.shape[1]
-            positions = (item.mask.cumsum(dim=1) - 1).clamp(min=0)[:, item.done : end]
-            output = self.model(
-                input_ids=ids,
-                attention_mask=item.mask[:, :end],
-                position_ids=positions,
-                past_key_values=item.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        item.done += ids.shape[1]
-        self.stats.prefill_passes += 1
-        item.logits = output.logits[:, -1, :]
-        return ids.numel()
-
     def _join(self, item: Prefill) -> None:
         """Sample the first token of fully read prompts, emit it, and merge the rows into the batch."""
         jobs, logits = item.jobs, item.logits
         assert logits is not None, "a complete prefill has logits"
         if self.prefixes is not None:
-            for ids, layers in item.rows_read():
+            for ids, layers in item.rows_read(self.prefixes.max_bytes):
                 self.prefixes.add(ids, layers)
         # Sampling happens where the logits are: the last device under a device map.
         sampler = Sampler.for_rows([job.params for job in jobs], [job.prompt.ids for job in jobs], logits.device)

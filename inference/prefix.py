@@ -4,10 +4,10 @@ Every chat's prompt starts with the same rendered system prompt, and each
 turn of a conversation starts with the whole previous prompt. Reading a
 prompt is the costly part of the time to first token on a CPU (the int4
 kernels cost the same per prompt token as per decoded row), so the scheduler
-keeps the keys and values of recently read prompts here and starts a new
-prefill from the longest stored prefix that all of its prompts share. Eight
-users arriving at once then read only what follows the system prompt; the
-next turn of a long conversation reads only the new messages.
+keeps the keys and values of recently read prompts here, and each new
+prompt starts from the longest stored prefix it shares. Eight users arriving
+at once then read only what follows the system prompt; the next turn of a
+long conversation reads only the new messages.
 
 Bounded by bytes (``max_bytes``), least recently used first out. A prompt's
 keys at position p depend only on the tokens up to p, so a stored prefix is

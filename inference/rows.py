@@ -135,10 +135,38 @@ class Prefill:
                 ids[row, columns - len(wanted) :] = torch.tensor(wanted, dtype=torch.long)
         return ids.to(self.mask.device)
 
-    def rows_read(self) -> list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
-        """Each prompt with its keys and values per layer (real columns only), to store as a prefix."""
+    def read(self, model: Any, pad: int, budget: int) -> int:
+        """Feed the next prompt columns (at most ``budget`` tokens) through ``model``; returns the tokens read."""
+        ids = self.input_ids(pad, budget)
+        if len(self.jobs) == 1:
+            # Position ids default to the cache length onwards, which is right for a lone row.
+            output = model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        else:
+            # Several prompts are read in one pass (see Scheduler._take_admitted), left-padded.
+            end = self.done + ids.shape[1]
+            positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)[:, self.done : end]
+            output = model(
+                input_ids=ids,
+                attention_mask=self.mask[:, :end],
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.done += ids.shape[1]
+        self.logits = output.logits[:, -1, :]
+        return ids.numel()
+
+    def rows_read(self, max_bytes: int) -> list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """Each prompt with its keys and values per layer (real columns only), to store as a prefix.
+
+        Prompts whose keys and values take more than ``max_bytes`` are left out, uncopied.
+        """
+        per_token = sum(2 * layer.keys[0, :, :1].numel() * layer.keys.element_size() for layer in self.cache.layers)
         read = []
         for row, job in enumerate(self.jobs):
+            if len(job.prompt.ids) * per_token > max_bytes:
+                continue
             columns = self.mask[row].nonzero().squeeze(1)
             layers = [
                 (_columns(layer.keys, row, columns), _columns(layer.values, row, columns))

@@ -86,6 +86,16 @@ def test_the_next_turn_of_a_conversation_reads_only_what_is_new(make_engine):
     assert saved == len(engine.prepare(Request(messages=opening)).ids)
 
 
+def test_a_prompt_larger_than_the_store_is_not_kept(make_engine):
+    engine = make_engine()
+    prefixes = engine.scheduler.prefixes
+    prefixes.max_bytes = 1  # smaller than any prompt's keys and values
+    request = Request(messages=user("Tell me about the sea"), params=greedy(5))
+    for _ in range(2):
+        asyncio.run(solo_text(engine, request.messages, request.params))
+    assert len(prefixes) == 0 and prefixes.hits == 0
+
+
 def test_rows_with_different_stored_prefixes_are_read_in_one_pass_and_stay_exact(make_engine):
     engine = make_engine(max_batch_size=4)
     opening = user("Tell me about lighthouses")
