@@ -21,22 +21,28 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "scripts" / "services.py"
 
 # A process that starts a server, prints its URL and folder, then waits to be killed.
+# HOLD_WAIT: not a blocking read of stdin. The test signals the moment it reads the
+# line; a signal that lands after Python's last check for signals but before a blocking
+# read() starts only marks the handler as pending, and the read never returns (seen:
+# the holder stuck in read() 20 s after SIGINT). A short sleep ends with the handler run.
 HOLD_POSTGRES = """
-import sys, psycopg
+import psycopg, time
 from scripts.services import postgres_server
 with postgres_server() as url:
     with psycopg.connect(url) as connection:
         folder = connection.execute("show data_directory").fetchone()[0]
     print(url, folder, flush=True)
-    sys.stdin.read()
+    while True:
+        time.sleep(0.05)  # see HOLD_WAIT
 """
 HOLD_REDIS = """
-import sys, redis
+import redis, time
 from scripts.services import redis_server
 with redis_server() as url:
     folder = redis.Redis.from_url(url).config_get("dir")["dir"]
     print(url, folder, flush=True)
-    sys.stdin.read()
+    while True:
+        time.sleep(0.05)  # see HOLD_WAIT
 """
 # The same through the command line: CMD prints what it was given.
 PRINT_REDIS = """
