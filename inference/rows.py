@@ -83,16 +83,15 @@ class Prefill:
     one forward pass, or one long prompt read a chunk at a time. ``mask``
     covers the padded prompts (1 = a real token). A row whose prompt starts
     with a stored prefix (prefix.py) has it in the cache from the start: the
-    first ``shared`` columns hold each row's prefix, right-aligned, and the
-    rest of each prompt follows, left-padded, so a row can have padding
-    between the two.
+    first columns (as many as the longest reused prefix) hold each row's
+    prefix, right-aligned, and the rest of each prompt follows, left-padded,
+    so a row can have padding between the two.
     """
 
     jobs: list[Job]
     cache: Any
     mask: torch.Tensor
-    reused: list[int] = field(default_factory=list)  # each row's tokens taken from a stored prefix
-    shared: int = 0  # columns of the stored prefixes: the longest of them
+    reused: list[int]  # each row's tokens taken from a stored prefix
     done: int = 0  # prompt columns already in the cache
     logits: torch.Tensor | None = None  # (rows, vocab) after the last column read so far
 
@@ -113,7 +112,7 @@ class Prefill:
             mask[row, width - left :] = 1
         if shared:
             _fill(cache, found, shared)
-        return cls(jobs, cache, mask, reused=reused, shared=shared, done=shared)
+        return cls(jobs, cache, mask, reused, done=shared)
 
     @property
     def width(self) -> int:
@@ -128,7 +127,7 @@ class Prefill:
         columns = min(budget, self.width - self.done)
         ids = torch.full((len(self.jobs), columns), pad, dtype=torch.long)
         for row, job in enumerate(self.jobs):
-            rest = job.prompt.ids[self.reused[row] :] if self.reused else job.prompt.ids
+            rest = job.prompt.ids[self.reused[row] :]
             start = self.width - len(rest)  # the row's first column after its stored prefix
             wanted = rest[max(self.done - start, 0) : self.done + columns - start]
             if wanted:
