@@ -255,6 +255,32 @@ def run_level(users: list[User], prompts: list[str], turns_each: int, max_new_to
     return summarize(turns, wall), turns
 
 
+# What every follow-up turn says: short, so its prompt is mostly the first turn and its reply.
+FOLLOW_UP = "Now say that in one sentence."
+
+
+def run_follow_ups(user: User, prompts: list[str], count: int, max_new_tokens: int) -> dict:
+    """``count`` two-turn conversations of one user: a prompt, then FOLLOW_UP after its reply.
+
+    The second turn's prompt holds the first prompt and reply (the server
+    stores both: inference/prefix.py), so its TTFT is what a conversation's
+    next turn costs. Returns the summary of the second turns.
+    """
+    conversations = [user.new_conversation(max_new_tokens) for _ in range(count)]
+    texts = [f"#{next(_serials)} {prompts[index % len(prompts)]}" for index in range(count)]
+
+    async def both_turns() -> list[Turn]:
+        follow_ups = []
+        for conversation_id, text in zip(conversations, texts, strict=True):
+            await chat_turn(user, conversation_id, text, max_new_tokens)
+            follow_ups.append(await chat_turn(user, conversation_id, FOLLOW_UP, max_new_tokens))
+        return follow_ups
+
+    started = time.perf_counter()
+    turns = asyncio.run(both_turns())
+    return summarize(turns, time.perf_counter() - started)
+
+
 def turn_rows(turns: list[Turn]) -> list[dict]:
     """Turns as JSON-ready dicts (for the result file)."""
     rows = []

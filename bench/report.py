@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -277,6 +278,15 @@ def table(results: dict) -> str:
             f"   ratio to raw batch 1: {_f(r['one_user_vs_raw'], '{:.2f}')}; to llama.cpp: "
             f"{_f(r['one_user_vs_llamacpp'], '{:.2f}')}; TTFT - raw prefill: "
             f"{_f(r['one_user_ttft_minus_prefill_ms'], '{:+.0f}')} ms"
+        )
+    follow = one.get("follow_up") or {}
+    if follow:
+        add(
+            f"   a conversation's second turn ({follow['turns']} conversations, prompts of "
+            f"{_f(statistics.median(follow['prompt_tokens']) if follow['prompt_tokens'] else None, '{:.0f}')} "
+            f"tokens holding the first reply): TTFT p50 "
+            f"{_f(follow['ttft_p50_s'] and follow['ttft_p50_s'] * 1000, '{:.0f}')} ms, p95 "
+            f"{_f(follow['ttft_p95_s'] and follow['ttft_p95_s'] * 1000, '{:.0f}')} ms; errors {follow['errors']}"
         )
     sweep = results.get("sweep") or {}
     add("")

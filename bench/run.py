@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.users = [int(u) for u in (args.users or ("1,2,4" if quick else "1,2,4,8,16")).split(",") if u.strip()]
     args.turns = args.turns or (3 if quick else 10)
     args.sweep_turns = args.sweep_turns or (1 if quick else 3)
+    args.follow_ups = 1 if quick else 4
     args.max_new_tokens = args.max_new_tokens or (32 if quick else 128)
     args.raw_repeats = 1 if quick else 3
     args.batch_prompts = 8 if quick else 32
@@ -437,6 +438,7 @@ def one_user(args, prompts, results, server, server_process, me) -> list[clients
     summary["client_cpu_util"] = (cpu_seconds(me) - me0) / elapsed
     summary["turn_rows"] = clients.turn_rows(turns)
     results["one_user"] = summary
+    summary["follow_up"] = clients.run_follow_ups(user, prompts, args.follow_ups, args.max_new_tokens)
     return [user]
 
 

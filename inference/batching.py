@@ -384,10 +384,7 @@ class Scheduler:
         for job in jobs:
             job.first_token_at = now
         batch = Batch(jobs, item.cache, item.mask, first, sampler)
-        done = [
-            row for row, (job, token) in enumerate(zip(jobs, first.tolist(), strict=True)) if self._accept(job, token)
-        ]
-        rows = batch.without(done) if done else batch
+        rows = self._end(batch, self._accept_all(batch, first))
         if rows is None:
             return
         if self._batch is None:
@@ -401,11 +398,9 @@ class Scheduler:
         batch = self._batch
         if batch is None:
             return
-        cancelled = [row for row, job in enumerate(batch.jobs) if job.cancelled]
-        for row in cancelled:
-            self._finish(batch.jobs[row], "cancelled")
+        cancelled = {row: "cancelled" for row, job in enumerate(batch.jobs) if job.cancelled}
         if cancelled:
-            batch = self._batch = batch.without(cancelled)
+            batch = self._batch = self._end(batch, cancelled)
             if batch is None:
                 return
         self.stats.decode_steps += 1
@@ -417,32 +412,33 @@ class Scheduler:
         if self.threads is not None:
             self.threads.record(batch.size, time.perf_counter() - started)
         batch.advance(tokens)
-        done = [
-            row
-            for row, (job, token) in enumerate(zip(batch.jobs, tokens.tolist(), strict=True))
-            if self._accept(job, token)
-        ]
-        if done:
-            self._batch = batch.without(done)
+        self._batch = self._end(batch, self._accept_all(batch, tokens))
 
-    def _accept(self, job: Job, token: int) -> bool:
-        """Record one generated token of ``job``; returns True if that finished it."""
-        job.tokens.append(token)
-        self.stats.tokens_generated += 1
-        if token in self.eos_token_ids:
-            self._finish(job, "stop")
-            return True
-        assert job.detokenizer is not None, "a started job has a detokenizer"
-        text = job.detokenizer.push(token)
-        if text:
-            job.deliver(Chunk(text))
-        if job.detokenizer.stopped:
-            self._finish(job, "stop")
-            return True
-        if len(job.tokens) >= job.prompt.max_new_tokens:
-            self._finish(job, "length")
-            return True
-        return False
+    def _accept_all(self, batch: Batch, tokens: torch.Tensor) -> dict[int, str]:
+        """Give each row its new token; returns the rows that ended there, with why."""
+        self.stats.tokens_generated += batch.size
+        endings = {}
+        for row, (job, token) in enumerate(zip(batch.jobs, tokens.tolist(), strict=True)):
+            reason = job.take(token, self.eos_token_ids)
+            if reason:
+                endings[row] = reason
+        return endings
+
+    def _end(self, batch: Batch, endings: dict[int, str]) -> Batch | None:
+        """Finish the rows in ``endings`` (row: reason); returns the batch without them (None if empty).
+
+        Each row's prompt and reply are stored first, as a prefix (the
+        conversation's next turn starts with both), so whoever sees the end
+        also finds them stored.
+        """
+        if not endings:
+            return batch
+        if self.prefixes is not None:
+            for ids, layers in batch.rows_seen(list(endings), self.prefixes.max_bytes):
+                self.prefixes.add(ids, layers)
+        for row, reason in endings.items():
+            self._finish(batch.jobs[row], reason)
+        return batch.without(list(endings))
 
     def _finish(self, job: Job, reason: str, error: str = "") -> None:
         """Send ``job``'s last text and its Finished event, and free its row. Only the first call counts."""

@@ -1,13 +1,14 @@
 """Prompt prefixes already read: their keys and values, so a new prompt that starts the same skips them.
 
 Every chat's prompt starts with the same rendered system prompt, and each
-turn of a conversation starts with the whole previous prompt. Reading a
-prompt is the costly part of the time to first token on a CPU (the int4
-kernels cost the same per prompt token as per decoded row), so the scheduler
-keeps the keys and values of recently read prompts here, and each new
-prompt starts from the longest stored prefix it shares. Eight users arriving
-at once then read only what follows the system prompt; the next turn of a
-long conversation reads only the new messages.
+turn of a conversation starts with the whole previous prompt and reply.
+Reading a prompt is the costly part of the time to first token on a CPU (the
+int4 kernels cost the same per prompt token as per decoded row), so the
+scheduler keeps here the keys and values of recently read prompts, and of
+replies with their prompts once they end, and each new prompt starts from
+the longest stored prefix it shares. Eight users arriving at once then read
+only what follows the system prompt; the next turn of a conversation reads
+only the new message.
 
 Bounded by bytes (``max_bytes``), least recently used first out. A prompt's
 keys at position p depend only on the tokens up to p, so a stored prefix is
@@ -24,13 +25,16 @@ import torch
 # Shorter shared prefixes are not worth a lookup and a copy.
 MIN_TOKENS = 4
 
+# Per layer, one row's keys and values, each (1, kv_heads, tokens, head_dim).
+States = list[tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class Prefix:
     """A stored prefix: its token ids and per layer its keys and values (1, kv_heads, tokens, head_dim)."""
 
     ids: tuple[int, ...]
-    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    layers: States
 
     @property
     def nbytes(self) -> int:
@@ -68,7 +72,7 @@ class PrefixStore:
             self.tokens_saved += best[1]
         return best
 
-    def add(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def add(self, ids: list[int], layers: States) -> None:
         """Keep ``layers`` (one row's keys and values, real tokens only) as the prefix ``ids``."""
         key = tuple(ids)
         if len(key) < MIN_TOKENS:
@@ -83,6 +87,10 @@ class PrefixStore:
         self.bytes += entry.nbytes
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
+
+    def stored(self) -> list[Prefix]:
+        """The stored prefixes, least recently used first."""
+        return list(self._entries.values())
 
     def clear(self) -> None:
         self._entries.clear()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +24,10 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .params import GenerationParams
-from .prefix import Prefix
+from .prefix import Prefix, States
 from .prompts import Prompt
 from .sampling import Sampler
-from .streaming import Event, IncrementalDetokenizer, Result
+from .streaming import Chunk, Event, IncrementalDetokenizer, Result
 
 _job_ids = itertools.count(1)
 
@@ -56,6 +56,21 @@ class Job:
     @property
     def cancelled(self) -> bool:
         return self.request.cancel.is_set()
+
+    def take(self, token: int, eos_token_ids: Collection[int]) -> str | None:
+        """Record one generated token and send its text; returns why the reply ends there, if it does."""
+        self.tokens.append(token)
+        if token in eos_token_ids:
+            return "stop"
+        assert self.detokenizer is not None, "a started job has a detokenizer"
+        text = self.detokenizer.push(token)
+        if text:
+            self.deliver(Chunk(text))
+        if self.detokenizer.stopped:
+            return "stop"
+        if len(self.tokens) >= self.prompt.max_new_tokens:
+            return "length"
+        return None
 
     def result(self, finish_reason: str, error: str = "") -> Result:
         """The Result of this job as it stands now."""
@@ -156,23 +171,12 @@ class Prefill:
         self.logits = output.logits[:, -1, :]
         return ids.numel()
 
-    def rows_read(self, max_bytes: int) -> list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
+    def rows_read(self, max_bytes: int) -> list[tuple[list[int], States]]:
         """Each prompt with its keys and values per layer (real columns only), to store as a prefix.
 
         Prompts whose keys and values take more than ``max_bytes`` are left out, uncopied.
         """
-        per_token = sum(2 * layer.keys[0, :, :1].numel() * layer.keys.element_size() for layer in self.cache.layers)
-        read = []
-        for row, job in enumerate(self.jobs):
-            if len(job.prompt.ids) * per_token > max_bytes:
-                continue
-            columns = self.mask[row].nonzero().squeeze(1)
-            layers = [
-                (_columns(layer.keys, row, columns), _columns(layer.values, row, columns))
-                for layer in self.cache.layers
-            ]
-            read.append((job.prompt.ids, layers))
-        return read
+        return _kept(self.cache, self.mask, [(row, job.prompt.ids) for row, job in enumerate(self.jobs)], max_bytes)
 
 
 def _fill(cache: Any, found: list[tuple[Prefix, int] | None], shared: int) -> None:
@@ -189,6 +193,24 @@ def _fill(cache: Any, found: list[tuple[Prefix, int] | None], shared: int) -> No
                 all_keys[row, :, shared - count :] = entry.layers[index][0][0, :, :count]
                 all_values[row, :, shared - count :] = entry.layers[index][1][0, :, :count]
         layer.update(all_keys, all_values)
+
+
+def _kept(
+    cache: Any, mask: torch.Tensor, rows: list[tuple[int, list[int]]], max_bytes: int
+) -> list[tuple[list[int], States]]:
+    """For each (row, ids): ``ids`` with the row's keys and values per layer (its real columns), copied.
+
+    Rows whose keys and values would take more than ``max_bytes`` are left out, uncopied.
+    """
+    per_token = sum(2 * layer.keys[0, :, :1].numel() * layer.keys.element_size() for layer in cache.layers)
+    kept = []
+    for row, ids in rows:
+        if len(ids) * per_token > max_bytes:
+            continue
+        columns = mask[row].nonzero().squeeze(1)
+        layers = [(_columns(layer.keys, row, columns), _columns(layer.values, row, columns)) for layer in cache.layers]
+        kept.append((ids, layers))
+    return kept
 
 
 def _columns(states: torch.Tensor, row: int, columns: torch.Tensor) -> torch.Tensor:
@@ -288,6 +310,16 @@ class Batch:
                 layer.values = layer.values[:, :, unused:, :]
             self.mask = self.mask[:, unused:]
         self.padded = not bool(self.mask.all())
+
+    def rows_seen(self, rows: list[int], max_bytes: int) -> list[tuple[list[int], States]]:
+        """Each of ``rows``' prompt and reply so far with its keys and values, to store as a prefix.
+
+        A row's newest token is not in the cache yet (it would be read by the
+        next step), so it is left out. Rows whose keys and values take more
+        than ``max_bytes`` are left out, uncopied.
+        """
+        seen = [(row, [*self.jobs[row].prompt.ids, *self.jobs[row].tokens[:-1]]) for row in rows]
+        return _kept(self.cache, self.mask, seen, max_bytes)
 
     def without(self, rows: list[int]) -> Batch | None:
         """This batch without ``rows``; None when no row is left."""

@@ -11,7 +11,7 @@ import torch
 from inference import Request
 from inference.prefix import MIN_TOKENS, PrefixStore
 from inference.rows import Job
-from tests.test_engine import Collector, greedy, solo_text, user
+from tests.test_engine import Collector, greedy, run, solo_text, user
 
 
 def states(tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -69,12 +69,28 @@ def test_a_repeated_prompt_reads_only_its_last_token_and_replies_the_same(make_e
     assert (prefixes.hits, prefixes.tokens_saved) == (1, len(engine.prepare(request).ids) - 1)
 
 
+def test_a_finished_reply_is_kept_with_its_prompt(make_engine):
+    engine = make_engine()
+    request = Request(messages=user("Tell me about lighthouses"), params=greedy(20))
+    _, result = asyncio.run(run(engine, request))
+    prompt = engine.prepare(request).ids
+
+    # The prompt's own entry gave way to the prompt and reply, which extend it.
+    [kept] = engine.scheduler.prefixes.stored()
+    # Every token whose keys and values were computed: the last one drawn never was.
+    assert len(kept.ids) == len(prompt) + result.completion_tokens - 1
+    assert list(kept.ids[: len(prompt)]) == prompt
+    assert all(keys.shape[2] == len(kept.ids) for keys, _ in kept.layers)
+    assert result.text.startswith(engine.tokenizer.decode(kept.ids[len(prompt) :]))
+
+
 def test_the_next_turn_of_a_conversation_reads_only_what_is_new(make_engine):
     engine = make_engine()
     opening = user("Tell me about lighthouses")
     reply = asyncio.run(solo_text(engine, opening, greedy(20)))
     follow_up = [*opening, {"role": "assistant", "content": reply}, *user("And the keepers?")]
     params = greedy(25)
+    [kept] = engine.scheduler.prefixes.stored()
 
     from_prefix = asyncio.run(solo_text(engine, follow_up, params))
     saved = engine.scheduler.prefixes.tokens_saved
@@ -82,8 +98,29 @@ def test_the_next_turn_of_a_conversation_reads_only_what_is_new(make_engine):
     from_scratch = asyncio.run(solo_text(engine, follow_up, params))
 
     assert from_prefix == from_scratch
-    # Everything up to the first reply's start was reused.
-    assert saved == len(engine.prepare(Request(messages=opening)).ids)
+    # Everything the follow-up shares with the first prompt and reply was reused.
+    ids = engine.prepare(Request(messages=follow_up)).ids
+    shared = 0
+    while shared < len(kept.ids) and kept.ids[shared] == ids[shared]:
+        shared += 1
+    assert saved == shared > len(engine.prepare(Request(messages=opening)).ids)
+
+
+def test_a_stopped_reply_is_kept_too(make_engine):
+    engine = make_engine()
+    request = Request(messages=user("Tell me about the sea"), params=greedy(200))
+
+    def stop_after_five_tokens():
+        if len(job.tokens) >= 5:
+            request.cancel.set()
+
+    job = Job(request=request, prompt=engine.prepare(request), deliver=Collector(on_chunk=stop_after_five_tokens))
+    engine.scheduler.submit(job)
+    result = job.deliver.result
+
+    [kept] = engine.scheduler.prefixes.stored()
+    assert result.finish_reason == "cancelled"
+    assert len(kept.ids) == result.prompt_tokens + result.completion_tokens - 1 > result.prompt_tokens
 
 
 def test_a_prompt_larger_than_the_store_is_not_kept(make_engine):
@@ -125,3 +162,13 @@ def test_rows_with_different_stored_prefixes_are_read_in_one_pass_and_stay_exact
     assert engine.stats.prefill_passes - passes == 1
     # The third row shares the template's opening with a stored prompt.
     assert engine.scheduler.prefixes.hits - hits == 3
+
+    # Each row left with its reply stored, read from its own columns around the padding.
+    stored = engine.scheduler.prefixes.stored()
+    assert all(keys.shape[2] == len(entry.ids) for entry in stored for keys, _ in entry.layers)
+    second = [*requests[1].messages, {"role": "assistant", "content": alone[1]}, *user("Go on.")]
+    saved = engine.scheduler.prefixes.tokens_saved
+    from_prefix = asyncio.run(solo_text(engine, second, greedy(15)))
+    assert engine.scheduler.prefixes.tokens_saved - saved > len(engine.prepare(requests[1]).ids)
+    engine.scheduler.prefixes.clear()
+    assert from_prefix == asyncio.run(solo_text(engine, second, greedy(15)))
