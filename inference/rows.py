@@ -315,10 +315,13 @@ class Batch:
         """Each of ``rows``' prompt and reply so far with its keys and values, to store as a prefix.
 
         A row's newest token is not in the cache yet (it would be read by the
-        next step), so it is left out. Rows whose keys and values take more
-        than ``max_bytes`` are left out, uncopied.
+        next step), so it is left out; a row with no other token adds nothing
+        to its prompt, stored as it was read (Prefill.rows_read), and is left
+        out. Rows whose keys and values take more than ``max_bytes`` are left
+        out, uncopied.
         """
-        seen = [(row, [*self.jobs[row].prompt.ids, *self.jobs[row].tokens[:-1]]) for row in rows]
+        leaving = [(row, self.jobs[row]) for row in rows]
+        seen = [(row, [*job.prompt.ids, *job.tokens[:-1]]) for row, job in leaving if len(job.tokens) > 1]
         return _kept(self.cache, self.mask, seen, max_bytes)
 
     def without(self, rows: list[int]) -> Batch | None:
