@@ -230,6 +230,11 @@ def summarize(turns: list[Turn], wall_s: float) -> dict:
     }
 
 
+def numbered(prompt: str) -> str:
+    """``prompt`` led by a number no other turn of the run has (see the module doc)."""
+    return f"#{next(_serials)} {prompt}"
+
+
 def run_level(users: list[User], prompts: list[str], turns_each: int, max_new_tokens: int) -> tuple[dict, list[Turn]]:
     """``len(users)`` users chatting at once, ``turns_each`` turns each; returns (summary, turns).
 
@@ -240,7 +245,7 @@ def run_level(users: list[User], prompts: list[str], turns_each: int, max_new_to
     for index, user in enumerate(users):
         conversations = [user.new_conversation(max_new_tokens) for _ in range(turns_each)]
         # Users start on different prompts so a level is not eight copies of one reply.
-        texts = [f"#{next(_serials)} {prompts[(index + turn) % len(prompts)]}" for turn in range(turns_each)]
+        texts = [numbered(prompts[(index + turn) % len(prompts)]) for turn in range(turns_each)]
         plans.append((user, conversations, texts))
 
     async def everyone() -> list[list[Turn]]:
@@ -267,7 +272,7 @@ def run_follow_ups(user: User, prompts: list[str], count: int, max_new_tokens: i
     next turn costs. Returns the summary of the second turns.
     """
     conversations = [user.new_conversation(max_new_tokens) for _ in range(count)]
-    texts = [f"#{next(_serials)} {prompts[index % len(prompts)]}" for index in range(count)]
+    texts = [numbered(prompts[index % len(prompts)]) for index in range(count)]
 
     async def both_turns() -> list[Turn]:
         follow_ups = []
