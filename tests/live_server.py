@@ -18,7 +18,8 @@ environment leaks in: DATABASE_URL, REDIS_URL, CHAT_* and CHATSITE_* are
 dropped unless passed explicitly.
 
 ``start_daphne`` works outside pytest too (it is a plain function); the
-fixtures only make sure every server started is stopped at the end.
+fixtures only make sure every server started is stopped at the end, and the
+report of a failing test that used them carries each server's log tail.
 """
 
 from __future__ import annotations
@@ -295,24 +296,47 @@ def daphne_factory() -> Iterator:
         servers.append(server)
         return server
 
+    start.servers = servers  # type: ignore[attr-defined]  # read by pytest_runtest_makereport
     yield start
     for server in reversed(servers):
         server.stop()
 
 
 @pytest.fixture(scope="module")
-def daphne_server(request) -> Iterator[ServerHandle]:
+def daphne_server() -> Iterator[ServerHandle]:
     """One daphne on a fresh SQLite database with the default model, for a test module."""
     server = start_daphne()
-    failed_before = request.session.testsfailed
     try:
         yield server
     finally:
-        # The server's log explains most failures of tests that used it.
+        # A failing test gets the log tail in its own report (pytest_runtest_makereport);
+        # a server that died between tests says so here.
         if not server.alive():
             sys.stderr.write(
                 f"daphne exited early with status {server.process.returncode}; log tail:\n{_tail(server.log())}\n"
             )
-        elif request.session.testsfailed > failed_before:
-            sys.stderr.write(f"--- daphne log tail ({server.url}) ---\n{_tail(server.log())}\n")
         server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the log tail of every daphne a failing test used to that test's report.
+
+    Written at the failure, not at the module's teardown: the report (terminal
+    and JUnit) of the test that failed carries what its servers logged then.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for server in _servers_of(item):
+        report.sections.append((f"Captured stderr daphne log tail {server.url}", _tail(server.log(), 120) + "\n"))
+
+
+def _servers_of(item) -> list[ServerHandle]:
+    servers: list[ServerHandle] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, ServerHandle):
+            servers.append(value)
+        servers.extend(getattr(value, "servers", ()))
+    return servers
