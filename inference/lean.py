@@ -146,15 +146,15 @@ class LeanDecoder:
 
 
 def _norm(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """LlamaRMSNorm's arithmetic, called without the module machinery (61 norms a step on SmolLM2)."""
-    weight, eps = module.weight, module.variance_epsilon
+    """LlamaRMSNorm's arithmetic, called without the module machinery (61 norms a step on SmolLM2).
 
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-        return weight * h.to(x.dtype)
-
-    return norm
+    torch's rms_norm normalizes in float32 and rounds back to the input's
+    dtype, as LlamaRMSNorm does, in one call instead of six; the weight is
+    applied afterwards, in the input's dtype, as LlamaRMSNorm does too (given
+    to rms_norm it would be applied in float32 before rounding: other tokens).
+    """
+    weight, eps, shape = module.weight, module.variance_epsilon, tuple(module.weight.shape)
+    return lambda x: weight * F.rms_norm(x, shape, None, eps)
 
 
 def _flat(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
