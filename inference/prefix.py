@@ -12,7 +12,9 @@ only the new message.
 
 Bounded by bytes (``max_bytes``), least recently used first out. A prompt's
 keys at position p depend only on the tokens up to p, so a stored prefix is
-exactly what reading it again would compute.
+exactly what reading it again would compute, and so is any first part of it:
+of a conversation too long for the store, the scheduler stores as much of
+the start as fits, and its next turn reads only what follows.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ class Prefill:
     def rows_read(self, max_bytes: int) -> list[tuple[list[int], States]]:
         """Each prompt with its keys and values per layer (real columns only), to store as a prefix.
 
-        Prompts whose keys and values take more than ``max_bytes`` are left out, uncopied.
+        Of a prompt whose keys and values take more than ``max_bytes``, the first part that fits.
         """
         return _kept(self.cache, self.mask, [(row, job.prompt.ids) for row, job in enumerate(self.jobs)], max_bytes)
 
@@ -200,14 +200,17 @@ def _kept(
 ) -> list[tuple[list[int], States]]:
     """For each (row, ids): ``ids`` with the row's keys and values per layer (its real columns), copied.
 
-    Rows whose keys and values would take more than ``max_bytes`` are left out, uncopied.
+    Only as many leading tokens as fit in ``max_bytes`` (keys at a position depend only on the tokens
+    up to it, so a first part is a prefix like any other); rows of which none fit are left out.
     """
     per_token = sum(2 * layer.keys[0, :, :1].numel() * layer.keys.element_size() for layer in cache.layers)
+    fitting = max_bytes // per_token
     kept = []
     for row, ids in rows:
-        if len(ids) * per_token > max_bytes:
+        ids = ids[:fitting]
+        if not ids:
             continue
-        columns = mask[row].nonzero().squeeze(1)
+        columns = mask[row].nonzero().squeeze(1)[: len(ids)]
         layers = [(_columns(layer.keys, row, columns), _columns(layer.values, row, columns)) for layer in cache.layers]
         kept.append((ids, layers))
     return kept
@@ -317,8 +320,8 @@ class Batch:
         A row's newest token is not in the cache yet (it would be read by the
         next step), so it is left out; a row with no other token adds nothing
         to its prompt, stored as it was read (Prefill.rows_read), and is left
-        out. Rows whose keys and values take more than ``max_bytes`` are left
-        out, uncopied.
+        out. Of a row whose keys and values take more than ``max_bytes``, the
+        first part that fits.
         """
         leaving = [(row, self.jobs[row]) for row in rows]
         seen = [(row, [*job.prompt.ids, *job.tokens[:-1]]) for row, job in leaving if len(job.tokens) > 1]

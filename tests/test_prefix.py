@@ -123,14 +123,29 @@ def test_a_stopped_reply_is_kept_too(make_engine):
     assert len(kept.ids) == result.prompt_tokens + result.completion_tokens - 1 > result.prompt_tokens
 
 
-def test_a_prompt_larger_than_the_store_is_not_kept(make_engine):
+def test_a_conversation_too_long_for_the_store_keeps_its_first_part(make_engine):
     engine = make_engine()
     prefixes = engine.scheduler.prefixes
-    prefixes.max_bytes = 1  # smaller than any prompt's keys and values
     request = Request(messages=user("Tell me about the sea"), params=greedy(5))
-    for _ in range(2):
-        asyncio.run(solo_text(engine, request.messages, request.params))
-    assert len(prefixes) == 0 and prefixes.hits == 0
+    prompt = engine.prepare(request).ids
+    first = asyncio.run(solo_text(engine, request.messages, request.params))
+    [whole] = prefixes.stored()
+    per_token = whole.nbytes // len(whole.ids)
+
+    prefixes.clear()
+    prefixes.max_bytes = 10 * per_token  # room for 10 tokens, fewer than the prompt's
+    assert len(prompt) > 10
+    again = asyncio.run(solo_text(engine, request.messages, request.params))
+    [part] = prefixes.stored()
+    assert list(part.ids) == prompt[:10] and part.nbytes == 10 * per_token
+    once_more = asyncio.run(solo_text(engine, request.messages, request.params))
+    assert (prefixes.hits, prefixes.tokens_saved) == (1, 10)
+    assert first == again == once_more
+
+    prefixes.clear()
+    prefixes.max_bytes = 1  # not one token fits
+    asyncio.run(solo_text(engine, request.messages, request.params))
+    assert len(prefixes) == 0
 
 
 def test_rows_with_different_stored_prefixes_are_read_in_one_pass_and_stay_exact(make_engine):
