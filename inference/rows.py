@@ -176,7 +176,8 @@ class Prefill:
 
         Of a prompt whose keys and values take more than ``max_bytes``, the first part that fits.
         """
-        return _kept(self.cache, self.mask, [(row, job.prompt.ids) for row, job in enumerate(self.jobs)], max_bytes)
+        rows = [(row, job.prompt.ids, 0) for row, job in enumerate(self.jobs)]
+        return _kept(self.cache, self.mask, rows, max_bytes)
 
 
 def _fill(cache: Any, found: list[tuple[Prefix, int] | None], shared: int) -> None:
@@ -196,19 +197,20 @@ def _fill(cache: Any, found: list[tuple[Prefix, int] | None], shared: int) -> No
 
 
 def _kept(
-    cache: Any, mask: torch.Tensor, rows: list[tuple[int, list[int]]], max_bytes: int
+    cache: Any, mask: torch.Tensor, rows: list[tuple[int, list[int], int]], max_bytes: int
 ) -> list[tuple[list[int], States]]:
-    """For each (row, ids): ``ids`` with the row's keys and values per layer (its real columns), copied.
+    """For each (row, ids, stored): ``ids`` with the row's keys and values per layer (its real columns), copied.
 
     Only as many leading tokens as fit in ``max_bytes`` (keys at a position depend only on the tokens
-    up to it, so a first part is a prefix like any other); rows of which none fit are left out.
+    up to it, so a first part is a prefix like any other). A row is left out, uncopied, when no more
+    of it fits than its first ``stored`` tokens, which are in the store already.
     """
     per_token = sum(2 * layer.keys[0, :, :1].numel() * layer.keys.element_size() for layer in cache.layers)
     fitting = max_bytes // per_token
     kept = []
-    for row, ids in rows:
+    for row, ids, stored in rows:
         ids = ids[:fitting]
-        if not ids:
+        if len(ids) <= stored:
             continue
         columns = mask[row].nonzero().squeeze(1)[: len(ids)]
         layers = [(_columns(layer.keys, row, columns), _columns(layer.values, row, columns)) for layer in cache.layers]
@@ -318,13 +320,13 @@ class Batch:
         """Each of ``rows``' prompt and reply so far with its keys and values, to store as a prefix.
 
         A row's newest token is not in the cache yet (it would be read by the
-        next step), so it is left out; a row with no other token adds nothing
-        to its prompt, stored as it was read (Prefill.rows_read), and is left
-        out. Of a row whose keys and values take more than ``max_bytes``, the
-        first part that fits.
+        next step), so it is left out. Of a row whose keys and values take more
+        than ``max_bytes``, the first part that fits. A row that would add
+        nothing to its prompt, stored as it was read (Prefill.rows_read), is
+        left out: one with no other token, or whose prompt alone fills ``max_bytes``.
         """
         leaving = [(row, self.jobs[row]) for row in rows]
-        seen = [(row, [*job.prompt.ids, *job.tokens[:-1]]) for row, job in leaving if len(job.tokens) > 1]
+        seen = [(row, [*job.prompt.ids, *job.tokens[:-1]], len(job.prompt.ids)) for row, job in leaving]
         return _kept(self.cache, self.mask, seen, max_bytes)
 
     def without(self, rows: list[int]) -> Batch | None:

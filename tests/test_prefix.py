@@ -123,7 +123,7 @@ def test_a_stopped_reply_is_kept_too(make_engine):
     assert len(kept.ids) == result.prompt_tokens + result.completion_tokens - 1 > result.prompt_tokens
 
 
-def test_a_conversation_too_long_for_the_store_keeps_its_first_part(make_engine):
+def test_a_conversation_too_long_for_the_store_keeps_its_first_part(make_engine, monkeypatch):
     engine = make_engine()
     prefixes = engine.scheduler.prefixes
     request = Request(messages=user("Tell me about the sea"), params=greedy(5))
@@ -135,9 +135,13 @@ def test_a_conversation_too_long_for_the_store_keeps_its_first_part(make_engine)
     prefixes.clear()
     prefixes.max_bytes = 10 * per_token  # room for 10 tokens, fewer than the prompt's
     assert len(prompt) > 10
+    added = []
+    monkeypatch.setattr(prefixes, "add", lambda ids, layers, add=prefixes.add: (added.append(ids), add(ids, layers)))
     again = asyncio.run(solo_text(engine, request.messages, request.params))
     [part] = prefixes.stored()
     assert list(part.ids) == prompt[:10] and part.nbytes == 10 * per_token
+    # Stored as the prompt was read; the reply's end had nothing to add, so nothing was copied again.
+    assert added == [prompt[:10]]
     once_more = asyncio.run(solo_text(engine, request.messages, request.params))
     assert (prefixes.hits, prefixes.tokens_saved) == (1, 10)
     assert first == again == once_more
