@@ -322,8 +322,8 @@ def daphne_server() -> Iterator[ServerHandle]:
 def pytest_runtest_makereport(item, call):
     """Attach the log tail of every daphne a failing test used to that test's report.
 
-    Written at the failure, not at the module's teardown: the report (terminal
-    and JUnit) of the test that failed carries what its servers logged then.
+    Written at the failure, not at the module's teardown: the failure's own
+    section of the terminal report carries what its servers logged by then.
     """
     outcome = yield
     report = outcome.get_result()
