@@ -188,6 +188,35 @@ def test_it_passes_sigterm_to_the_command_then_stops_the_servers():
     assert refuses_connections(url)
 
 
+@pytest.mark.redis
+def test_without_a_command_it_prints_the_url_and_stops_the_servers_at_a_signal():
+    process = subprocess.Popen(
+        [sys.executable, SERVICES, "--redis"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        export = process.stdout.readline()
+        assert export.startswith("export REDIS_URL=redis://127.0.0.1:")
+        url = export.strip().split("=", 1)[1]
+        folder = redis_folder(url)
+        # Signalled the moment it says it waits: the signal must not be missed.
+        for line in process.stderr:
+            if "servers are running" in line:
+                break
+        else:
+            pytest.fail("services.py ended before it waited")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+    assert process.returncode == 128 + signal.SIGTERM
+    assert not folder.exists()
+    assert refuses_connections(url)
+
+
 def test_it_refuses_to_start_nothing():
     result = subprocess.run([sys.executable, SERVICES, "--", "true"], capture_output=True, text=True, timeout=60)
 
