@@ -6,7 +6,9 @@ scripts/services.py.
 """
 
 import pytest
+from asgiref.sync import SyncToAsync
 from django.core.management import call_command
+from django.db import connections
 from django.test import Client
 
 from conversations import runtime
@@ -23,6 +25,19 @@ def collected_static():
     servers of tests/live_server.py serve var/static, so both need it current.
     """
     call_command("collectstatic", interactive=False, verbosity=0)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test databases; before it drops them, close asgiref's thread's connections.
+
+    Async tests run their database calls on asgiref's one thread for
+    thread-sensitive code, which keeps its connection open after the test;
+    on PostgreSQL that session made dropping the test database fail ("is being
+    accessed by other users": a warning at the end of every Redis pass).
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
 @pytest.fixture
