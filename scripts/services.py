@@ -494,14 +494,11 @@ class _CommandRunner:
             for name in ("DATABASE_URL", "REDIS_URL"):
                 if name in env and env.get(name) != os.environ.get(name):
                     print(f"export {name}={shlex.quote(env[name])}", flush=True)
-            # Blocked first, then waited for: signal.pause() would miss a signal that
-            # lands between Python's last check for one and the pause, and wait for another.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
-            try:
+            # Held, then waited for: signal.pause() would miss a signal that lands
+            # between Python's last check for one and the pause, and wait for another.
+            with _signals_deferred():
                 print("# servers are running; press Ctrl-C to stop them", file=sys.stderr, flush=True)
                 self.signum = signal.sigwait(_HANDLED_SIGNALS)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             raise KeyboardInterrupt  # unwind and stop the servers
         try:
             self.process = subprocess.Popen(self.command, env=env)
