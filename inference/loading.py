@@ -306,7 +306,7 @@ def _load_quantized(location: str, device: torch.device, quant: str, cache_dir: 
     """
     folder = Path(location)
     cache_file = cache_path(folder, cache_dir, quant) if folder.is_dir() else None
-    model = load_quantized(folder, cache_file) if cache_file is not None else None
+    model = load_quantized(folder, cache_file, quant) if cache_file is not None else None
     if model is None:
         model = _load_weights(location, device, torch.float32)
         quantize(model, quant, cache_file)

@@ -1,12 +1,14 @@
 """Weight quantization (inference/quant.py) on the tiny model: layers, the engine, the cache."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from inference import EngineConfig, Finished, GenerationParams, InvalidConfig, Request, build_engine, loading, quant
-from inference.quant import GROUP_SIZE, Int4Linear, Int8Embedding, Int8Linear, minmax_int4, resolve_quant
+from inference.quant import GROUP_SIZE, Int4Linear, Int8Embedding, Int8Head, Int8Linear, minmax_int4, resolve_quant
 from tests.inference_fixtures import load_tiny, tiny_config
 
 
@@ -57,6 +59,33 @@ def test_quantized_layers_compute_what_their_weights_say(layer_type):
     assert error < (0.08 if layer_type is Int4Linear else 0.02)
 
 
+def test_the_int8_head_multiplies_through_onednn_row_by_row():
+    torch.manual_seed(0)
+    weight = torch.randn(300, 64)
+    head = Int8Head.from_weight(weight)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    weight_only = Int8Linear.from_weight(weight)(x).float()
+    assert head.prepack()  # torch's x86 CPU build has oneDNN's int8 kernel
+    got = head(x)
+    assert got.dtype == torch.float32 and got.shape == (5, 300)
+    # Activations in 8 bits too: close to the weight-only product, not equal.
+    assert (got - weight_only).abs().max() / weight_only.abs().max() < 0.02
+    # Integer products: a row comes out the same alone or in a batch.
+    assert all(torch.equal(head.flat()(x[i : i + 1])[0], got[i]) for i in range(5))
+
+
+def mapped_from(tensor: torch.Tensor, path: Path) -> bool:
+    """Whether ``tensor``'s data lies in a mapping of the file ``path`` (per /proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path):
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            if start <= address < end:
+                return True
+    return False
+
+
 @pytest.mark.parametrize("scheme", ["int4", "int8"])
 def test_a_quantized_engine_decodes_as_transformers_generate_on_the_same_weights(tiny_model_dir, scheme):
     model, tokenizer = load_tiny(tiny_model_dir)
@@ -94,7 +123,7 @@ def test_a_cached_start_builds_the_model_from_the_quantized_cache_alone(tiny_mod
     config = EngineConfig(model=str(folder), device="cpu", quant="int4", cache_dir=tmp_path / "cache")
     first = loading.load_model(config)
     assert first.quant == "int4"
-    assert len(list((tmp_path / "cache").glob("*-int4-*.safetensors"))) == 1
+    [cache_file] = (tmp_path / "cache").glob("*-int4-*.safetensors")
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a cached start must not load full-precision weights or quantize")
@@ -108,6 +137,11 @@ def test_a_cached_start_builds_the_model_from_the_quantized_cache_alone(tiny_mod
     assert isinstance(embedding, Int8Embedding) is tied
     assert (embedding.weight.data_ptr() == head.weight.data_ptr()) is tied
     assert quant.weight_count(second.model) == quant.weight_count(first.model)
+    # The head multiplies a prepacked copy; its plain rows, left to the lookup, are the cache file's pages.
+    for loaded in (first, second):
+        rows = loaded.model.get_output_embeddings().weight
+        assert mapped_from(rows, cache_file.resolve())
+        assert torch.equal(rows, load_file(cache_file)["lm_head.weight"])
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.inference_mode():
         torch.testing.assert_close(first.model(input_ids=ids).logits, second.model(input_ids=ids).logits)
