@@ -34,6 +34,7 @@ from .quant import quantize, resolve_quant
 from .rows import Job
 from .stats import EngineStats
 from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
+from .threads import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +417,9 @@ def load_engine(config: EngineConfig) -> TransformersEngine:
     Logs one line: model, parameters, device, dtype, load time. Raises
     InvalidConfig or ModelLoadError (see loading.load_model).
     """
-    loaded = load_model(config)
+    # Only the scheduler thread may make an OpenMP team (threads.py); it starts once this has returned.
+    with one_thread():
+        loaded = load_model(config)
     engine = build_engine(
         loaded.model,
         loaded.tokenizer,

@@ -4,6 +4,9 @@ import threading
 
 import torch
 
+from inference import EngineConfig, load_engine
+from inference import engine as engine_module
+from inference.loading import load_model
 from inference.threads import EVERY, TRIAL, ThreadChooser
 
 
@@ -77,3 +80,23 @@ def test_apply_sets_the_calling_threads_count():
     thread.start()
     thread.join()
     assert seen == [1, 2]
+
+
+def test_the_model_loads_on_one_thread_and_the_count_is_restored(tiny_model_dir, tmp_path, monkeypatch):
+    # A second OpenMP team, made by a loading thread, would keep the scheduler's
+    # threads from spinning (inference/threads.py): loading uses one thread.
+    seen = []
+
+    def recording(config):
+        seen.append(torch.get_num_threads())
+        return load_model(config)
+
+    monkeypatch.setattr(engine_module, "load_model", recording)
+    torch.set_num_threads(2)
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", cache_dir=tmp_path, num_threads=1)
+    engine = load_engine(config)
+    try:
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        engine.close()
