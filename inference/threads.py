@@ -9,8 +9,8 @@ machine (docs/performance.md): one stream at 57 tokens/s with one thread
 against 5 with two under load, while two threads are about 1.2x faster than
 one on a quiet machine. Neither fixed choice is safe, so ``auto`` measures.
 
-:class:`ThreadChooser` starts at one thread and, every ``EVERY`` decoding
-steps, tries the other count for ``TRIAL`` steps of the same batch size,
+:class:`ThreadChooser` starts at one thread and, after its first ``TRIAL``
+decoding steps and then every ``EVERY``, tries the other count for ``TRIAL`` steps of the same batch size,
 keeping whichever had the lower median step time. A trial step that takes
 several times the usual one ends the trial at once, so a collapse costs a
 step or two, not a whole trial; so does such a step once more threads than
@@ -56,7 +56,8 @@ class ThreadChooser:
         self.switches = 0
         self._recent: deque[float] = deque(maxlen=TRIAL)  # step seconds at the current count
         self._rows = 0
-        self._since_trial = 0
+        # The first trial comes after TRIAL steps, so a fresh server finds its count within its first reply.
+        self._since_trial = EVERY - TRIAL
         self._trial: list[float] | None = None  # step seconds of the count under trial
         self._applied = 0
 

@@ -10,11 +10,22 @@ from inference.loading import load_model
 from inference.threads import EVERY, TRIAL, ThreadChooser
 
 
-def settle(chooser: ThreadChooser, seconds: float, rows: int = 1) -> None:
-    """Run the current count until a trial of the other one starts."""
-    for _ in range(EVERY):
+def settle(chooser: ThreadChooser, seconds: float, rows: int = 1) -> int:
+    """Run the current count until a trial of the other one starts; returns the steps it took."""
+    for step in range(1, EVERY + 1):
         chooser.record(rows, seconds)
-    assert chooser.trying is not None
+        if chooser.trying is not None:
+            return step
+    raise AssertionError(f"no trial within {EVERY} steps")
+
+
+def test_the_first_trial_comes_early_and_later_ones_every_so_many_steps():
+    chooser = ThreadChooser((1, 2))
+    assert settle(chooser, 0.010) == TRIAL
+    for _ in range(TRIAL):
+        chooser.record(1, 0.0095)
+    assert chooser.trying is None
+    assert settle(chooser, 0.010) == EVERY
 
 
 def test_it_starts_at_one_thread_and_keeps_a_clearly_faster_count():
