@@ -24,14 +24,14 @@ variant sees the same load on a shared machine:
   `end` frame) and the aggregate tokens/s.
 
 Every figure is (tokens - 1) / (last token - first token), as in the
-benchmark.
+benchmark. Prints medians with the range over rounds and the ratios between
+layers, and writes ``bench/results/breakdown-<stamp>.json``.
 
 In-process variants at more than one thread understate what the server
 gets: ``generate`` runs on the main thread at torch's default count and each
 engine's scheduler keeps its own OpenMP team, and libgomp, counting more
 threads than cores, stops its workers spinning (see inference/threads.py).
-The ``ws`` variants, each a server process of its own, are not affected. Prints medians with the range over rounds and the ratios between
-layers, and writes ``bench/results/breakdown-<stamp>.json``.
+The ``ws`` variants, each a server process of its own, are not affected.
 """
 
 from __future__ import annotations
