@@ -1,6 +1,7 @@
 """The chat WebSocket, driven in-process with WebsocketCommunicator and a tiny real model."""
 
 import asyncio
+import socket
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -8,7 +9,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.routing import websocket_application
+from chatsite.settings import channel_layers
 from conversations import runtime, turns
+from conversations.consumers import LAYER_DOWN
 from conversations.models import Conversation, Message
 from inference import GenerationParams, Request
 
@@ -376,3 +379,20 @@ async def test_the_parameters_of_a_turn_become_the_conversations(chat, alice):
     await sync_to_async(chat.refresh_from_db)()
     assert chat.max_new_tokens == 4
     await ws.disconnect()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_a_socket_whose_redis_layer_is_unreachable_is_told_so(chat, alice, settings):
+    # redis loads with the Redis layer; its errors must then count as the layer's (turns.layer_errors).
+    settings.CHANNEL_LAYERS = channel_layers(f"redis://127.0.0.1:{closed_port()}/0")
+    communicator, connected, _ = await connect(chat.id, alice)
+    assert connected
+    frame = await communicator.receive_json_from(timeout=30)
+    assert frame == {"type": "error", "code": "generation_failed", "message": LAYER_DOWN}
+    assert (await communicator.receive_output(timeout=5))["type"] == "websocket.close"
