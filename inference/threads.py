@@ -10,8 +10,9 @@ against 5 with two under load, while two threads are about 1.2x faster than
 one on a quiet machine. Neither fixed choice is safe, so ``auto`` measures.
 
 :class:`ThreadChooser` starts at one thread and, after its first ``TRIAL``
-decoding steps and then every ``EVERY``, tries the other count for ``TRIAL`` steps of the same batch size,
-keeping whichever had the lower median step time. A trial step that takes
+decoding steps and then every ``EVERY``, tries the other count for
+``TRIAL`` steps of the same batch size, keeping whichever had the lower
+median step time. A trial step that takes
 several times the usual one ends the trial at once, so a collapse costs a
 step or two, not a whole trial; so does such a step once more threads than
 one have won (back to one thread until the next trial).
@@ -111,10 +112,12 @@ class ThreadChooser:
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the block on one torch thread in the calling thread (restored afterwards).
+    """Run the block with torch at one thread, the count restored afterwards.
 
     For work off the scheduler thread, such as loading the model: a second
-    OpenMP team would stop the scheduler's from spinning (see above).
+    OpenMP team would stop the scheduler's from spinning (see above). torch's
+    count is also what threads started meanwhile begin with, so start the
+    scheduler after the block.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
