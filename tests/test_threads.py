@@ -103,6 +103,7 @@ def test_the_model_loads_on_one_thread_and_the_count_is_restored(tiny_model_dir,
         return load_model(config)
 
     monkeypatch.setattr(engine_module, "load_model", recording)
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", cache_dir=tmp_path, num_threads=1)
     engine = load_engine(config)
@@ -111,3 +112,4 @@ def test_the_model_loads_on_one_thread_and_the_count_is_restored(tiny_model_dir,
         assert torch.get_num_threads() == 2
     finally:
         engine.close()
+        torch.set_num_threads(before)
