@@ -21,7 +21,7 @@ from inference import GenerationParams, InvalidParams
 
 from . import shutdown, turns
 from .models import Conversation
-from .turns import LAYER_ERRORS, Gone, Refused
+from .turns import Gone, Refused, layer_errors
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # so it reconnects once Redis is back.
         try:
             await super().__call__(scope, receive, send)
-        except LAYER_ERRORS as exc:
+        except layer_errors() as exc:
             logger.warning("channel layer lost under a chat socket: %s", exc)
             await self.send_error("generation_failed", LAYER_DOWN)
             await self.close(code=CLOSE_LAYER_DOWN)
@@ -66,7 +66,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.key = str(self.conversation.id)
         try:
             await self.channel_layer.group_add(turns.group_name(self.key), self.channel_name)
-        except LAYER_ERRORS as exc:
+        except layer_errors() as exc:
             logger.warning("cannot join %s: %s", self.key, exc)
             self.conversation = None
             await self.accept()
@@ -82,7 +82,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """A socket opening mid-reply first gets the text so far, then the rest as any tab."""
         try:
             live = await turns.runner().snapshot(self.key)
-        except LAYER_ERRORS as exc:
+        except layer_errors() as exc:
             logger.warning("cannot read the live reply of %s: %s", self.key, exc)
             return
         if live is not None:
@@ -97,7 +97,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             turns.runner().unwatch(self.key)
             try:
                 await self.channel_layer.group_discard(turns.group_name(self.key), self.channel_name)
-            except LAYER_ERRORS as exc:  # the membership expires by itself
+            except layer_errors() as exc:  # the membership expires by itself
                 logger.warning("cannot leave %s: %s", self.key, exc)
 
     def watching(self) -> set[tuple[str, int]]:
@@ -132,7 +132,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
         except Refused as exc:
             await self.send_error(exc.code, exc.message)
-        except LAYER_ERRORS as exc:
+        except layer_errors() as exc:
             logger.warning("frame %s not handled: %s", kind, exc)
             await self.send_error("generation_failed", LAYER_DOWN)
 

@@ -52,7 +52,7 @@ async def stop_gracefully() -> None:
     for socket in open_sockets:
         try:
             await socket.channel_layer.send(socket.channel_name, {"type": "chat.shutdown"})
-        except turns.LAYER_ERRORS as exc:
+        except turns.layer_errors() as exc:
             logger.warning("cannot tell a socket to close: %s", exc)
     if open_sockets:
         await asyncio.wait([asyncio.create_task(s.closed.wait()) for s in open_sockets], timeout=CLOSE_SECONDS)

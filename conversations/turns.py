@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,7 +25,6 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils.module_loading import import_string
-from redis.exceptions import RedisError
 
 from inference import GenerationParams
 
@@ -35,13 +35,25 @@ from .tree import Tree
 logger = logging.getLogger(__name__)
 
 RUNNERS = {"local": "conversations.runners.local.LocalRunner", "worker": "conversations.runners.worker.WorkerRunner"}
-# What the channel layer raises when Redis is unreachable or a channel is full.
-LAYER_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ChannelFull)
+# What any channel layer raises when its server is unreachable or a channel is full (see layer_errors).
+_LAYER_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError, ChannelFull)
 # A final save that failed (a locked database) is retried this often until it lands.
 SAVE_RETRY_SECONDS = 1.0
 BUSY = "A reply is already being generated in this conversation."
 RESTARTING = "The server is restarting; try again in a moment."
 DB_BUSY = "The database is busy; try again in a moment."
+
+
+def layer_errors() -> tuple[type[BaseException], ...]:
+    """What the channel layer raises when Redis is unreachable or a channel is full.
+
+    Redis's errors count once redis is loaded, which the Redis layer does on
+    its way in; a site on the in-memory layer never imports redis (5 MB of
+    memory). Used in ``except`` clauses, which look it up when something is
+    raised.
+    """
+    exceptions = sys.modules.get("redis.exceptions")
+    return _LAYER_ERRORS if exceptions is None else (exceptions.RedisError, *_LAYER_ERRORS)
 
 
 class Refused(Exception):
@@ -110,7 +122,7 @@ async def publish(conversation_id, event: dict) -> None:
     """
     try:
         await get_channel_layer().group_send(group_name(conversation_id), event)
-    except LAYER_ERRORS as exc:
+    except layer_errors() as exc:
         logger.warning("cannot publish %s to %s: %s", event["type"], conversation_id, exc)
 
 

@@ -54,7 +54,7 @@ from .runners.worker import (
     renew_leases,
     stop_marked,
 )
-from .turns import LAYER_ERRORS, Turn
+from .turns import Turn, layer_errors
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class ReplyConsumer(AsyncConsumer):
             try:
                 await forget(reply.message_id)
                 await self.channel_layer.group_discard(control_group(reply.conversation_id), self.channel_name)
-            except LAYER_ERRORS as exc:
+            except layer_errors() as exc:
                 logger.warning("reply %s: cannot clean up after it: %s", reply.message_id, exc)
             worker.release(reply.message_id)
 
@@ -139,11 +139,11 @@ class ReplyConsumer(AsyncConsumer):
         reply = self.reply
         try:
             await self.channel_layer.group_add(control_group(reply.conversation_id), self.channel_name)
-        except LAYER_ERRORS as exc:  # a later reply.stop will not reach it; the reply still runs
+        except layer_errors() as exc:  # a later reply.stop will not reach it; the reply still runs
             logger.warning("reply %s: cannot join its control group: %s", reply.message_id, exc)
         try:
             mark = await stop_marked(reply.message_id)
-        except LAYER_ERRORS as exc:
+        except layer_errors() as exc:
             logger.warning("reply %s: cannot read its stop mark: %s", reply.message_id, exc)
             return
         if mark is not None:
@@ -242,7 +242,7 @@ class InferenceWorkerServer(Worker):
         while True:
             try:
                 message = await self.channel_layer.receive(channel)
-            except LAYER_ERRORS as exc:
+            except layer_errors() as exc:
                 logger.warning("channel layer unreachable (%s); retrying in %.1f s", exc or type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -274,7 +274,7 @@ class InferenceWorkerServer(Worker):
             try:
                 if held:
                     await renew_leases(held)
-            except LAYER_ERRORS as exc:
+            except layer_errors() as exc:
                 logger.warning("cannot renew the leases of %d reply(s): %s", len(held), exc)
             await asyncio.sleep(heartbeat_interval())
 

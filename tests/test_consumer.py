@@ -389,7 +389,7 @@ def closed_port() -> int:
 
 
 async def test_a_socket_whose_redis_layer_is_unreachable_is_told_so(chat, alice, settings):
-    # The Redis layer raises redis's own errors, which must count as the layer's (turns.LAYER_ERRORS).
+    # redis loads with the Redis layer; its errors must then count as the layer's (turns.layer_errors).
     settings.CHANNEL_LAYERS = channel_layers(f"redis://127.0.0.1:{closed_port()}/0")
     communicator, connected, _ = await connect(chat.id, alice)
     assert connected

@@ -53,3 +53,16 @@ def test_the_engine_config_comes_from_settings(settings, tmp_path):
     config = runtime.engine_config()
     assert (config.model, config.device, config.dtype, config.cache_dir) == (str(tmp_path), "cpu", "float32", tmp_path)
     assert (config.max_batch_size, config.max_queue, config.num_threads) == (3, 5, 1)
+
+
+def test_without_redis_url_the_site_never_imports_redis(tmp_path):
+    # The in-memory layer needs none of it; redis would cost every such server 5 MB.
+    code = (
+        "import sys, django; django.setup();"
+        "import chatsite.routing, conversations.consumers, conversations.shutdown, conversations.urls;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'channels_redis')))"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "chatsite.settings", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    result = manage(env, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

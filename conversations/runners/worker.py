@@ -34,7 +34,7 @@ from django.utils import timezone
 from .. import turns
 from ..generation import Record
 from ..models import InferenceWorker, Message
-from ..turns import LAYER_ERRORS, Ending, Refused
+from ..turns import Ending, Refused, layer_errors
 from . import Runner
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class WorkerRunner(Runner):
             await get_channel_layer().send(REQUESTS_CHANNEL, request)
         except ChannelFull:
             raise Refused("busy", "The server is busy with other chats; try again in a moment.") from None
-        except LAYER_ERRORS as exc:
+        except layer_errors() as exc:
             logger.warning("cannot hand reply %s to the workers: %s", turn.message_id, exc)
             raise Refused("generation_failed", UNREACHABLE) from None
 
@@ -210,7 +210,7 @@ async def reap_forever() -> None:
         await asyncio.sleep(settings.CHAT_WORKER_TIMEOUT / 4)
         try:
             await reap()
-        except (DatabaseError, *LAYER_ERRORS) as exc:
+        except (DatabaseError, *layer_errors()) as exc:
             logger.warning("reaper: %s", exc)
 
 
