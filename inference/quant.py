@@ -370,7 +370,8 @@ def _pack_head(model: Any, quant: str, cache_file: Path | None) -> None:
     if quant != "int4" or not head.prepack() or cache_file is None or not cache_file.is_file():
         return
     rows = _mapped(cache_file, f"{_head_name(model)}.weight")
-    if rows is not None and rows.shape == head.weight.shape and rows.dtype == head.weight.dtype:
+    # _mapped returns int8 only; a tensor of another shape is not this head's rows.
+    if rows is not None and rows.shape == head.weight.shape:
         head.map_rows(rows)
 
 

@@ -12,10 +12,10 @@ one on a quiet machine. Neither fixed choice is safe, so ``auto`` measures.
 :class:`ThreadChooser` starts at one thread and, after its first ``TRIAL``
 decoding steps and then every ``EVERY``, tries the other count for
 ``TRIAL`` steps of the same batch size, keeping whichever had the lower
-median step time. A trial step that takes
-several times the usual one ends the trial at once, so a collapse costs a
-step or two, not a whole trial; so does such a step once more threads than
-one have won (back to one thread until the next trial).
+median step time. A trial step that takes several times the usual one ends
+the trial at once, so a collapse costs a step or two, not a whole trial; so
+does such a step once more threads than one have won (back to one thread
+until the next trial).
 
 The scheduler thread must be the only one with an OpenMP team
 (:func:`one_thread`): libgomp counts the threads of every team it has made,
