@@ -59,6 +59,11 @@ def test_quantized_layers_compute_what_their_weights_say(layer_type):
     assert error < (0.08 if layer_type is Int4Linear else 0.02)
 
 
+@pytest.mark.skipif(
+    not quant.int8_products_pay(),
+    reason="no AVX-512 VNNI: the head keeps the weight-only kernel here (its own test), as oneDNN's int8 "
+    "products come out wrong without VNNI (21% off on an AVX2 EPYC)",
+)
 def test_the_int8_head_multiplies_through_onednn_row_by_row():
     torch.manual_seed(0)
     weight = torch.randn(300, 64)
@@ -111,6 +116,7 @@ def test_a_quantized_engine_decodes_as_transformers_generate_on_the_same_weights
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_a_cached_start_builds_the_model_from_the_quantized_cache_alone(tiny_model_dir, tmp_path, monkeypatch, tied):
+    monkeypatch.setattr(quant, "int8_products_pay", lambda: True)  # a CPU with VNNI, whatever this one has
     folder = tiny_model_dir
     if tied:
         # Embedding and LM head one matrix, as in SmolLM2.
@@ -145,6 +151,24 @@ def test_a_cached_start_builds_the_model_from_the_quantized_cache_alone(tiny_mod
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.inference_mode():
         torch.testing.assert_close(first.model(input_ids=ids).logits, second.model(input_ids=ids).logits)
+
+
+def test_without_vnni_the_head_keeps_the_weight_only_kernel(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(quant, "int8_products_pay", lambda: False)
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", quant="int4", cache_dir=tmp_path / "cache")
+    for start in ("first", "cached"):
+        head = loading.load_model(config).model.get_output_embeddings()
+        assert isinstance(head, Int8Head) and head._packed is None, start
+        x = torch.randn(3, head.in_features, dtype=torch.bfloat16)
+        expected = torch.ops.aten._weight_int8pack_mm(x, head.weight, head.scales)
+        assert torch.equal(head.flat()(x), expected), start
+
+
+def test_int8_products_pay_exactly_where_the_cpu_has_avx512_vnni(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_vnni": False})
+    assert not quant.int8_products_pay()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_vnni": True})
+    assert quant.int8_products_pay()
 
 
 def test_auto_picks_int4_only_for_a_low_bit_gguf_on_the_cpu():
