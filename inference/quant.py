@@ -193,8 +193,12 @@ class Int8Head(Int8Linear):
         self._packed: torch.Tensor | None = None
 
     def prepack(self) -> bool:
-        """Move the product to oneDNN; False (and unchanged) where this torch has no such kernel."""
+        """Move the product to oneDNN; False (and unchanged) where this torch has no such kernel,
+        or this CPU no VNNI to compute it right (``int8_products_pay``)."""
         if self.bias is not None:
+            return False
+        if not int8_products_pay():
+            logger.info("this CPU has no AVX-512 VNNI: the LM head keeps _weight_int8pack_mm")
             return False
         try:
             self._kernel = torch.ops.onednn.qlinear_pointwise.default
@@ -364,13 +368,11 @@ def _pack_head(model: Any, quant: str, cache_file: Path | None) -> None:
     Without a cache file the rows stay in memory beside the packed copy. The
     int8 scheme keeps the weight-only head: its 8-bit layers leave no room
     for 8-bit activations in the head too (NLL +0.0106 over float32 with
-    them, +0.0081 without; the gate allows 0.01). So does a CPU where
-    int8 x int8 products do not pay (``int8_products_pay``).
+    them, +0.0081 without; the gate allows 0.01). So does a CPU without
+    VNNI (``Int8Head.prepack``).
     """
     head = model.get_output_embeddings()
-    if quant != "int4" or not int8_products_pay():
-        return
-    if not head.prepack() or cache_file is None or not cache_file.is_file():
+    if quant != "int4" or not head.prepack() or cache_file is None or not cache_file.is_file():
         return
     rows = _mapped(cache_file, f"{_head_name(model)}.weight")
     # _mapped returns int8 only; a tensor of another shape is not this head's rows.
