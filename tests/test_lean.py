@@ -5,7 +5,8 @@ import torch
 from transformers import DynamicCache
 
 from inference import GenerationParams, Request, build_engine
-from inference.lean import LeanDecoder
+from inference import lean as lean_module
+from inference.lean import LeanDecoder, bf16_batches_pay
 from inference.quant import quantize
 from tests.inference_fixtures import load_tiny, tiny_config
 
@@ -20,14 +21,17 @@ def requests() -> list[Request]:
     return [Request(messages=user(p), params=GenerationParams(temperature=0, max_new_tokens=20)) for p in prompts]
 
 
-@pytest.mark.parametrize("rows", [1, 2])  # a lone row attends in float32 (lean.py)
+# A lone row attends in float32; several rows in bf16 only where the CPU multiplies it natively (lean.py).
+@pytest.mark.parametrize(("rows", "bf16_batches"), [(1, False), (2, True), (2, False)])
 @pytest.mark.parametrize("scheme", ["none", "int4"])
-def test_a_lean_step_computes_the_generic_forwards_logits(tiny_model_dir, scheme, rows):
+def test_a_lean_step_computes_the_generic_forwards_logits(tiny_model_dir, monkeypatch, scheme, rows, bf16_batches):
+    monkeypatch.setattr(lean_module, "bf16_batches_pay", lambda device: bf16_batches)
     model, _ = load_tiny(tiny_model_dir)
     if scheme != "none":
         quantize(model, scheme)
     lean = LeanDecoder.for_model(model)
     assert lean is not None
+    assert lean.layers[0].batches_in_bf16 is bf16_batches
     prompt = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 10, 11, 12]])[:rows]
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])[:rows]
     positions = (mask.cumsum(1) - 1).clamp(min=0)
@@ -67,6 +71,15 @@ def test_the_engine_decodes_the_same_text_with_and_without_the_lean_step(tiny_mo
     finally:
         for engine in engines:
             engine.close()
+
+
+def test_batches_attend_in_bf16_only_where_the_device_multiplies_it_natively(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert not bf16_batches_pay(torch.device("cpu"))
+    assert bf16_batches_pay(torch.device("cuda"))
+    for native in ("avx512_bf16", "amx_bf16"):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda native=native: {"avx2": True, native: True})
+        assert bf16_batches_pay(torch.device("cpu"))
 
 
 def test_other_architectures_keep_the_generic_forward():
