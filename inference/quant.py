@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .capabilities import cpu_has
 from .config import QUANTS
 from .errors import InvalidConfig
 from .lean import fuse_projections
@@ -388,8 +389,7 @@ def int8_products_pay() -> bool:
     steps took 10-12% longer at one and at eight rows, two threads. With
     AVX-512 VNNI the head took 0.73 ms against 1.26 (docs/performance.md).
     """
-    capabilities: dict[str, Any] = getattr(torch.cpu, "get_capabilities", dict)()
-    return bool(capabilities.get("avx512_vnni"))
+    return cpu_has("avx512_vnni")
 
 
 def _untie(config: Any) -> None:
