@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import DynamicCache
 
 from inference import GenerationParams, Request, build_engine
@@ -52,9 +53,26 @@ def test_a_lean_step_computes_the_generic_forwards_logits(tiny_model_dir, monkey
             .logits[:, -1]
             .float()
         )
-        got = lean.step(token, position, caches[1], full_mask)
+        with _MatmulDtypes() as attention:
+            got = lean.step(token, position, caches[1], full_mask)
     torch.testing.assert_close(got, generic, atol=2e-2 if scheme == "int4" else 1e-4, rtol=1e-3)
     assert torch.equal(got.argmax(-1), generic.argmax(-1))
+    # The int4 model's cache is bf16; the tiny model's own is float32 either way.
+    in_bf16 = scheme == "int4" and rows > 1 and bf16_batches
+    assert attention.dtypes == {torch.bfloat16 if in_bf16 else torch.float32}
+
+
+class _MatmulDtypes(TorchFunctionMode):
+    """Records the dtype of every torch.matmul (the lean step's attention) run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.matmul:
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
 
 
 def test_the_engine_decodes_the_same_text_with_and_without_the_lean_step(tiny_model_dir):
