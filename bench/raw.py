@@ -224,6 +224,11 @@ def bare_decode(loaded: Loaded, ids: list[int], new_tokens: int) -> dict:
     return {"decode_tokens_per_s": (new_tokens - 1) / elapsed, "step_ms": elapsed / (new_tokens - 1) * 1000}
 
 
+_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::mv")
+# The quantized layers' kernels (int4 and int8 weight-only, oneDNN's int8 head) multiply the weights too.
+_QUANTIZED_MATMUL_PREFIXES = ("aten::_weight_int4pack_mm", "aten::_weight_int8pack_mm", "onednn::qlinear")
+
+
 def profile_step(loaded: Loaded, ids: list[int], steps: int = 24) -> dict:
     """Where one batch-1 decode step's time goes, from the torch profiler.
 
@@ -247,7 +252,7 @@ def profile_step(loaded: Loaded, ids: list[int], steps: int = 24) -> dict:
     for event in prof.key_averages():
         name = event.key
         self_us = event.self_cpu_time_total
-        if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::mv"):
+        if name in _MATMUL_OPS or name.startswith(_QUANTIZED_MATMUL_PREFIXES):
             groups["matmul"] += self_us
         elif "attention" in name or "flash" in name or "sdpa" in name:
             groups["attention"] += self_us
