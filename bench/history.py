@@ -222,7 +222,7 @@ def import_row(megabytes: int) -> dict:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
-    from conversations import importing
+    from conversations.history import importing
 
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user("importer")

@@ -22,9 +22,9 @@ except ImproperlyConfigured as exc:
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
 
 from chatsite.routing import websocket_application  # noqa: E402
-from conversations import runtime, shutdown  # noqa: E402
+from conversations.live import process, shutdown  # noqa: E402
 
-runtime.start_server()
+process.start_web_process()
 if "daphne.server" in sys.modules:
     shutdown.install()  # SIGTERM: finish or interrupt live replies, then stop (docs/deploy.md)
 

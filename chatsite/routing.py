@@ -15,7 +15,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.urls import re_path
 
-from conversations import routing
+from conversations.live import routing
 
 logger = logging.getLogger("chatsite.websocket")
 DEFAULT_PORTS = {"http": "80", "https": "443"}

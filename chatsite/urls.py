@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from conversations import api_views, key_views, views
+from conversations import views
+from conversations.api import key_views
+from conversations.api import views as api_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

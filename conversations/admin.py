@@ -3,7 +3,7 @@
 Transcripts (conversations and messages) cannot be added, changed or deleted
 here; each time staff open or export one, a StaffRead row says who, when and
 which (conversations.audit), and only superusers can read those rows. The
-review queue, quotas and usage are in conversations/review_admin.py.
+review queue, quotas and usage are in conversations/review/admin.py.
 """
 
 from django.contrib import admin
@@ -11,9 +11,10 @@ from django.db.models import Count
 from django.http import HttpResponse
 from django.utils.html import format_html, format_html_join
 
-from . import audit, export
+from .history import export
+from .history.tree import Tree
 from .models import ApiKey, Conversation, InferenceWorker, Message
-from .tree import Tree
+from .review import audit
 
 
 class MessageInline(admin.TabularInline):
@@ -176,4 +177,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
 
-from . import review_admin  # noqa: E402, F401  (registers the review queue, quotas, usage and audit)
+from .review import admin as review_admin  # noqa: E402, F401  (registers the review queue, quotas, usage and audit)

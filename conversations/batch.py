@@ -5,31 +5,38 @@ The `batch_prompts` command is a thin shell around this module:
 
 1. `read_prompts()` parses the input (text or JSONL) into `Prompt`s and
    `BadLine`s; nothing here needs the model yet, so a bad file fails fast.
-2. `measure()` counts each prompt's tokens with the engine and turns prompts
-   that leave no room in the model's context for a reply into `BadLine`s.
-3. `plan_batches()` sorts prompts by token count so rows of similar length
-   share a batch (less padding, fewer wasted steps).
-4. `BatchRunner.run()` makes one `engine.generate_batch()` call a batch,
-   stores every reply, and writes output lines in input order as soon as
-   every earlier line is done.
+2. `measure()` counts each prompt's tokens with this process's engine (local
+   mode) and turns prompts that leave no room in the model's context for a
+   reply into `BadLine`s; in worker mode the workers refuse those instead.
+3. `plan()` sorts prompts by token count, so the rows the engine decodes
+   together are of similar length (less padding, fewer wasted steps).
+4. `BatchRunner.run()` makes each prompt a conversation whose reply is an
+   ordinary turn (conversations.live.turns), the same path as the chat and
+   the API: its quota hold, its end (replies.finish) and its runner (local or
+   worker). Up to `batch_size` turns are on the model at once, and the engine
+   batches them as it batches simultaneous chats. Output lines are written
+   in input order as soon as every earlier line is done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable
+from typing import IO, Any
 
+from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
-from django.db import transaction
 
-from inference import EngineClosed, GenerationParams, InferenceError, InvalidParams, Request, Result
+from inference import GenerationParams, InvalidParams
 
-from . import quotas
+from .live import frames, turns
 from .models import Conversation, Message
+from .review import quotas
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,7 @@ class Summary:
     completion_tokens: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    aborted: str = ""  # why the engine stopped taking batches, if it did
+    aborted: str = ""  # why the model stopped taking prompts, if it did
     quota: str = ""  # the user's daily token quota ran out, if it did
 
     @property
@@ -160,7 +167,7 @@ def _parse_jsonl(number: int, raw: str, base: GenerationParams, system: str) -> 
     return Prompt(number, prompt, line_system, line_params)
 
 
-def measure(prompts: list[Prompt], engine) -> tuple[list[Prompt], list[BadLine]]:
+def measure(prompts: list[Prompt], engine: Any) -> tuple[list[Prompt], list[BadLine]]:
     """Count each prompt's tokens; a prompt that leaves no room for even one
     new token in the model's context becomes a bad line instead of an
     engine error halfway through a batch."""
@@ -177,16 +184,14 @@ def measure(prompts: list[Prompt], engine) -> tuple[list[Prompt], list[BadLine]]
     return fitting, bad
 
 
-def plan_batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
-    """Split prompts into batches of at most `batch_size`, shortest first.
+def plan(prompts: list[Prompt]) -> list[Prompt]:
+    """The order prompts go to the model: shortest first, so the rows decoded together pad little.
 
-    Sorting by token count keeps rows of similar length together, so a batch
-    pads little. Prompts with different parameters may share a batch: the
-    engine's generate_batch applies each row's own temperature, top_p,
-    repetition penalty and max_new_tokens.
+    Prompts with different parameters may run together: the engine applies
+    each row's own temperature, top_p, repetition penalty and max_new_tokens.
+    Without token counts (worker mode) the input order stays.
     """
-    ordered = sorted(prompts, key=lambda p: (p.tokens, p.line))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return sorted(prompts, key=lambda p: (p.tokens, p.line))
 
 
 # -- storing -----------------------------------------------------------------
@@ -202,160 +207,159 @@ def batch_user(username: str):
     return user
 
 
-def store(prompt: Prompt, result: Result, user, model_name: str) -> Conversation:
-    """Save one prompt and its reply as a `source=batch` conversation."""
+@database_sync_to_async
+def _new_conversation(prompt: Prompt, user, model_name: str) -> str:
+    """The prompt's `source=batch` conversation, empty: its turn adds the messages."""
     conversation = Conversation(
         user=user, system_prompt=prompt.system, model_name=model_name, source=Conversation.Source.BATCH
     )
-    conversation.title = conversation.title_from(prompt.text)
     conversation.set_params(prompt.params.to_dict())
     conversation.save()
-    conversation.append(Message.Role.USER, prompt.text)
-    reply = conversation.append(Message.Role.ASSISTANT, status=Message.Status.STREAMING, model_name=model_name)
-    reply.finish(
-        result.finish_reason,
-        result.text,
-        {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "ttft_ms": result.ttft_ms,
-            "duration_ms": result.duration_ms,
-        },
-    )
-    return conversation
+    return str(conversation.id)
 
 
-def output_record(prompt: Prompt, result: Result, conversation: Conversation) -> dict:
+@database_sync_to_async
+def _discard(conversation_id: str) -> None:
+    """A conversation whose turn was refused (a spent quota) holds nothing: it goes."""
+    Conversation.objects.filter(id=conversation_id).delete()
+
+
+@database_sync_to_async
+def _stored_reply(message_id: int) -> Message:
+    return Message.objects.get(id=message_id)
+
+
+def output_record(prompt: Prompt, reply: Message, conversation_id: str, error: str = "") -> dict:
     record = {
         "line": prompt.line,
         "prompt": prompt.text,
-        "reply": result.text,
-        "finish_reason": result.finish_reason,
-        "conversation_id": str(conversation.id),
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "duration_ms": result.duration_ms,
+        "reply": reply.content,
+        "finish_reason": reply.finish_reason,
+        "conversation_id": conversation_id,
+        "prompt_tokens": reply.prompt_tokens or 0,
+        "completion_tokens": reply.completion_tokens or 0,
+        "duration_ms": reply.duration_ms or 0,
     }
-    if result.error:
-        record["error"] = result.error
+    if error:
+        record["error"] = error
     return record
-
-
-def failed_result(prompt: Prompt, error: str) -> Result:
-    """A result for a row whose whole batch the engine refused."""
-    return Result(
-        text="",
-        finish_reason="error",
-        prompt_tokens=prompt.tokens,
-        completion_tokens=0,
-        ttft_ms=0,
-        duration_ms=0,
-        tokens_per_s=0.0,
-        dropped_turns=0,
-        error=error,
-    )
 
 
 # -- running -----------------------------------------------------------------
 
 
 @dataclass
+class Outcome:
+    """What became of one prompt: its output record, or why its turn never started."""
+
+    prompt: Prompt
+    record: dict | None = None
+    refused: turns.Refused | None = None
+    error: dict | None = None  # the turn's `error` frame, if it had one
+
+
+@dataclass
 class BatchRunner:
-    """Runs planned batches, stores replies and writes output in input order.
+    """Runs prompts as turns, `batch_size` at a time, and writes output in input order.
 
     `write` takes one output line (JSON, no newline); `report` takes one
     message for the user (a failed row). `progress` is called with the
-    number of prompts each finished batch completed.
+    number of prompts each finished turn completed. `stop` (Ctrl-C) ends the
+    run once the turns on the model have finished; no new one starts.
     """
 
-    engine: object
-    user: object
+    user: Any
+    model_name: str
     write: Callable[[str], None]
     report: Callable[[str], None]
+    batch_size: int = 8
     progress: Callable[[int], None] = lambda n: None
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def run(self, batches: list[list[Prompt]]) -> Summary:
-        """Run every batch unless `stop` is set, which ends the run between
-        batches, or the engine closes. Returns the summary; output for
-        finished prompts whose earlier lines never ran is still written, at
-        the end."""
-        model_name = self.engine.info.model_name
-        in_order = sorted((p for batch in batches for p in batch), key=lambda p: p.line)
-        pending: dict[int, dict] = {}  # finished lines waiting for an earlier one
-        next_index = 0
-        summary = Summary(total=len(in_order))
+    async def run(self, prompts: list[Prompt]) -> Summary:
+        """Run `prompts` in this order. Returns the summary; output for finished
+        prompts whose earlier lines never ran is still written, at the end."""
+        self._in_order = sorted(prompts, key=lambda p: p.line)
+        self._pending: dict[int, dict] = {}  # finished lines waiting for an earlier one
+        self._next = 0
+        summary = Summary(total=len(prompts))
         started = time.monotonic()
-        for batch in batches:
+        running: set[asyncio.Task] = set()
+        for prompt in prompts:
+            while len(running) >= self.batch_size:
+                running = await self._settle_some(running, summary)
             if self.stop.is_set():
                 summary.interrupted = True
+            if summary.interrupted or summary.quota or summary.aborted:
                 break
-            batch, holds = self._hold(batch, summary)
-            try:
-                results = self._generate(batch) if batch else []
-            except EngineClosed as exc:
-                # Every later batch would fail the same way: stop, keep what finished.
-                summary.aborted = str(exc)
-                for usage_id, held in holds:
-                    quotas.release(usage_id, held, 0, replies=0)
-                break
-            with transaction.atomic():
-                for prompt, result, (usage_id, held) in zip(batch, results, holds, strict=True):
-                    quotas.release(usage_id, held, result.prompt_tokens + result.completion_tokens)
-                    conversation = store(prompt, result, self.user, model_name)
-                    pending[prompt.line] = output_record(prompt, result, conversation)
-                    summary.done += 1
-                    summary.prompt_tokens += result.prompt_tokens
-                    summary.completion_tokens += result.completion_tokens
-                    if result.finish_reason == "error":
-                        summary.failed += 1
-                        self.report(f"line {prompt.line}: generation failed: {result.error or 'unknown error'}")
-            while next_index < len(in_order) and in_order[next_index].line in pending:
-                self.write(json.dumps(pending.pop(in_order[next_index].line), ensure_ascii=False))
-                next_index += 1
-            self.progress(len(batch))
-            if summary.quota:
-                break
+            running.add(asyncio.create_task(self._one(prompt)))
+        while running:
+            running = await self._settle_some(running, summary)
         # Stopped early: lines after a gap (a prompt that never ran) are still
         # kept, in input order, rather than dropped.
-        for line in sorted(pending):
-            self.write(json.dumps(pending[line], ensure_ascii=False))
+        for line in sorted(self._pending):
+            self.write(json.dumps(self._pending[line], ensure_ascii=False))
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _hold(self, batch: list[Prompt], summary: Summary) -> tuple[list[Prompt], list[tuple[int, int]]]:
-        """The prompts of the batch the user's quota admits, each with its hold (conversations.quotas);
-        a refusal is noted in the summary and ends the run after these."""
-        admitted, holds = [], []
-        for prompt in batch:
-            tokens = prompt.tokens + prompt.params.max_new_tokens
+    async def _settle_some(self, running: set[asyncio.Task], summary: Summary) -> set[asyncio.Task]:
+        done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            await self._count(task.result(), summary)
+        return running
+
+    async def _one(self, prompt: Prompt) -> Outcome:
+        """One prompt as a turn, followed to its end."""
+        conversation_id = await _new_conversation(prompt, self.user, self.model_name)
+        error = None
+        async with frames.follow(conversation_id) as followed:
             try:
-                holds.append((quotas.reserve(self.user.pk, tokens), tokens))
-            except quotas.QuotaExceeded as exc:
-                summary.quota = quota_error(self.user, exc)
-                break
-            admitted.append(prompt)
-        return admitted, holds
+                turn = await turns.start(conversation_id, "send", prompt.params, prompt.text)
+            except turns.Refused as exc:
+                await _discard(conversation_id)
+                return Outcome(prompt, refused=exc)
+            async for frame in followed.until_end(turn.message_id):
+                if frame["type"] == "error":
+                    error = frame
+        reply = await _stored_reply(turn.message_id)
+        record = output_record(prompt, reply, conversation_id, error["message"] if error else "")
+        return Outcome(prompt, record, error=error)
 
-    def _generate(self, batch: list[Prompt]) -> list[Result]:
-        """The batch's results from one generate_batch call; a batch the engine
-        refuses (a request it finds invalid) fails row by row. Raises
-        EngineClosed when the engine takes nothing any more."""
-        requests = [Request(messages=p.messages(), params=p.params, cancel=threading.Event()) for p in batch]
-        try:
-            results = self.engine.generate_batch(requests)
-        except EngineClosed:
-            raise
-        except InferenceError as exc:
-            # The engine refused the whole batch: every row fails, the run goes on.
-            logger.warning("batch of %d failed: %s", len(batch), exc)
-            return [failed_result(p, str(exc)) for p in batch]
-        return results
+    async def _count(self, outcome: Outcome, summary: Summary) -> None:
+        if outcome.refused is not None:
+            if outcome.refused.code == "rate_limited":
+                summary.quota = await quota_error(self.user)
+            else:
+                summary.aborted = summary.aborted or outcome.refused.message
+            return
+        record = outcome.record
+        assert record is not None
+        summary.done += 1
+        summary.prompt_tokens += record["prompt_tokens"]
+        summary.completion_tokens += record["completion_tokens"]
+        if record["finish_reason"] == "error":
+            summary.failed += 1
+            self.report(f"line {record['line']}: generation failed: {record.get('error') or 'unknown error'}")
+            if outcome.error is not None and outcome.error["code"] == "model_unavailable":
+                # Every later prompt would fail the same way.
+                summary.aborted = summary.aborted or outcome.error["message"]
+        self._pending[record["line"]] = record
+        while self._next < len(self._in_order) and self._in_order[self._next].line in self._pending:
+            self.write(json.dumps(self._pending.pop(self._in_order[self._next].line), ensure_ascii=False))
+            self._next += 1
+        self.progress(1)
 
 
-def quota_error(user, exc: quotas.QuotaExceeded) -> str:
+@database_sync_to_async
+def quota_error(user) -> str:
+    """Why the run stopped for the user's quota, naming the user."""
+    status = quotas.status(user.pk)
+    return describe_quota(user, status["used"], status["limit"])
+
+
+def describe_quota(user, used: int, limit: int) -> str:
     return (
-        f"user {user.get_username()!r} has used {exc.used} of their {exc.limit} tokens for today "
+        f"user {user.get_username()!r} has used {used} of their {limit} tokens for today "
         "(the limit resets at 00:00 UTC)"
     )
 

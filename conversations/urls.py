@@ -1,6 +1,7 @@
 from django.urls import path
 
-from . import feedback_views, views
+from . import views
+from .review import views as review_views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -17,6 +18,6 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
     path("api/conversations/", views.api_conversations, name="api_conversations"),
     path("api/conversations/<uuid:conversation_id>/", views.api_conversation, name="api_conversation"),
-    path("api/messages/<int:message_id>/feedback/", feedback_views.feedback, name="feedback"),
-    path("api/usage/", feedback_views.usage, name="usage"),
+    path("api/messages/<int:message_id>/feedback/", review_views.feedback, name="feedback"),
+    path("api/usage/", review_views.usage, name="usage"),
 ]

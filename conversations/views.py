@@ -11,10 +11,12 @@ from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonRespo
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import export, history, importing, runtime
 from .forms import ConversationForm, RenameForm, SignupForm
+from .history import export, importing
+from .history import listing as history
+from .history.tree import Tree
+from .live import process, state
 from .models import Conversation
-from .tree import Tree
 
 
 def _get_conversation_for_user(request, conversation_id) -> Conversation:
@@ -64,7 +66,7 @@ def new(request):
         return redirect("index")
     conversation = form.save(commit=False)
     conversation.user = request.user
-    conversation.model_name = runtime.model_name()
+    conversation.model_name = state.current().model_name
     conversation.save()
     return redirect(conversation)
 
@@ -242,5 +244,5 @@ def signup(request):
 
 @require_GET
 def healthz(request):
-    status = runtime.health()
+    status = process.health()
     return JsonResponse(status, status=200 if status["status"] == "ok" else 503)

@@ -385,7 +385,7 @@ def int8_products_pay() -> bool:
     """Whether this CPU has AVX-512 VNNI, where oneDNN's int8 x int8 head is right and fast.
 
     On a 2-core AVX2 EPYC (no AVX-512) its products came out wrong (21%
-    off the weight-only product, tests/test_quant.py) and slower: decode
+    off the weight-only product, tests/inference/test_quant.py) and slower: decode
     steps took 10-12% longer at one and at eight rows, two threads. With
     AVX-512 VNNI the head took 0.73 ms against 1.26 (docs/performance.md).
     """

@@ -38,7 +38,7 @@ RATINGS = [
 ]
 SEED = """
 from django.contrib.auth import get_user_model
-from conversations import review
+from conversations.review import feedback as review
 from conversations.models import Message
 User = get_user_model()
 User.objects.create_superuser("admin", password={password!r})

@@ -11,7 +11,8 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client
 
-from conversations import runtime
+from conversations.live import process, state
+from conversations.live.runners.local import LocalRunner
 from conversations.models import Conversation
 
 pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support"]
@@ -93,13 +94,27 @@ def conversation():
     return make
 
 
+@pytest.fixture(autouse=True)
+def live():
+    """Each test starts with this process's live state fresh, as the settings build it (no model loaded).
+
+    It is one object (conversations.live.state), so a test that stops it,
+    fills its sockets or swaps its engine leaves nothing to the next.
+    """
+    with state.swapped(process.build(load_engine=False)) as fresh:
+        yield fresh
+
+
+def serving(engine) -> state.Live:
+    """A local-mode live state whose runner generates on `engine`."""
+    return state.Live(runner=LocalRunner(engine))
+
+
 @pytest.fixture
 def engine(tiny_engine):
     """The tiny engine as this process's engine (what the consumer and commands use)."""
-    previous = runtime.loaded_engine()
-    runtime.set_engine(tiny_engine)
-    yield tiny_engine
-    runtime.set_engine(previous)
+    with state.swapped(serving(tiny_engine)):
+        yield tiny_engine
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -20,10 +20,10 @@ def transcript(alice, conversation):
         title="About Paris",
         source="batch",
         model_name="tiny",
-        messages=[("user", "What is the capital of France?"), ("assistant", "Paris is.")],
+        messages=[("user", "What is the capital of France?")],
     )
-    reply = convo.messages.last()
-    reply.finish("stop", "Paris is.", {"prompt_tokens": 31, "completion_tokens": 3, "ttft_ms": 120, "duration_ms": 400})
+    usage = {"prompt_tokens": 31, "completion_tokens": 3, "ttft_ms": 120, "duration_ms": 400}
+    convo.append("assistant", "Paris is.", finish_reason="stop", **usage)
     return convo
 
 

@@ -1,5 +1,6 @@
 """The batch_prompts command, on the tiny model of the real architecture
-(and once on the real default model)."""
+(and once on the real default model). Its replies are ordinary turns on the
+local runner, so these also check that they batch on the engine."""
 
 import io
 import json
@@ -12,9 +13,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from conversations import batch, runtime
+from conversations import batch
+from conversations.live import state
 from conversations.models import Conversation, Message
 from inference import EngineConfig, GenerationParams, load_engine
+from tests.conftest import serving
 
 MODEL_CACHE = Path(__file__).resolve().parents[1] / "var" / "models"
 
@@ -28,19 +31,34 @@ PROMPTS = [
 ]
 
 
+class Streams:
+    """The engine's streams as the turns open them: the prompts in the order they reached the
+    model, and the most that were open at once. The real stream still runs."""
+
+    def __init__(self, engine, monkeypatch) -> None:
+        self.prompts: list[str] = []
+        self.open = self.most_open = 0
+        real = engine.stream
+
+        async def recording(request):
+            self.prompts.append(request.messages[-1]["content"])
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            try:
+                async for event in real(request):
+                    yield event
+            finally:
+                self.open -= 1
+
+        monkeypatch.setattr(engine, "stream", recording)
+
+
 @pytest.fixture
-def calls(engine, monkeypatch):
-    """The batches the engine was given, as lists of user prompts; the real
-    generate_batch still runs."""
-    seen = []
-    real = engine.generate_batch
-
-    def recording(requests):
-        seen.append([r.messages[-1]["content"] for r in requests])
-        return real(requests)
-
-    monkeypatch.setattr(engine, "generate_batch", recording)
-    return seen
+def fresh_engine(make_engine):
+    """A tiny engine of this test's own (its stats start at zero), serving this process."""
+    engine = make_engine(max_batch_size=4)
+    with state.swapped(serving(engine)):
+        yield engine
 
 
 def run(*args, **options):
@@ -205,14 +223,15 @@ def test_it_shows_a_progress_bar_on_a_terminal(engine, tmp_path, quiet):
 
 
 @pytest.mark.django_db
-def test_it_keeps_input_order_though_batches_are_length_sorted(engine, calls, tmp_path):
+def test_it_keeps_input_order_though_prompts_run_length_sorted(engine, monkeypatch, tmp_path):
+    streams = Streams(engine, monkeypatch)
     path = write(tmp_path, "prompts.txt", PROMPTS)
     out, err, error = run(path, batch_size=2)
 
     assert error is None, err
     assert [r["prompt"] for r in records(out)] == PROMPTS
     assert [r["line"] for r in records(out)] == [1, 2, 3, 4, 5]
-    ran = [prompt for call in calls for prompt in call]
+    ran = streams.prompts
     assert sorted(ran) == sorted(PROMPTS)
     assert ran != PROMPTS
     lengths = [engine.count_tokens([{"role": "user", "content": p}]) for p in ran]
@@ -220,12 +239,14 @@ def test_it_keeps_input_order_though_batches_are_length_sorted(engine, calls, tm
 
 
 @pytest.mark.django_db
-def test_it_makes_one_generate_call_a_batch(engine, calls, tmp_path):
+def test_it_keeps_batch_size_turns_on_the_model_and_they_decode_together(fresh_engine, monkeypatch, tmp_path):
+    streams = Streams(fresh_engine, monkeypatch)
     path = write(tmp_path, "prompts.txt", PROMPTS)
-    _, err, error = run(path, batch_size=2)
+    _, err, error = run(path, batch_size=3, max_new_tokens=16)
 
     assert error is None, err
-    assert [len(call) for call in calls] == [2, 2, 1]
+    assert streams.most_open == 3
+    assert fresh_engine.stats.max_rows == 3  # rows of different turns in one decoding step
     assert Conversation.objects.filter(source="batch").count() == 5
 
 
@@ -277,15 +298,19 @@ def test_it_reports_bad_lines_and_runs_the_rest(engine, tmp_path):
 
 
 @pytest.mark.django_db
-def test_it_stops_after_the_current_batch_on_sigint(engine, monkeypatch, tmp_path):
-    real = engine.generate_batch
+def test_it_stops_after_the_prompts_on_the_model_on_sigint(engine, monkeypatch, tmp_path):
+    real = engine.stream
+    calls = []
 
-    def interrupted(requests):
-        # A real Ctrl-C arriving while the first batch is on the model.
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(requests)
+    async def interrupted(request):
+        calls.append(request)
+        if len(calls) == 1:
+            # A real Ctrl-C arriving while the first prompts are on the model.
+            os.kill(os.getpid(), signal.SIGINT)
+        async for event in real(request):
+            yield event
 
-    monkeypatch.setattr(engine, "generate_batch", interrupted)
+    monkeypatch.setattr(engine, "stream", interrupted)
     handler = signal.getsignal(signal.SIGINT)
     path = write(tmp_path, "prompts.txt", PROMPTS)
     out, err, error = run(path, batch_size=2)
@@ -300,11 +325,9 @@ def test_it_stops_after_the_current_batch_on_sigint(engine, monkeypatch, tmp_pat
 @pytest.fixture
 def real_engine():
     """The real default model (converted once into var/models, shared with other tests)."""
-    previous = runtime.loaded_engine()
     engine = load_engine(EngineConfig(device="cpu", cache_dir=MODEL_CACHE))
-    runtime.set_engine(engine)
-    yield engine
-    runtime.set_engine(previous)
+    with state.swapped(serving(engine)):
+        yield engine
     engine.close()
 
 
@@ -331,19 +354,19 @@ def test_it_answers_with_the_real_model(real_engine, tmp_path):
 
 @pytest.mark.django_db
 def test_it_stops_when_the_engine_is_closed(make_engine, tmp_path):
-    previous = runtime.loaded_engine()
     closed = make_engine()
     closed.close()
-    runtime.set_engine(closed)
-    try:
+    with state.swapped(serving(closed)):
         out, err, error = run(write(tmp_path, "prompts.txt", PROMPTS), batch_size=2)
-    finally:
-        runtime.set_engine(previous)
 
+    # The two prompts that went to the model are kept, as failed; no other one starts.
     assert error is not None
-    assert "stopped after 0 of 5 prompts" in str(error)
-    assert out == ""
-    assert Conversation.objects.count() == 0
+    assert "the model stopped" in str(error) and "stopped after 2 of 5 prompts" in str(error)
+    rows = records(out)
+    assert [r["finish_reason"] for r in rows] == ["error", "error"]
+    assert all("not taking requests" in r["error"] for r in rows)
+    assert Conversation.objects.count() == 2
+    assert set(Message.objects.filter(role="assistant").values_list("status", flat=True)) == {"error"}
 
 
 def test_it_fails_on_a_missing_file(tmp_path):
@@ -362,15 +385,14 @@ def test_it_fails_on_bad_parameters(tmp_path):
         call_command("batch_prompts", path, temperature=3, stdout=io.StringIO(), stderr=io.StringIO())
 
 
-def test_plan_batches_sorts_by_length_across_params():
+def test_plan_sorts_by_length_across_params():
     greedy, sampled = GenerationParams.from_dict({"temperature": 0}), GenerationParams()
     prompts = [
         batch.Prompt(line, "p", "", params, tokens)
         for line, params, tokens in [(1, greedy, 9), (2, sampled, 1), (3, greedy, 5), (4, sampled, 7)]
     ]
 
-    plan = batch.plan_batches(prompts, 2)
-    assert [[p.line for p in b] for b in plan] == [[2, 3], [4, 1]]
+    assert [p.line for p in batch.plan(prompts)] == [2, 3, 4, 1]
 
 
 def test_detect_format():

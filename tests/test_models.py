@@ -1,5 +1,7 @@
 import pytest
+from asgiref.sync import async_to_sync
 
+from conversations.live import replies
 from conversations.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -43,11 +45,11 @@ def test_titles_come_from_the_first_message(text, title):
 
 
 def test_finish_stores_status_reason_and_usage(alice, conversation):
+    # The one writer of a reply's end (conversations.live.replies), on a synchronous caller's connection.
     convo = conversation(alice)
     reply = Message.objects.create(conversation=convo, role="assistant", status="streaming")
-    reply.finish(
-        "cancelled", "partial", {"prompt_tokens": 10, "completion_tokens": 4, "ttft_ms": 50, "duration_ms": 500}
-    )
+    usage = {"prompt_tokens": 10, "completion_tokens": 4, "ttft_ms": 50, "duration_ms": 500}
+    assert async_to_sync(replies.finish)(convo.id, reply.id, replies.Ending("cancelled", "partial", usage))
     reply.refresh_from_db()
     assert (reply.status, reply.finish_reason, reply.content) == ("cancelled", "cancelled", "partial")
     assert (reply.prompt_tokens, reply.completion_tokens, reply.ttft_ms, reply.duration_ms) == (10, 4, 50, 500)

@@ -45,12 +45,12 @@ def test_defaults_run():
 
 
 def test_the_engine_config_comes_from_settings(settings, tmp_path):
-    from conversations import runtime
+    from conversations.live import process
 
     settings.CHAT_MODEL, settings.CHAT_DEVICE, settings.CHAT_DTYPE = str(tmp_path), "cpu", "float32"
     settings.CHAT_MODEL_CACHE, settings.CHAT_MAX_BATCH, settings.CHAT_MAX_QUEUE = tmp_path, 3, 5
     settings.CHAT_THREADS = 1
-    config = runtime.engine_config()
+    config = process.engine_config()
     assert (config.model, config.device, config.dtype, config.cache_dir) == (str(tmp_path), "cpu", "float32", tmp_path)
     assert (config.max_batch_size, config.max_queue, config.num_threads) == (3, 5, 1)
 
@@ -59,7 +59,7 @@ def test_without_redis_url_the_site_never_imports_redis(tmp_path):
     # The in-memory layer needs none of it; redis would cost every such server 5 MB.
     code = (
         "import sys, django; django.setup();"
-        "import chatsite.routing, conversations.consumers, conversations.shutdown, conversations.urls;"
+        "import chatsite.routing, conversations.live.consumers, conversations.live.shutdown, conversations.urls;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'channels_redis')))"
     )
     env = {"DJANGO_SETTINGS_MODULE": "chatsite.settings", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}

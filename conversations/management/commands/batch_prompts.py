@@ -2,6 +2,8 @@
 
 The work lives in conversations/batch.py; this command parses options, wires
 the output streams, the progress bar and Ctrl-C, and sets the exit status.
+Each prompt's reply is an ordinary turn on this process's runner: the
+model loaded here in local mode, the inference workers in worker mode.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import sys
 import threading
 from contextlib import contextmanager
 
+from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from conversations import batch, quotas, runtime
-from inference import GenerationParams, InferenceError, InvalidParams
+from conversations import batch
+from conversations.live import process, state
+from conversations.review import quotas
+from inference import GenerationParams, InvalidParams
 
 
 class _RawStream:
@@ -66,7 +71,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-new-tokens", type=int, metavar="N", help="1-4096")
         parser.add_argument("--repetition-penalty", type=float, metavar="R", help="1-2")
         parser.add_argument(
-            "--batch-size", type=int, default=8, metavar="B", help="prompts per model call (default: 8)"
+            "--batch-size", type=int, default=8, metavar="B", help="prompts on the model at once (default: 8)"
         )
         parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -98,14 +103,14 @@ class Command(BaseCommand):
         try:
             quotas.check(owner.pk)
         except quotas.QuotaExceeded as exc:
-            raise CommandError(batch.quota_error(owner, exc)) from None
+            raise CommandError(batch.describe_quota(owner, exc.used, exc.limit)) from None
 
-        engine = self.load_engine()
-        prompts, too_long = batch.measure(prompts, engine)
-        bad = sorted(bad + too_long, key=lambda b: b.line)
+        live = self.ready()
+        if live.engine is not None:
+            prompts, too_long = batch.measure(prompts, live.engine)
+            bad = sorted(bad + too_long, key=lambda b: b.line)
         for bad_line in bad:
             self.stderr.write(str(bad_line))
-        plan = batch.plan_batches(prompts, batch_size)
 
         err = _RawStream(self.stderr)
         with (
@@ -114,14 +119,16 @@ class Command(BaseCommand):
             self.stop_on_sigint() as stop,
         ):
             runner = batch.BatchRunner(
-                engine=engine,
                 user=owner,
+                model_name=live.model_name,
                 write=write,
                 report=lambda message: bar.write(message, file=err),
+                batch_size=batch_size,
                 progress=bar.update,
                 stop=stop,
             )
-            summary = runner.run(plan)
+            # Database calls of the turns run back on this thread (thread-sensitive), on its connection.
+            summary = async_to_sync(runner.run)(batch.plan(prompts))
 
         self.stderr.write(summary.describe(bad_lines=len(bad)), style_func=lambda x: x)
         if summary.aborted:
@@ -154,10 +161,11 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
 
-    def load_engine(self):
+    def ready(self) -> state.Live:
+        """This process's live state, its model loaded in local mode."""
         try:
-            return runtime.get_engine()
-        except (InferenceError, ValueError, OSError) as exc:
+            return process.ready()
+        except process.LOAD_ERRORS as exc:
             raise CommandError(f"cannot load the model: {exc}") from None
 
     @contextmanager
@@ -194,8 +202,8 @@ class Command(BaseCommand):
 
     @contextmanager
     def stop_on_sigint(self):
-        """Ctrl-C sets an event the runner checks between batches, so the batch
-        on the model finishes and is stored. A second Ctrl-C aborts at once."""
+        """Ctrl-C sets an event the runner checks before it starts a prompt, so the
+        prompts on the model finish and are stored. A second Ctrl-C aborts at once."""
         stop = threading.Event()
         if threading.current_thread() is not threading.main_thread():
             yield stop  # signal handlers can only be installed from the main thread
@@ -206,7 +214,7 @@ class Command(BaseCommand):
         def on_signal(signum, frame) -> None:
             stop.set()
             signal.signal(signal.SIGINT, previous)
-            self.stderr.write("\nstopping after the current batch (Ctrl-C again to abort)")
+            self.stderr.write("\nstopping once the prompts on the model are done (Ctrl-C again to abort)")
 
         signal.signal(signal.SIGINT, on_signal)
         try:

@@ -3,7 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from conversations import apikeys
+from conversations.api import keys as apikeys
 
 
 class Command(BaseCommand):

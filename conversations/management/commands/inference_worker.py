@@ -1,6 +1,6 @@
 """python manage.py inference_worker: serve replies for CHAT_INFERENCE=worker web processes.
 
-See conversations/worker.py for how it works and docs/deploy.md for running it.
+See conversations/live/inference_worker.py for how it works and docs/deploy.md for running it.
 """
 
 import logging
@@ -8,8 +8,8 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from conversations import runtime
-from conversations.worker import InferenceWorkerServer
+from conversations.live import process
+from conversations.live.inference_worker import InferenceWorkerServer
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ class Command(BaseCommand):
     def handle(self, *args, name: str | None = None, **options) -> None:
         if not settings.REDIS_URL:
             raise CommandError("inference_worker needs REDIS_URL (the channel layer the web processes use)")
-        problem = runtime.redis_problem()
+        problem = process.redis_problem()
         if problem:
             raise CommandError(problem)
         try:
-            engine = runtime.get_engine()
-        except runtime.LOAD_ERRORS as exc:
+            engine = process.load_model()
+        except process.LOAD_ERRORS as exc:
             raise CommandError(f"cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
         server = InferenceWorkerServer(engine, name=name)
         info = engine.info
@@ -48,5 +48,5 @@ class Command(BaseCommand):
         try:
             server.run()
         finally:
-            runtime.close_engine(timeout=30)
+            engine.close(timeout=30)
         logger.info("inference worker %s stopped", server.name)

@@ -1,0 +1,256 @@
+"""The OpenAI-compatible API: GET /v1/models and POST /v1/chat/completions (docs/api.md).
+
+Async views: the event loop never blocks (the ORM runs in threads). A call is
+stored as a `source=api` conversation of the key's owner, its reply is an
+ordinary turn (conversations.live.turns) on the same runner and batch as web
+chats, and a client that goes away stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from ..history import tree
+from ..live import process, turns
+from ..live.frames import follow
+from ..live.replies import DB_BUSY, RESTARTING
+from ..models import Conversation, Message
+from ..review import quotas
+from . import keys, openai_format
+from .openai_format import BadRequest, Completion
+
+logger = logging.getLogger(__name__)
+LOADED_AT = int(time.time())  # a model's `created`: when this process started serving it
+
+# How each way a turn can fail reaches the client: (status, type).
+FAILURES = {
+    "busy": (429, "rate_limit_exceeded"),
+    "rate_limited": (429, "rate_limit_exceeded"),
+    "invalid": (400, "invalid_request_error"),
+    "generation_failed": (503, "server_error"),
+    "unavailable": (503, "server_error"),
+    "model_unavailable": (503, "server_error"),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = openai_format.error(message, type_, code, param)
+
+    def response(self) -> JsonResponse:
+        return JsonResponse(self.body, status=self.status)
+
+
+def _failure(code: str, message: str) -> ApiError:
+    status, type_ = FAILURES.get(code, (503, "server_error"))
+    return ApiError(status, message, type_, code)
+
+
+@database_sync_to_async
+def _authenticate(request):
+    """The key's owner; ApiError 401 otherwise (the same answer whether or not the user exists)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    key = keys.authenticate(raw.strip()) if scheme.lower() == "bearer" else None
+    if key is None:
+        raise ApiError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+    return key.user
+
+
+@database_sync_to_async
+def _served_model() -> str:
+    """The model's name; ApiError 503 while no model is ready (loading, no worker)."""
+    health = process.health()
+    if health["status"] != "ok":
+        reason = health.get("reason") or "the model is still loading"
+        raise ApiError(503, f"No model is ready: {reason}.", "server_error", "model_not_ready")
+    return health["model"]
+
+
+def _api_view(view):
+    """Bearer authentication and OpenAI-shaped errors around an async view."""
+
+    async def wrapped(request, *args, **kwargs):
+        try:
+            user = await _authenticate(request)
+            return await view(request, user, *args, **kwargs)
+        except ApiError as exc:
+            return exc.response()
+
+    return csrf_exempt(wrapped)
+
+
+@_api_view
+async def models(request, user):
+    if request.method != "GET":
+        return _method_not_allowed()
+    model = await _served_model()
+    return JsonResponse(openai_format.models(model, LOADED_AT))
+
+
+@_api_view
+async def chat_completions(request, user):
+    if request.method != "POST":
+        return _method_not_allowed()
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.", "invalid_request_error") from None
+    try:
+        call = openai_format.parse(body, settings.CHAT_MAX_MESSAGE_CHARS)
+    except BadRequest as exc:
+        raise ApiError(400, exc.message, "invalid_request_error", "invalid_value", exc.param) from None
+    model = await _served_model()
+    answer = Answer(call, model, await _store(user, call, model))
+    # Joined before the turn starts, so no frame is missed; a stream takes it over.
+    stack: AsyncExitStack | None = AsyncExitStack()
+    follower = await stack.enter_async_context(follow(answer.conversation_id))
+    try:
+        try:
+            turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt)
+        except turns.Refused as exc:
+            raise _failure("unavailable" if exc.message == RESTARTING else exc.code, exc.message) from None
+        frames = follower.until_end(turn.message_id)
+        head = await _head(frames)
+        if call.stream:
+            response = answer.stream(head, frames, stack)
+            stack = None
+            return response
+        return JsonResponse(await answer.complete(head, frames))
+    except BaseException:
+        # A failure, or the client went away (the view is cancelled): the reply stops.
+        if stack is not None:
+            await asyncio.shield(turns.stop(answer.conversation_id))
+        raise
+    finally:
+        if stack is not None:
+            await stack.aclose()
+
+
+def _method_not_allowed() -> JsonResponse:
+    body = openai_format.error("Method not allowed.", "invalid_request_error", "method_not_allowed")
+    return JsonResponse(body, status=405)
+
+
+@database_sync_to_async
+def _store(user, call: Completion, model: str) -> str:
+    """The call's conversation: the client's system prompt and history, ready for the reply's turn."""
+    # A spent quota stores nothing; the turn itself then holds its tokens atomically (turns.start).
+    try:
+        quotas.check(user.id)
+    except quotas.QuotaExceeded as exc:
+        raise _failure("rate_limited", exc.message) from None
+    try:
+        with transaction.atomic():
+            conversation = Conversation(
+                user=user, source=Conversation.Source.API, system_prompt=call.system_prompt, model_name=model
+            )
+            conversation.set_params(call.params.to_dict())
+            first_user = next((m["content"] for m in call.history if m["role"] == "user"), call.prompt)
+            conversation.title = conversation.title_from(first_user)
+            conversation.save()
+            Message.objects.bulk_create(
+                Message(conversation=conversation, role=m["role"], content=m["content"]) for m in call.history
+            )
+            tree.chain(conversation)
+    except DatabaseError as exc:
+        logger.warning("cannot store an API call: %s", exc)
+        raise _failure("busy", DB_BUSY) from None
+    return str(conversation.id)
+
+
+async def _head(frames: AsyncIterator[dict]) -> list[dict]:
+    """Frames up to the first sign the reply is running (a token or a queue place), or its end.
+
+    Raises ApiError when the reply failed before any text, while the status
+    code can still say why (429 for a full queue).
+    """
+    seen: list[dict] = []
+    async for frame in frames:
+        seen.append(frame)
+        if frame["type"] in ("token", "queued"):
+            break
+        if frame["type"] == "end":
+            _raise_if_failed(seen)
+            break
+    return seen
+
+
+def _raise_if_failed(seen: list[dict]) -> None:
+    """ApiError for a reply that ended otherwise than complete (the last frame is its `end`)."""
+    if seen[-1]["status"] == Message.Status.COMPLETE:
+        return
+    errors = [frame for frame in seen if frame["type"] == "error"]
+    if errors:
+        raise _failure(errors[-1]["code"], errors[-1]["message"])
+    raise _failure("generation_failed", f"The reply ended as {seen[-1]['status']}.")
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+class Answer:
+    """The answer to one call, whole or as server-sent events."""
+
+    def __init__(self, call: Completion, model: str, conversation_id: str) -> None:
+        self.call = call
+        self.model = model
+        self.conversation_id = conversation_id
+        self.id = f"chatcmpl-{conversation_id}"
+
+    async def complete(self, head: list[dict], frames: AsyncIterator[dict]) -> dict:
+        seen = head if head[-1]["type"] == "end" else head + [frame async for frame in frames]
+        _raise_if_failed(seen)
+        text = "".join(frame["text"] for frame in seen if frame["type"] == "token")
+        return openai_format.completion(self.id, self.model, text, seen[-1])
+
+    def stream(self, head: list[dict], frames: AsyncIterator[dict], stack: AsyncExitStack) -> StreamingHttpResponse:
+        response = StreamingHttpResponse(self._events(head, frames, stack), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies must not hold the events back
+        return response
+
+    async def _events(self, head: list[dict], frames: AsyncIterator[dict], stack: AsyncExitStack) -> AsyncIterator[str]:
+        seen: list[dict] = []
+        try:
+            yield _sse(openai_format.chunk(self.id, self.model, {"role": "assistant", "content": ""}))
+            for frame in head:
+                seen.append(frame)
+                if frame["type"] == "token":
+                    yield _sse(openai_format.chunk(self.id, self.model, {"content": frame["text"]}))
+            if seen[-1]["type"] != "end":
+                async for frame in frames:
+                    seen.append(frame)
+                    if frame["type"] == "token":
+                        yield _sse(openai_format.chunk(self.id, self.model, {"content": frame["text"]}))
+            yield self._last_events(seen)
+        finally:
+            # Disconnected before the end (the task is cancelled here): the reply stops.
+            if not seen or seen[-1]["type"] != "end":
+                await asyncio.shield(turns.stop(self.conversation_id))
+            await stack.aclose()
+
+    def _last_events(self, seen: list[dict]) -> str:
+        end = seen[-1]
+        try:
+            _raise_if_failed(seen)
+        except ApiError as exc:
+            return _sse(exc.body) + "data: [DONE]\n\n"
+        events = _sse(openai_format.chunk(self.id, self.model, {}, openai_format.finish_reason(end)))
+        if self.call.include_usage:
+            events += _sse(openai_format.usage_chunk(self.id, self.model, end))
+        return events + "data: [DONE]\n\n"

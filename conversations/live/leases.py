@@ -1,0 +1,183 @@
+"""The Redis side of a reply handed to an inference worker (CHAT_INFERENCE=worker).
+
+Each such reply has three Redis keys next to the channel layer's (same prefix):
+
+- `<prefix>:reply:<id>:text`, a Redis Stream: one entry per flushed chunk,
+  written by the worker *before* it publishes the chunk (plus an empty entry
+  when it accepts the request). It is the durable record of what sockets were
+  sent: a socket that (re)connects reads the text so far from it, and a reply
+  whose worker died is stored with the stream's text.
+- `<prefix>:reply:<id>:lease`, a key that expires after CHAT_WORKER_TIMEOUT:
+  set by the web process when it hands the request over (so a request no
+  worker takes in time is given up) and renewed by the worker holding it.
+- `<prefix>:reply:<id>:stop`, the stop mark (docs/architecture.md, "A stop
+  is never lost").
+
+The reaper runs in every web process and every worker: every
+CHAT_WORKER_TIMEOUT / 4 seconds it ends the replies still `streaming` whose
+lease has expired, through replies.finish(), so nothing stays `streaming` for
+more than about CHAT_WORKER_TIMEOUT after its worker died, watched or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import redis.asyncio
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from ..models import InferenceWorker, Message
+from .frames import layer_errors
+from .generation import Record
+from .replies import Ending, finish
+
+logger = logging.getLogger(__name__)
+
+# A finished reply's stream is kept this long (a socket reconnecting late still reads it).
+STREAM_TTL_SECONDS = 60
+# A stream of a reply nobody finished is dropped after a day whatever happens.
+LIVE_STREAM_TTL_SECONDS = 86_400
+STOPPED_ANSWERING = "The inference worker stopped answering; the text so far is kept."
+ALL_BUSY = "Every inference worker is busy; try again in a moment."
+NO_WORKER = "No inference worker is running; try again later."
+
+
+def _prefix() -> str:
+    return settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "asgi")
+
+
+def stream_key(message_id: int) -> str:
+    return f"{_prefix()}:reply:{message_id}:text"
+
+
+def lease_key(message_id: int) -> str:
+    return f"{_prefix()}:reply:{message_id}:lease"
+
+
+def stop_key(message_id: int) -> str:
+    return f"{_prefix()}:reply:{message_id}:stop"
+
+
+def lease_ms() -> int:
+    return int(settings.CHAT_WORKER_TIMEOUT * 1000)
+
+
+class Leases:
+    """The keys of handed-over replies, read and written through one Redis client per event loop.
+
+    A web process's WorkerRunner and an inference worker each own one.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[int, redis.asyncio.Redis] = {}
+
+    def client(self) -> redis.asyncio.Redis:
+        """A Redis client for the running event loop (tests run one loop per test)."""
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._clients:
+            self._clients[loop] = redis.asyncio.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=15, socket_connect_timeout=3, decode_responses=True
+            )
+        return self._clients[loop]
+
+    def record(self, message_id: int) -> StreamRecord:
+        return StreamRecord(self.client(), message_id)
+
+    async def read_stream(self, message_id: int) -> tuple[bool, str]:
+        """Whether a worker accepted the reply, and the text it published."""
+        entries = await self.client().xrange(stream_key(message_id))
+        return bool(entries), "".join(fields["t"] for _, fields in entries)
+
+    async def hand_over(self, message_id: int) -> None:
+        """The reply's request is about to go to the workers: it is given up if none takes it in time."""
+        await self.client().set(lease_key(message_id), "queued", px=lease_ms())
+
+    async def renew(self, message_ids) -> None:
+        """The holder of these replies is alive (a worker's heartbeat)."""
+        async with self.client().pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.set(lease_key(message_id), "held", px=lease_ms())
+            await pipe.execute()
+
+    async def mark_stop(self, message_id: int, interrupted: bool) -> None:
+        """Leave the stop where the worker that takes (or took) the reply reads it; `interrupted` wins."""
+        value = "interrupted" if interrupted else "cancelled"
+        await self.client().set(stop_key(message_id), value, ex=LIVE_STREAM_TTL_SECONDS, nx=not interrupted)
+
+    async def stop_marked(self, message_id: int) -> str | None:
+        """The reply's stop mark ("cancelled" or "interrupted"), or None when nobody asked it to stop."""
+        return await self.client().get(stop_key(message_id))
+
+    async def forget(self, message_id: int) -> None:
+        """A reply ended: no lease or stop mark any more; its stream lingers a minute for late readers."""
+        await self.client().delete(lease_key(message_id), stop_key(message_id))
+        await self.client().expire(stream_key(message_id), STREAM_TTL_SECONDS)
+
+    async def reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(settings.CHAT_WORKER_TIMEOUT / 4)
+            try:
+                await self.reap()
+            except (DatabaseError, *layer_errors()) as exc:
+                logger.warning("reaper: %s", exc)
+
+    async def reap(self) -> int:
+        """End the streaming replies whose lease expired; returns how many this process ended."""
+        rows = await _streaming_before(settings.CHAT_WORKER_TIMEOUT)
+        if not rows:
+            return 0
+        leases = await self.client().mget([lease_key(message_id) for message_id, _ in rows])
+        ended = 0
+        for (message_id, conversation_id), lease in zip(rows, leases, strict=True):
+            if lease is None and await self.reap_one(str(conversation_id), message_id):
+                ended += 1
+        return ended
+
+    async def reap_one(self, conversation_id: str, message_id: int) -> bool:
+        accepted, text = await self.read_stream(message_id)
+        if accepted:
+            ending = Ending("interrupted", text, error=("generation_failed", STOPPED_ANSWERING))
+        elif await _workers_alive():
+            ending = Ending("error", text, error=("busy", ALL_BUSY))
+        else:
+            ending = Ending("error", text, error=("generation_failed", NO_WORKER))
+        if not await finish(conversation_id, message_id, ending):
+            return False
+        logger.warning("reply %s: its lease expired, ended as %s", message_id, ending.reason)
+        await self.forget(message_id)
+        return True
+
+
+class StreamRecord(Record):
+    """The reply's text in its Redis stream, appended before each chunk is published."""
+
+    def __init__(self, client: redis.asyncio.Redis, message_id: int) -> None:
+        super().__init__()
+        self.client = client
+        self.key = stream_key(message_id)
+
+    async def open(self) -> None:
+        await self.client.xadd(self.key, {"t": ""})
+        await self.client.expire(self.key, LIVE_STREAM_TTL_SECONDS)
+
+    async def append(self, text: str) -> None:
+        await self.client.xadd(self.key, {"t": text})
+        self.text += text
+
+
+@database_sync_to_async
+def _streaming_before(seconds: float) -> list[tuple[int, str]]:
+    """Streaming replies created more than `seconds` ago (younger ones may not have a lease yet)."""
+    since = timezone.now() - timedelta(seconds=seconds)
+    rows = Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=since)
+    return list(rows.values_list("id", "conversation_id"))
+
+
+@database_sync_to_async
+def _workers_alive() -> bool:
+    return InferenceWorker.seen_since(settings.CHAT_WORKER_TIMEOUT).exists()

@@ -1,0 +1,161 @@
+"""Starting a turn: `start()` (send, edit, regenerate), `switch()` and `stop()`, for every client.
+
+Anything that starts a reply (the chat socket, the API, `batch_prompts`) calls
+`start()`; it creates the turn's rows in one locked transaction, publishes its
+first frames and hands the reply to this process's runner. The reply then
+ends through conversations.live.replies.finish(), which nothing here needs
+back: the path only goes down (turns -> runner -> generation -> replies).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from channels.db import database_sync_to_async
+from django.db import DatabaseError, transaction
+
+from inference import GenerationParams
+
+from ..history.tree import Tree
+from ..models import Conversation, Message
+from ..review import quotas
+from . import state
+from .frames import publish
+from .replies import BUSY, DB_BUSY, RESTARTING, Ending, Gone, Refused, Turn, finish
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Gone", "Refused", "Turn", "start", "stop", "switch"]
+
+
+async def start(
+    conversation_id, kind: str, params: GenerationParams, text: str = "", message_id: int | None = None
+) -> Turn:
+    """Start a turn: `send` (a user message `text` and a reply), `edit` (a user message `text` beside
+    message `message_id`, and a reply) or `regenerate` (a variant of the last reply, which stays).
+
+    The new reply ends the active path. Returns once the reply is handed to the
+    runner. Raises Refused (busy, the conversation is gone, nothing to
+    regenerate or edit, the database is locked).
+    """
+    live = state.current()
+    if not live.accepting:
+        raise Refused("busy", RESTARTING)
+    try:
+        turn = await _create(str(conversation_id), kind, params, text, message_id)
+    except DatabaseError as exc:
+        logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
+        raise Refused("busy", DB_BUSY) from None
+    if turn.user_message is not None:
+        event = {"type": "chat.message", "message": turn.user_message}
+        await publish(turn.conversation_id, event | ({"title": turn.title} if turn.title else {}))
+    start_event = {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
+    await publish(turn.conversation_id, start_event | turn.place)
+    try:
+        await live.runner.start(turn)
+    except Refused as exc:
+        # Nobody will generate it: end it now so the conversation is not stuck busy.
+        await finish(turn.conversation_id, turn.message_id, Ending("error", "", error=(exc.code, exc.message)))
+    except Exception:
+        logger.exception("reply %s could not start", turn.message_id)
+        error = ("generation_failed", "The reply could not be started; try again in a moment.")
+        await finish(turn.conversation_id, turn.message_id, Ending("error", "", error=error))
+    return turn
+
+
+@database_sync_to_async
+def _create(conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None) -> Turn:
+    with transaction.atomic():
+        conversation = _locked_idle(conversation_id)
+        tree = Tree.of(conversation)
+        user_message, replaces = None, None
+        if kind == "regenerate":
+            last = tree.leaf()
+            if last is None or last.role != Message.Role.ASSISTANT:
+                raise Refused("invalid", "There is no reply to regenerate.")
+            replaces, parent = last.id, tree.by_id.get(last.parent_id)
+        else:
+            parent = tree.leaf() if kind == "send" else _edited(tree, message_id)
+            user_message = Message.objects.create(
+                conversation=conversation, role=Message.Role.USER, content=text, parent=parent
+            )
+            parent = user_message
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            model_name=state.current().model_name,
+            parent=parent,
+        )
+        conversation.activate(reply)
+        history = conversation.prompt_history(until=reply)
+        _reserve_tokens(conversation, reply, history, params)
+        untitled = not conversation.title
+        conversation.start_turn(params.to_dict(), first_text=text or None)
+        tree = Tree.of(conversation)
+    return Turn(
+        conversation_id=conversation_id,
+        message_id=reply.id,
+        history=history,
+        params=params,
+        replaces=replaces,
+        user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
+        place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
+        title=conversation.title if untitled and conversation.title else None,
+    )
+
+
+def _locked_idle(conversation_id: str) -> Conversation:
+    """The conversation, locked for this transaction; Refused while one of its replies streams."""
+    conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
+    if conversation is None:
+        raise Gone
+    if state.current().runner.in_progress(conversation_id) or conversation.live_reply():
+        raise Refused("busy", BUSY)
+    return conversation
+
+
+def _edited(tree: Tree, message_id: int | None) -> Message | None:
+    """The parent of the edited message (a user message of this conversation); Refused otherwise."""
+    edited = tree.by_id.get(message_id) if message_id is not None else None
+    if edited is None or edited.role != Message.Role.USER:
+        raise Refused("invalid", "Only your own messages in this conversation can be edited.")
+    return tree.by_id.get(edited.parent_id)
+
+
+async def switch(conversation_id, message_id: int) -> list[dict]:
+    """Make the branch through `message_id` active (down to its newest leaf) and send every tab the path."""
+    try:
+        path = await _switch(str(conversation_id), message_id)
+    except DatabaseError as exc:
+        logger.warning("cannot switch a branch of %s: %s", conversation_id, exc)
+        raise Refused("busy", DB_BUSY) from None
+    await publish(conversation_id, {"type": "chat.path", "messages": path})
+    return path
+
+
+@database_sync_to_async
+def _switch(conversation_id: str, message_id: int) -> list[dict]:
+    with transaction.atomic():
+        conversation = _locked_idle(conversation_id)
+        tree = Tree.of(conversation)
+        target = tree.by_id.get(message_id)
+        if target is None:
+            raise Refused("invalid", "There is no such message in this conversation.")
+        leaf = tree.newest_leaf_under(target)
+        conversation.activate(leaf)
+        tree.active_leaf_id = leaf.id
+        return tree.path_dicts()
+
+
+def _reserve_tokens(conversation: Conversation, reply: Message, history: list[dict], params) -> None:
+    """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back)."""
+    try:
+        quotas.reserve(conversation.user_id, quotas.prompt_bound(history) + params.max_new_tokens, reply.id)
+    except quotas.QuotaExceeded as exc:
+        raise Refused("rate_limited", exc.message) from None
+
+
+async def stop(conversation_id) -> bool:
+    """Ask the conversation's live reply to stop; False when there is none."""
+    return await state.current().runner.stop(str(conversation_id))

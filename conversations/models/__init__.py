@@ -1,0 +1,24 @@
+"""The data of Chatsite: one Django app's models, a module per concern.
+
+They stay in the one `conversations` app, so table names and migrations are
+those of the single models.py they came from.
+"""
+
+from .chat import Conversation, ConversationQuerySet, Message
+from .keys import ApiKey, ApiKeyQuerySet
+from .review import DailyUsage, Feedback, QuotaOverride, Reservation, StaffRead
+from .workers import InferenceWorker
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyQuerySet",
+    "Conversation",
+    "ConversationQuerySet",
+    "DailyUsage",
+    "Feedback",
+    "InferenceWorker",
+    "Message",
+    "QuotaOverride",
+    "Reservation",
+    "StaffRead",
+]

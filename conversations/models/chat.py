@@ -1,0 +1,263 @@
+"""Conversations and their messages: the transcript users and staff read."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from ..history.tree import Tree
+
+TITLE_LENGTH = 60
+PARAM_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
+
+
+class ConversationQuerySet(models.QuerySet):
+    def for_user(self, user) -> ConversationQuerySet:
+        """Only `user`'s conversations: a foreign id then simply is not found."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(user=user)
+
+
+class Conversation(models.Model):
+    class Source(models.TextChoices):
+        WEB = "web"
+        BATCH = "batch"
+        API = "api"
+        IMPORT = "import"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(default=0.7)
+    top_p = models.FloatField(default=0.9)
+    max_new_tokens = models.PositiveIntegerField(default=256)
+    repetition_penalty = models.FloatField(default=1.05)
+    model_name = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    # Archived chats leave the default list; pinned ones lead it.
+    archived = models.BooleanField(default=False)
+    pinned = models.BooleanField(default=False)
+    # The end of the active path through the message tree (conversations.history.tree):
+    # pages, the API and the model's history follow it up to the root.
+    active_leaf = models.ForeignKey("Message", models.SET_NULL, null=True, blank=True, related_name="+", editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [
+            models.Index(fields=["user", "-updated_at"], name="conv_user_recent"),
+            # The paged list's sort key (conversations/history/listing.py), so a page
+            # is an index range however long the history gets.
+            models.Index(fields=["user", "archived", "-pinned", "-updated_at", "-id"], name="conv_user_list"),
+        ]
+        # On PostgreSQL, migration 0003_conversation_list adds a GIN full-text
+        # index on titles (SQLite has no GIN); messages: see Message.Meta.
+
+    def __str__(self) -> str:
+        return self.display_title
+
+    @property
+    def display_title(self) -> str:
+        return self.title or "New chat"
+
+    def get_absolute_url(self) -> str:
+        return reverse("conversation", args=[self.id])
+
+    def params(self) -> dict:
+        """The conversation's generation parameters, as the inference app takes them."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+    def set_params(self, params: dict) -> None:
+        """Copy validated parameters onto the conversation (not saved)."""
+        for name in PARAM_FIELDS:
+            if name in params:
+                setattr(self, name, params[name])
+
+    def prompt_history(self, until: Message | None = None) -> list[dict]:
+        """The transcript as chat messages for the model, oldest first.
+
+        Only finished text counts: empty or failed replies are left out, so a
+        failure does not teach the model to answer with nothing. With `until`,
+        the history is the path down to that message (included); else the active path.
+        """
+        history = []
+        if self.system_prompt:
+            history.append({"role": "system", "content": self.system_prompt})
+        for message in Tree.of(self).path(until):
+            if message.role == Message.Role.SYSTEM:
+                continue
+            if message.role == Message.Role.ASSISTANT and (
+                message.status == Message.Status.ERROR or not message.content
+            ):
+                continue
+            history.append({"role": message.role, "content": message.content})
+        return history
+
+    def title_from(self, text: str) -> str:
+        """A short title from the first user message: its first line, cut at a word."""
+        line = " ".join(text.split())
+        if len(line) <= TITLE_LENGTH:
+            return line
+        cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0] or line[:TITLE_LENGTH]
+        return cut.rstrip(",.;:") + "…"
+
+    def start_turn(self, params: dict, first_text: str | None = None) -> None:
+        """Record a new turn: the parameters it used become the conversation's
+        (so a reload shows them), the first message names it, and it moves to
+        the top of the list."""
+        self.set_params(params)
+        if first_text and not self.title:
+            self.title = self.title_from(first_text)
+        self.updated_at = timezone.now()
+        self.save(update_fields=["updated_at", "title", *PARAM_FIELDS])
+
+    def append(self, role: str, content: str = "", **fields) -> Message:
+        """A new message at the end of the active path, which it then ends."""
+        leaf = self.messages.filter(id=self.active_leaf_id).first() if self.active_leaf_id else None
+        message = Message.objects.create(conversation=self, role=role, content=content, parent=leaf, **fields)
+        self.activate(message)
+        return message
+
+    def activate(self, leaf: Message) -> None:
+        """Make the path to `leaf` the active one."""
+        self.active_leaf = leaf
+        Conversation.objects.filter(id=self.id).update(active_leaf=leaf)
+
+    def live_reply(self) -> Message | None:
+        return self.messages.filter(status=Message.Status.STREAMING).last()
+
+    def as_dict(self) -> dict:
+        return {
+            "id": str(self.id),
+            "title": self.display_title,
+            "system_prompt": self.system_prompt,
+            "params": self.params(),
+            "model_name": self.model_name,
+            "source": self.source,
+            "archived": self.archived,
+            "pinned": self.pinned,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        CANCELLED = "cancelled"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    class FinishReason(models.TextChoices):
+        NONE = "", "—"
+        STOP = "stop"
+        LENGTH = "length"
+        CANCELLED = "cancelled"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    # The message this one answers or follows (null for the first): messages form a tree, so editing
+    # or regenerating adds a sibling and loses nothing.
+    parent = models.ForeignKey("self", models.CASCADE, null=True, blank=True, related_name="children")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
+    finish_reason = models.CharField(max_length=12, choices=FinishReason.choices, blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    model_name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["conversation", "created_at", "id"], name="msg_conv_order"),
+            models.Index(fields=["status"], name="msg_streaming", condition=Q(status="streaming")),
+        ]
+        # On PostgreSQL, migration 0007_message_search_vector adds a stored
+        # generated column, search_vector (the content's tsvector, for search:
+        # conversations/history/search.py), and its GIN index. It is no field here:
+        # SQLite has no tsvector, and no other query needs it.
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if not self.completion_tokens or not self.duration_ms:
+            return None
+        generating_ms = max(self.duration_ms - (self.ttft_ms or 0), 1)
+        return round(self.completion_tokens * 1000 / generating_ms, 1)
+
+    # What a reply spent, as the engine reports it and a reply's end stores it
+    # (conversations.live.replies); the one list of these fields.
+    USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms")
+
+    # Finish reasons map onto statuses: a stopped reply is kept as cancelled,
+    # a failed one as error; anything the model ended itself is complete.
+    STATUS_FOR_REASON = {
+        "stop": Status.COMPLETE,
+        "length": Status.COMPLETE,
+        "cancelled": Status.CANCELLED,
+        "error": Status.ERROR,
+        "interrupted": Status.INTERRUPTED,
+    }
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
+            **{name: getattr(self, name) for name in self.USAGE_FIELDS},
+            "tokens_per_s": self.tokens_per_s,
+            "model_name": self.model_name,
+            "created_at": self.created_at.isoformat(),
+            "feedback": self.feedback_dict(),
+        }
+
+    def feedback_dict(self) -> dict | None:
+        """The user's rating of this reply ({"rating", "comment"}), or None (always for user messages)."""
+        if self.role != self.Role.ASSISTANT:
+            return None
+        try:
+            return self.feedback.as_dict()
+        except ObjectDoesNotExist:
+            return None
+
+    @classmethod
+    def interrupt_streaming(cls) -> int:
+        """Mark replies left `streaming` by a stopped server as interrupted.
+
+        Returns how many were marked. Called at start-up, when no reply of
+        this process can be live yet.
+        """
+        return cls.objects.filter(status=cls.Status.STREAMING).update(
+            status=cls.Status.INTERRUPTED, finish_reason=cls.FinishReason.INTERRUPTED
+        )

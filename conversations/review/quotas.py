@@ -1,0 +1,138 @@
+"""Daily token quotas: CHAT_USER_DAILY_TOKENS per user per UTC day, over the web, the API and batch_prompts.
+
+How a turn spends (docs/review.md):
+
+- `reserve()`, before a reply starts: in the turn's transaction, one
+  conditional `UPDATE … SET reserved = reserved + n WHERE tokens + reserved < limit`
+  on the user's row of the day. `n` is an upper bound of the reply's cost:
+  its prompt (UTF-8 bytes, which no byte-level BPE token is shorter than,
+  plus the chat template's tokens) and its max_new_tokens. PostgreSQL
+  re-checks the WHERE once a concurrent update commits and SQLite runs one
+  write transaction at a time, so simultaneous turns each see the others'
+  holds: the last one admitted may overspend by at most its own cost.
+- `settle()`, when the reply ends (replies.finish, in the same transaction as
+  the reply's final row): the hold is swapped for the tokens really spent,
+  on the day the reply started.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from ..models import DailyUsage, Message, QuotaOverride, Reservation
+
+# Tokens a chat template adds: a default system prompt, and role markers per message.
+TEMPLATE_TOKENS = 64
+TOKENS_PER_MESSAGE = 8
+
+
+class QuotaExceeded(Exception):
+    """The user's tokens for today are spent; `message` says when they come back."""
+
+    def __init__(self, used: int, limit: int) -> None:
+        self.used = used
+        self.limit = limit
+        self.message = f"You have used {used} of your {limit} tokens for today; the limit resets at 00:00 UTC."
+        super().__init__(self.message)
+
+
+def today() -> date:
+    return timezone.now().astimezone(dt_timezone.utc).date()
+
+
+def resets_at() -> datetime:
+    return datetime.combine(today() + timedelta(days=1), time(0), tzinfo=dt_timezone.utc)
+
+
+def daily_limit(user_id) -> int:
+    """The user's budget per day (0 = no limit): their override, else CHAT_USER_DAILY_TOKENS."""
+    override = QuotaOverride.objects.filter(user_id=user_id).values_list("daily_tokens", flat=True).first()
+    return settings.CHAT_USER_DAILY_TOKENS if override is None else override
+
+
+def status(user_id) -> dict:
+    """Today's use for the page: spent and held tokens count as used."""
+    row = DailyUsage.objects.filter(user_id=user_id, day=today()).first()
+    used = (row.tokens + row.reserved) if row else 0
+    limit = daily_limit(user_id)
+    return {
+        "used": used,
+        "limit": limit,
+        "left": max(limit - used, 0) if limit else None,
+        "resets_at": resets_at().isoformat(),
+    }
+
+
+def check(user_id) -> None:
+    """Raise QuotaExceeded when the user has nothing left today (before anything is stored)."""
+    limit = daily_limit(user_id)
+    if not limit:
+        return
+    used = status(user_id)["used"]
+    if used >= limit:
+        raise QuotaExceeded(used, limit)
+
+
+def prompt_bound(history: list[dict]) -> int:
+    """An upper bound of a prompt's tokens, without a tokenizer (a worker-mode web process has none)."""
+    text_bytes = sum(len(m["content"].encode("utf-8")) for m in history)
+    return text_bytes + TEMPLATE_TOKENS + TOKENS_PER_MESSAGE * len(history)
+
+
+def reserve(user_id, tokens: int, message_id: int | None = None) -> int:
+    """Hold `tokens` on the user's row of today, or raise QuotaExceeded; returns the row's id.
+
+    With `message_id`, the hold is recorded for that reply, so whoever
+    finishes it (possibly another process) settles it. Call inside the
+    transaction that creates the reply.
+    """
+    with transaction.atomic():
+        usage, _ = DailyUsage.objects.get_or_create(user_id=user_id, day=today())
+        _settle_ended(usage)
+        limit = daily_limit(user_id)
+        rows = DailyUsage.objects.filter(pk=usage.pk)
+        if limit:
+            rows = rows.filter(tokens__lt=limit - F("reserved"))
+        if not rows.update(reserved=F("reserved") + tokens):
+            usage.refresh_from_db()
+            raise QuotaExceeded(usage.tokens + usage.reserved, limit)
+        if message_id is not None:
+            Reservation.objects.create(message_id=message_id, usage=usage, tokens=tokens)
+    return usage.pk
+
+
+def release(usage_id: int, held: int, spent: int, replies: int = 1) -> None:
+    """Swap a hold for what was spent (on the day it was held)."""
+    DailyUsage.objects.filter(pk=usage_id).update(
+        tokens=F("tokens") + spent, reserved=F("reserved") - held, replies=F("replies") + replies
+    )
+
+
+def settle(message_id: int, spent: int) -> None:
+    """The reply ended having spent `spent` tokens: release its hold (if it had one)."""
+    hold = Reservation.objects.filter(message_id=message_id).first()
+    if hold is None:
+        return
+    release(hold.usage_id, hold.tokens, spent)
+    hold.delete()
+
+
+def spent(message: Message | None) -> int:
+    if message is None:
+        return 0
+    return (message.prompt_tokens or 0) + (message.completion_tokens or 0)
+
+
+def _settle_ended(usage: DailyUsage) -> None:
+    """Settle holds of replies that ended without finish() (a server killed outright, marked interrupted
+    at its next start; a conversation deleted mid-reply), so neither eats a user's budget."""
+    ended = Reservation.objects.filter(usage=usage).exclude(message__status=Message.Status.STREAMING)
+    for hold in ended.select_related("message"):
+        release(usage.pk, hold.tokens, spent(hold.message))
+        hold.delete()
