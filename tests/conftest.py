@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.core.management import call_command
 from django.db import connections
-from django.test import Client
+from django.test import Client, override_settings
 
 from conversations.live import process, state
 from conversations.live.runners.local import LocalRunner
@@ -26,6 +26,17 @@ def collected_static():
     servers of tests/live_server.py serve var/static, so both need it current.
     """
     call_command("collectstatic", interactive=False, verbosity=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """MD5 instead of PBKDF2's million rounds: every user a test makes costs 0.3 s less.
+
+    No test here is about the strength of the stored hash; sign-up, login,
+    lockout and the admin work the same with any hasher Django ships.
+    """
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(scope="session")
