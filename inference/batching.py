@@ -21,7 +21,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -92,7 +91,6 @@ class Scheduler:
         self._admitted: deque[Job] = deque()  # a row is reserved, prefill pending
         self._prefilling: deque[Prefill] = deque()  # prompts being read, touched by the thread only
         self._slots = 0  # rows reserved: admitted plus running
-        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._closed = False
         self._pauses = 0
         self._batch: Batch | None = None  # touched by the scheduler thread only
@@ -142,19 +140,6 @@ class Scheduler:
                 self._waiting.append(job)
         self._renumber_waiting()
         self._cond.notify()
-
-    def call(self, function: Callable[[], Any]) -> Any:
-        """Run ``function`` on the scheduler thread between two steps; returns its result.
-
-        Blocks the calling thread. Re-raises what ``function`` raises; raises
-        EngineClosed if the engine closes first.
-        """
-        future: Future = Future()
-        with self._cond:
-            self._check_open()
-            self._calls.append((function, future))
-            self._cond.notify()
-        return future.result()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -258,13 +243,12 @@ class Scheduler:
         with self._cond:
             while not self._closed and (
                 # Waiting jobs alone are no work: they wait for a row, which only a running job frees.
-                self._pauses or not (self._calls or self._admitted or self._prefilling or self._batch)
+                self._pauses or not (self._admitted or self._prefilling or self._batch)
             ):
                 self._cond.wait()
             return not self._closed
 
     def _iteration(self) -> None:
-        self._run_calls()
         self._drop_cancelled_waiting()
         self._prefill_some()
         if self._batch is not None:
@@ -272,19 +256,6 @@ class Scheduler:
 
     def _active_count(self) -> int:
         return self._batch.size if self._batch is not None else 0
-
-    def _run_calls(self) -> None:
-        while True:
-            with self._cond:
-                if not self._calls:
-                    return
-                function, future = self._calls.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(function())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
-                future.set_exception(exc)
 
     def _drop_cancelled_waiting(self) -> None:
         with self._cond:
@@ -496,13 +467,8 @@ class Scheduler:
             left += list(self._admitted) + list(self._waiting)
             self._admitted.clear()
             self._waiting.clear()
-            calls = list(self._calls)
-            self._calls.clear()
         for job in left:
             self._finish(job, "cancelled")
-        for _, future in calls:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(EngineClosed("the inference engine was closed"))
 
 
 def _close_at_exit(scheduler: weakref.ref[Scheduler]) -> Callable[[], None]:

@@ -426,22 +426,21 @@ async def test_waiting_requests_hear_their_place_whenever_it_changes(make_engine
 @pytest.mark.asyncio
 async def test_a_stuck_scheduler_ends_the_stream_as_an_error(make_engine):
     engine = make_engine(stall_timeout=0.2)
-    stuck, release = threading.Event(), threading.Event()
+    release = threading.Event()
 
-    def hold_the_model():
-        stuck.set()
-        release.wait(30)
+    def hold_the_model(module, args):
+        if engine.scheduler.busy_since is not None:  # a step's forward pass (the warm-up's runs outside steps)
+            release.wait(30)  # hangs, as a stuck kernel or a deadlocked device would
 
-    blocker = threading.Thread(target=engine.scheduler.call, args=(hold_the_model,))
-    blocker.start()
-    assert stuck.wait(30)
+    hook = engine.model.register_forward_pre_hook(hold_the_model)
     try:
         events, result = await run(engine, Request(messages=user("Hello"), params=greedy(5)))
     finally:
         release.set()
-        blocker.join()
+        hook.remove()
     assert result.finish_reason == "error" and "stuck" in result.error
-    assert events == [Finished(result)]
+    assert [type(event) for event in events] == [Started, Finished]  # the prompt's pass never ended
+    assert events[-1] == Finished(result)
 
 
 @pytest.mark.asyncio
