@@ -4,7 +4,7 @@
 #   make test            install, then the whole suite   (PYTEST_ARGS="-k name -x")
 #   make test-postgres   tests marked `postgres`, on a throwaway PostgreSQL
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
-#   make lint            ruff (lint + format check), mypy on inference/
+#   make lint            ruff (lint + format check), mypy on inference/, conversations/, chatsite/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)

@@ -17,17 +17,13 @@ def _no_store(response):
 
 @sync_and_async_middleware
 def no_store(get_response):
-    if iscoroutinefunction(get_response):
+    async def async_middleware(request):
+        return _no_store(await get_response(request))
 
-        async def middleware(request):
-            return _no_store(await get_response(request))
+    def sync_middleware(request):
+        return _no_store(get_response(request))
 
-    else:
-
-        def middleware(request):
-            return _no_store(get_response(request))
-
-    return middleware
+    return async_middleware if iscoroutinefunction(get_response) else sync_middleware
 
 
 def client_ip(request) -> str:

@@ -83,7 +83,7 @@ def secret_key() -> str:
     return path.read_text().strip()
 
 
-def database(url: str) -> dict:
+def database(url: str) -> dj_database_url.DBConfig:
     try:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
     except (ValueError, KeyError) as exc:

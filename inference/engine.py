@@ -71,8 +71,9 @@ class EngineInfo:
 
 
 class Engine:
-    """What an engine must implement. Subclasses set ``info`` and ``stats``."""
+    """What an engine must implement. Subclasses set ``config``, ``info`` and ``stats``."""
 
+    config: EngineConfig
     info: EngineInfo
     stats: EngineStats
 

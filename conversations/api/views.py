@@ -18,7 +18,8 @@ from contextlib import AsyncExitStack
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from ..history import tree
@@ -102,7 +103,7 @@ async def models(request, user):
 
 
 @_api_view
-async def chat_completions(request, user):
+async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     if request.method != "POST":
         return _method_not_allowed()
     try:
@@ -116,8 +117,9 @@ async def chat_completions(request, user):
     model = await _served_model()
     answer = Answer(call, model, await _store(user, call, model))
     # Joined before the turn starts, so no frame is missed; a stream takes it over.
-    stack: AsyncExitStack | None = AsyncExitStack()
+    stack = AsyncExitStack()
     follower = await stack.enter_async_context(follow(answer.conversation_id))
+    handed_over = False  # to the stream's generator, which stops the reply and closes the stack itself
     try:
         try:
             turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt)
@@ -127,16 +129,16 @@ async def chat_completions(request, user):
         head = await _head(frames)
         if call.stream:
             response = answer.stream(head, frames, stack)
-            stack = None
+            handed_over = True
             return response
         return JsonResponse(await answer.complete(head, frames))
     except BaseException:
         # A failure, or the client went away (the view is cancelled): the reply stops.
-        if stack is not None:
+        if not handed_over:
             await asyncio.shield(turns.stop(answer.conversation_id))
         raise
     finally:
-        if stack is not None:
+        if not handed_over:
             await stack.aclose()
 
 

@@ -24,7 +24,7 @@ from . import tree
 
 logger = logging.getLogger(__name__)
 
-ROLES = {role.value for role in Message.Role}
+ROLES = set(Message.Role.values)
 TITLE_MAX = Conversation._meta.get_field("title").max_length
 MODEL_NAME_MAX = Conversation._meta.get_field("model_name").max_length
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms")

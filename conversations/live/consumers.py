@@ -161,12 +161,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """The conversation's parameters overridden by the frame's; raises Refused if invalid."""
         if raw is not None and not isinstance(raw, dict):
             raise Refused("invalid", "params must be an object")
+        conversation = self.conversation
+        assert conversation is not None  # frames arrive only on a socket accepted for its conversation
         try:
-            base = GenerationParams.from_dict(self.conversation.params())
+            base = GenerationParams.from_dict(conversation.params())
             params = GenerationParams.from_dict(raw or {}, base=base)
         except InvalidParams as exc:
             raise Refused("invalid", str(exc)) from None
-        self.conversation.set_params(params.to_dict())
+        conversation.set_params(params.to_dict())
         return params
 
     async def send_error(self, code: str, message: str) -> None:

@@ -204,8 +204,9 @@ class InferenceWorkerServer(Worker):
             for task in (beat, leases, reaper, stopping):
                 task.cancel()
             await database_sync_to_async(self.unregister)()
-        if listener.done() and not listener.cancelled() and listener.exception():
-            raise listener.exception()
+        failure = listener.exception() if listener.done() and not listener.cancelled() else None
+        if failure is not None:
+            raise failure
 
     def stop(self) -> None:
         """Stop taking requests and shut down (the signal handler)."""

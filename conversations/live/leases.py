@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from typing import cast
 
 import redis.asyncio
 from channels.db import database_sync_to_async
@@ -90,7 +91,8 @@ class Leases:
 
     async def read_stream(self, message_id: int) -> tuple[bool, str]:
         """Whether a worker accepted the reply, and the text it published."""
-        entries = await self.client().xrange(stream_key(message_id))
+        # The client decodes (decode_responses), so every id and field is a str.
+        entries = cast(list[tuple[str, dict[str, str]]], await self.client().xrange(stream_key(message_id)))
         return bool(entries), "".join(fields["t"] for _, fields in entries)
 
     async def hand_over(self, message_id: int) -> None:
@@ -111,7 +113,7 @@ class Leases:
 
     async def stop_marked(self, message_id: int) -> str | None:
         """The reply's stop mark ("cancelled" or "interrupted"), or None when nobody asked it to stop."""
-        return await self.client().get(stop_key(message_id))
+        return cast(str | None, await self.client().get(stop_key(message_id)))
 
     async def forget(self, message_id: int) -> None:
         """A reply ended: no lease or stop mark any more; its stream lingers a minute for late readers."""

@@ -85,7 +85,7 @@ def _begin(signum: int) -> None:
             logger.exception("graceful shutdown failed")
         finally:
             await _end_other_tasks()
-            reactor.stop()
+            reactor.stop()  # type: ignore[misc]  # twisted's global reactor is typed as its module
 
     _stopping.append(asyncio.get_running_loop().create_task(run()))
 
