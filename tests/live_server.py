@@ -1,7 +1,10 @@
 """Real daphne servers for end-to-end tests (pytest plugin: ``tests.live_server``).
 
-    def test_it_serves(daphne_server):
+    def test_it_serves(daphne_server):          # the session's server, on the tiny model
         urllib.request.urlopen(daphne_server.url + "/healthz")
+
+    def test_the_real_model(real_daphne_server):  # the session's server on the real default model
+        ...
 
     def test_two_web_processes(daphne_factory):   # or call start_daphne() directly
         shared = {"DATABASE_URL": postgres_url, "REDIS_URL": redis_url}
@@ -10,12 +13,13 @@
         ...  # a.url, b.port, a.log_path, a.log(); stopped when the test ends
 
 Each server is ``python -m daphne`` on a free loopback port, started from the
-repository root with the real default model (converted once into
+repository root, by default with the real default model (converted once into
 ``var/models``, so later starts are fast). It gets a fresh temporary folder
-holding its log and, unless ``DATABASE_URL`` is given, a fresh SQLite database
-that is migrated before the server starts. Nothing of the developer's own
-environment leaks in: DATABASE_URL, REDIS_URL, CHAT_* and CHATSITE_* are
-dropped unless passed explicitly.
+holding its log and, unless ``DATABASE_URL`` is given, a fresh SQLite database:
+a copy of one migrated once per test run (``migrate`` costs a second and more
+of every server's start). Nothing of the developer's own environment leaks
+in: DATABASE_URL, REDIS_URL, CHAT_* and CHATSITE_* are dropped unless passed
+explicitly.
 
 ``start_daphne`` works outside pytest too (it is a plain function); the
 fixtures only make sure every server started is stopped at the end, and the
@@ -24,6 +28,7 @@ report of a failing test that used them carries each server's log tail.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import shutil
@@ -179,6 +184,24 @@ def _tail(text: str, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_template: dict[str, Path] = {}  # the migrated SQLite database of this process, made once
+
+
+def fresh_sqlite_database(target: Path, log_path: Path) -> None:
+    """A migrated, empty SQLite database at `target`: a copy of this process's template.
+
+    The template is migrated on first use (``manage.py migrate`` into a
+    temporary folder removed at exit) and copied for every later server.
+    """
+    if "path" not in _template:
+        folder = Path(tempfile.mkdtemp(prefix="chatsite-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = folder / "db.sqlite3"
+        migrate_database(server_env(folder), log_path)
+        _template["path"] = template
+    shutil.copyfile(_template["path"], target)
+
+
 def migrate_database(env: dict, log_path: Path) -> None:
     """`manage.py migrate` with this environment, logging to log_path; ServerError (with the log) if it fails."""
     with open(log_path, "ab") as log:
@@ -219,7 +242,7 @@ def wait_healthy(server: ServerHandle, timeout: float = HEALTH_TIMEOUT) -> None:
             )
         if _healthy(server.url):
             return
-        time.sleep(0.25)  # polling a starting process; nothing to await instead
+        time.sleep(0.05)  # polling a starting process; nothing to await instead
     raise ServerError(f"{server.url}/healthz not 200 within {timeout:.0f} s:\n{_tail(server.log())}")
 
 
@@ -246,7 +269,9 @@ def start_daphne(
     log_path = workdir / "server.log"
     env = server_env(workdir, env_overrides)
     try:
-        if migrate:
+        if migrate and "DATABASE_URL" not in (env_overrides or {}):
+            fresh_sqlite_database(workdir / "db.sqlite3", log_path)
+        elif migrate:
             migrate_database(env, log_path)
         last_error: ServerError | None = None
         for _attempt in range(START_ATTEMPTS):
@@ -302,10 +327,32 @@ def daphne_factory() -> Iterator:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def daphne_server() -> Iterator[ServerHandle]:
-    """One daphne on a fresh SQLite database with the default model, for a test module."""
-    server = start_daphne()
+def tiny_model(folder: Path) -> dict:
+    """A server's settings for the tests' tiny model (tests/inference_fixtures.py's tiny_model_dir)."""
+    return {"CHAT_MODEL": str(folder), "CHAT_DEVICE": "cpu"}
+
+
+# The session's server has a daily token budget no test comes near, so its pages show the day's use.
+SITE_DAILY_TOKENS = 100_000
+
+
+@pytest.fixture(scope="session")
+def daphne_server(tiny_model_dir) -> Iterator[ServerHandle]:
+    """One daphne for the whole session, on the tiny model, for the tests that are not about the model.
+
+    Every test on it signs up users of its own (names unique across the
+    suite); the first sign-up of the session is its administrator.
+    """
+    yield from _serving(start_daphne({**tiny_model(tiny_model_dir), "CHAT_USER_DAILY_TOKENS": SITE_DAILY_TOKENS}))
+
+
+@pytest.fixture(scope="session")
+def real_daphne_server() -> Iterator[ServerHandle]:
+    """One daphne for the whole session with the real default model, for the tests that are about it."""
+    yield from _serving(start_daphne())
+
+
+def _serving(server: ServerHandle) -> Iterator[ServerHandle]:
     try:
         yield server
     finally:

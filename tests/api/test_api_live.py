@@ -1,4 +1,9 @@
-"""The OpenAI-compatible API end to end: the real `openai` client against a real daphne and the real model."""
+"""The OpenAI-compatible API end to end: the real `openai` client against a real daphne.
+
+The server is the session's, on the tiny model: the client and the server are
+the point here, not the model. Its greedy replies run to max_tokens and are
+the same for the same request, which the tests use instead of known words.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,12 @@ import pytest
 import requests
 
 from tests.clients import sign_up
-from tests.live_server import REPO
+from tests.live_server import REPO, tiny_model
 
 pytestmark = pytest.mark.e2e
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-# A greedy reply to this runs for hundreds of tokens: long enough to still be running when a test acts.
+# Long enough (max_tokens 2000 on the tiny model) to still be running when a test acts.
 LONG = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
 END_TIMEOUT = 60.0
 
@@ -70,8 +75,8 @@ def test_the_models_list_and_a_whole_answer(daphne_server, user):
 
     answer = api.chat.completions.create(model=models[0].id, messages=CAPITAL, temperature=0, max_tokens=24)
     text = answer.choices[0].message.content
-    assert "Paris" in text
-    assert answer.usage.completion_tokens > 0 and answer.usage.prompt_tokens > 0
+    assert text and answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == 24 and answer.usage.prompt_tokens > 0
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
     conversation = stored(session, daphne_server, answer.id)
@@ -90,7 +95,9 @@ def test_the_models_list_and_a_whole_answer(daphne_server, user):
 
 def test_a_streamed_answer_joins_to_the_stored_reply_with_usage(daphne_server, user):
     session, key = user
-    stream = client(daphne_server, key).chat.completions.create(
+    api = client(daphne_server, key)
+    whole = api.chat.completions.create(model="m", messages=CAPITAL, temperature=0, max_tokens=24)
+    stream = api.chat.completions.create(
         model="smollm2",
         messages=CAPITAL,
         temperature=0,
@@ -102,8 +109,8 @@ def test_a_streamed_answer_joins_to_the_stored_reply_with_usage(daphne_server, u
     pieces = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
     assert len([piece for piece in pieces if piece]) > 1  # it really streamed
     text = "".join(pieces)
-    assert "Paris" in text
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert text == whole.choices[0].message.content  # the same greedy reply, whole or streamed
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
     reply = stored(session, daphne_server, chunks[0].id)["messages"][-1]
     assert reply["content"] == text and reply["status"] == "complete"
     assert reply["completion_tokens"] == chunks[-1].usage.completion_tokens
@@ -112,8 +119,11 @@ def test_a_streamed_answer_joins_to_the_stored_reply_with_usage(daphne_server, u
 def test_a_stop_string_and_a_bad_parameter(daphne_server, user):
     _, key = user
     api = client(daphne_server, key)
-    answer = api.chat.completions.create(model="m", messages=CAPITAL, temperature=0, max_tokens=24, stop=["Paris"])
-    assert "Paris" not in answer.choices[0].message.content
+    text = api.chat.completions.create(model="m", messages=CAPITAL, temperature=0, max_tokens=24).choices[0]
+    text = text.message.content
+    stop = text[len(text) // 2 :][:6]  # a piece from the middle of the greedy reply
+    answer = api.chat.completions.create(model="m", messages=CAPITAL, temperature=0, max_tokens=24, stop=[stop])
+    assert answer.choices[0].message.content == text[: text.index(stop)]
     assert answer.choices[0].finish_reason == "stop"
 
     with pytest.raises(openai.BadRequestError) as refused:
@@ -143,9 +153,11 @@ def test_a_wrong_or_revoked_key_is_401(daphne_server, user):
     client(daphne_server, key).models.list()  # the other user's key is untouched
 
 
-def test_a_full_queue_is_429_and_a_client_that_leaves_stops_its_reply(daphne_factory):
+def test_a_full_queue_is_429_and_a_client_that_leaves_stops_its_reply(daphne_factory, tiny_model_dir):
     # One row and no queue: a second request while one runs is refused.
-    server = daphne_factory({"CHAT_MAX_BATCH": 1, "CHAT_MAX_QUEUE": 0, "CHAT_SAVE_INTERVAL_MS": 0})
+    server = daphne_factory(
+        {"CHAT_MAX_BATCH": 1, "CHAT_MAX_QUEUE": 0, "CHAT_SAVE_INTERVAL_MS": 0, **tiny_model(tiny_model_dir)}
+    )
     session = sign_up(server.url, "holder")
     api = client(server, api_key(server, "holder"))
 
@@ -162,5 +174,5 @@ def test_a_full_queue_is_429_and_a_client_that_leaves_stops_its_reply(daphne_fac
     assert 0 < reply["completion_tokens"] < 2000
     # The engine's only row is free again: the next request is served, not refused.
     answer = api.chat.completions.create(model="m", messages=CAPITAL, temperature=0, max_tokens=24)
-    assert "Paris" in answer.choices[0].message.content
+    assert answer.choices[0].message.content and answer.choices[0].finish_reason == "length"
     assert re.search(r"request \d+ cancelled", server.log())

@@ -18,14 +18,14 @@ async def chat_turn(server, session, conversation_id: str, text: str) -> list[di
         return await frames_until_end(socket, timeout=120)
 
 
-def test_a_user_chats_with_the_real_model_over_a_real_socket(daphne_server):
-    base = daphne_server.url
+def test_a_user_chats_with_the_real_model_over_a_real_socket(real_daphne_server):
+    base = real_daphne_server.url
     health = requests.get(f"{base}/healthz").json()
     assert health["status"] == "ok" and health["device"] == "cpu"
 
     session = sign_up(base, "erin")
     conversation_id = new_conversation(session, base)  # greedy
-    frames = asyncio.run(chat_turn(daphne_server, session, conversation_id, "What is the capital of France?"))
+    frames = asyncio.run(chat_turn(real_daphne_server, session, conversation_id, "What is the capital of France?"))
 
     assert [f["type"] for f in frames][:2] == ["message", "start"]
     assert frames[-1]["type"] == "end", frames[-1]
@@ -39,12 +39,12 @@ def test_a_user_chats_with_the_real_model_over_a_real_socket(daphne_server):
     assert stored["title"] == "What is the capital of France?"
 
 
-def test_a_foreign_origin_is_refused_by_the_real_server(daphne_server):
-    session = sign_up(daphne_server.url, "frank")
-    conversation_id = new_conversation(session, daphne_server.url)
+def test_a_foreign_origin_is_refused_by_the_real_server(real_daphne_server):
+    session = sign_up(real_daphne_server.url, "frank")
+    conversation_id = new_conversation(session, real_daphne_server.url)
 
     async def attempt():
-        async with open_socket(daphne_server.ws_url, conversation_id, session, origin="http://evil.example"):
+        async with open_socket(real_daphne_server.ws_url, conversation_id, session, origin="http://evil.example"):
             pass
 
     with pytest.raises(websockets.exceptions.InvalidStatus):

@@ -18,6 +18,7 @@ import pytest
 import websockets
 
 from tests.clients import frames_until_end, joined_tokens, new_conversation, open_socket, sign_up
+from tests.live_server import tiny_model
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +29,7 @@ EXIT_TIMEOUT = 60
 @pytest.fixture
 def tiny_server(daphne_factory, tiny_model_dir):
     def start(**env):
-        return daphne_factory({"CHAT_MODEL": str(tiny_model_dir), "CHAT_DEVICE": "cpu", **env})
+        return daphne_factory({**tiny_model(tiny_model_dir), **env})
 
     return start
 

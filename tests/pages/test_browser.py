@@ -1,8 +1,10 @@
-"""The chat page in a real browser against a real daphne with the real model.
+"""The chat page in a real browser against a real daphne.
 
 Debian's chromium, driven by Playwright's sync API. One flow (sign up, chat,
-reload mid-reply, stop, markdown safety) shares one browser
-page, since each step builds on the conversation the previous one made.
+reload mid-reply, stop, markdown safety) shares one browser page, since each
+step builds on the conversation the previous one made; it runs on the real
+model, whose pace lets the page be caught mid-reply. The phone and keyboard
+test runs on the session's tiny-model server.
 Waits are Playwright's (expect / wait_for_function), never sleeps; replies
 are kept short with max_new_tokens wherever the step only needs some text.
 """
@@ -54,8 +56,9 @@ def wait_reply_end(page: Page) -> None:
     page.wait_for_function(f"() => {{ const li = ({LAST_REPLY})(); return li && li.dataset.status !== 'streaming'; }}")
 
 
-def test_chatting_streaming_reload_stop_and_safe_markdown(browser, daphne_server):
-    base = daphne_server.url
+def test_chatting_streaming_reload_stop_and_safe_markdown(browser, real_daphne_server):
+    # The real model: it writes at a reader's pace, so the page is seen mid-reply (growing, reloaded, stopped).
+    base = real_daphne_server.url
     context, page, problems = new_page(browser)
     sign_up(page, base, "browser-tester")
 

@@ -1,4 +1,4 @@
-"""Branches, search and archive in chromium against a real daphne with the real model.
+"""Branches, search and archive in chromium against a real daphne (the session's, on the tiny model).
 
 One flow on one conversation: regenerate keeps variants ("‹ 2 / 2 ›"), the
 arrows switch between them in every tab, the edit pencil resends (Enter) or

@@ -1,7 +1,7 @@
 """Thumbs up / down in chromium against a real daphne: keyboard, aria-pressed, a comment,
 another tab following, the day's token use, and axe-core on the controls (0 violations).
 
-A daphne of its own, with a daily token budget, so the page shows what is left.
+On the session's daphne, whose daily token budget makes the page show what is left.
 """
 
 from __future__ import annotations
@@ -12,20 +12,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
-from tests.live_server import start_daphne
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-
-BUDGET = 100_000
-
-
-@pytest.fixture(scope="module")
-def quota_server():
-    server = start_daphne({"CHAT_USER_DAILY_TOKENS": str(BUDGET)})
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def thumbs(page: Page):
@@ -44,9 +32,9 @@ def chat_with_a_reply(page: Page, base: str, username: str) -> str:
     return page.url
 
 
-def test_thumbs_by_keyboard_with_a_comment_seen_by_another_tab(browser, quota_server):
+def test_thumbs_by_keyboard_with_a_comment_seen_by_another_tab(browser, daphne_server):
     context, page, problems = new_page(browser)  # CSP enforced: a violation fails the test
-    url = chat_with_a_reply(page, quota_server.url, "rater")
+    url = chat_with_a_reply(page, daphne_server.url, "rater")
     other = context.new_page()
     other.goto(url)
     ready(other)
@@ -97,9 +85,9 @@ def test_thumbs_by_keyboard_with_a_comment_seen_by_another_tab(browser, quota_se
     context.close()
 
 
-def test_axe_finds_nothing_on_the_feedback_controls(browser, quota_server):
+def test_axe_finds_nothing_on_the_feedback_controls(browser, daphne_server):
     context, page, problems = new_page(browser, bypass_csp=True)  # only so axe can be injected
-    chat_with_a_reply(page, quota_server.url, "axe-rater")
+    chat_with_a_reply(page, daphne_server.url, "axe-rater")
     found: list[str] = []
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
