@@ -2,7 +2,7 @@
 #
 #   make run             install, migrate, serve http://127.0.0.1:8000
 #   make test            install, then the whole suite   (PYTEST_ARGS="-k name -x")
-#   make test-postgres   tests marked `postgres`, on a throwaway PostgreSQL
+#   make test-postgres   tests marked `postgres` (less the `redis` ones), on a throwaway PostgreSQL
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
 #   make lint            ruff (lint + format check), mypy on inference/, conversations/, chatsite/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
@@ -54,7 +54,7 @@ test: $(INSTALLED) system-packages
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-postgres: $(INSTALLED) system-packages
-	$(SERVICES) --postgres -- $(PYTEST) -m postgres $(PYTEST_ARGS)
+	$(SERVICES) --postgres -- $(PYTEST) -m "postgres and not redis" $(PYTEST_ARGS)
 
 test-redis: $(INSTALLED) system-packages
 	$(SERVICES) --postgres --redis -- $(PYTEST) -m redis $(PYTEST_ARGS)
