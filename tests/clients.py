@@ -68,5 +68,29 @@ def ends_in_error(frames: list[dict]) -> bool:
     return kinds[-2:] == ["error", "end"] or kinds[-3:] == ["error", "token", "end"]
 
 
+def stored(session: requests.Session, base_url: str, conversation_id: str) -> dict:
+    """The conversation as `/api/conversations/<id>/` gives it."""
+    return session.get(f"{base_url}/api/conversations/{conversation_id}/").json()
+
+
+def wait_ended(session: requests.Session, base_url: str, conversation_id: str, timeout: float = 60) -> dict:
+    """The conversation once its last reply has ended, however it ends (in the server's own time).
+
+    A tab opened on the conversation hears the reply's `end`: the socket joins
+    first, then the stored status is read, so an end is either already
+    stored or still to come to the tab.
+    """
+
+    async def until_ended() -> dict:
+        ws_base = "ws" + base_url.removeprefix("http")
+        async with open_socket(ws_base, conversation_id, session, base_url) as tab:
+            conversation = stored(session, base_url, conversation_id)
+            if conversation["messages"][-1]["status"] == "streaming":
+                await frames_until_end(tab, timeout)
+        return stored(session, base_url, conversation_id)
+
+    return asyncio.run(until_ended())
+
+
 def joined_tokens(frames: list[dict]) -> str:
     return "".join(f["text"] for f in frames if f["type"] == "token")

@@ -15,7 +15,7 @@ from conversations.live import process, state
 from conversations.live.runners.local import LocalRunner
 from conversations.models import Conversation
 
-pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support"]
+pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support", "tests.worker_support"]
 
 
 @pytest.fixture(scope="session", autouse=True)

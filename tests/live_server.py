@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,12 +71,46 @@ class ServerError(RuntimeError):
     """A server did not start or become healthy; the message includes its log."""
 
 
+class ProcessLog:
+    """A child process's output, appended to its log file line by line as it comes.
+
+    A thread copies the output; whoever waits for a line (`wait_for`) is woken
+    by the line itself, so tests wait on what a process says, not on time.
+    """
+
+    def __init__(self, process: subprocess.Popen, path: Path) -> None:
+        self.path = path
+        self._seen = ""
+        self._ended = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._copy, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _copy(self, output) -> None:
+        with output, open(self.path, "ab") as log:
+            for line in output:
+                log.write(line)
+                log.flush()
+                with self._changed:
+                    self._seen += line.decode(errors="replace")
+                    self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """Whether the process says `text` within `timeout` seconds (False at once if its output ended)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: text in self._seen or self._ended, timeout) and text in self._seen
+
+
 @dataclass
 class ServerHandle:
     """One running daphne process. Stop it with ``stop()`` or a ``with`` block."""
 
     port: int
     process: subprocess.Popen
+    output: ProcessLog
     workdir: Path
     log_path: Path
     env: dict = field(repr=False)
@@ -95,6 +130,10 @@ class ServerHandle:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        """Until the server logs `text`; AssertionError (with the log's tail) if it does not in time."""
+        assert self.output.wait_for(text, timeout), f"{text!r} not logged:\n{_tail(self.log())}"
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -138,13 +177,13 @@ def die_with_test_run() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(args: list[str], env: dict, log) -> subprocess.Popen:
-    """`python ARGS` from the repository root, its output going to the open file `log`."""
-    return subprocess.Popen(
+def spawn(args: list[str], env: dict, log_path: Path) -> tuple[subprocess.Popen, ProcessLog]:
+    """`python ARGS` from the repository root, its output appended to `log_path` as it comes."""
+    process = subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO,
         env=env,
-        stdout=log,
+        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         # Its own process group: a Ctrl-C meant for pytest reaches pytest,
@@ -152,6 +191,7 @@ def spawn(args: list[str], env: dict, log) -> subprocess.Popen:
         start_new_session=True,
         preexec_fn=die_with_test_run,
     )
+    return process, ProcessLog(process, log_path)
 
 
 def free_port() -> int:
@@ -233,16 +273,22 @@ def _healthy(url: str) -> bool:
 
 
 def wait_healthy(server: ServerHandle, timeout: float = HEALTH_TIMEOUT) -> None:
-    """Poll /healthz until it answers 200; raise ServerError (with the log) otherwise."""
+    """Until /healthz answers 200; raise ServerError (with the log) otherwise.
+
+    daphne loads the application (and with it the model) before it listens,
+    so its "Listening" line is the event to wait for; in worker mode /healthz
+    then waits for a worker (another process), which is polled.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise ServerError(
-                f"daphne exited with status {server.process.returncode} before it was healthy:\n{_tail(server.log())}"
-            )
+    listening = server.output.wait_for("Listening on TCP address", timeout)
+    while listening and server.alive() and time.monotonic() < deadline:
         if _healthy(server.url):
             return
-        time.sleep(0.05)  # polling a starting process; nothing to await instead
+        time.sleep(0.05)  # a worker of another process has yet to report; nothing to await here
+    if not server.alive():
+        raise ServerError(
+            f"daphne exited with status {server.process.wait()} before it was healthy:\n{_tail(server.log())}"
+        )
     raise ServerError(f"{server.url}/healthz not 200 within {timeout:.0f} s:\n{_tail(server.log())}")
 
 
@@ -278,12 +324,17 @@ def start_daphne(
             port = free_port()
             with open(log_path, "ab") as log:
                 log.write(f"$ python -m daphne -b 127.0.0.1 -p {port} chatsite.asgi:application\n".encode())
-                log.flush()
-                process = spawn(
-                    ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"], env, log
-                )
+            process, output = spawn(
+                ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"], env, log_path
+            )
             server = ServerHandle(
-                port=port, process=process, workdir=workdir, log_path=log_path, env=env, keep_workdir=True
+                port=port,
+                process=process,
+                output=output,
+                workdir=workdir,
+                log_path=log_path,
+                env=env,
+                keep_workdir=True,
             )
             if not wait:
                 server.keep_workdir = keep_workdir

@@ -1,6 +1,8 @@
 """The batch_prompts command, on the tiny model of the real architecture
 (and once on the real default model). Its replies are ordinary turns on the
-local runner, so these also check that they batch on the engine."""
+local runner, so these also check that they batch on the engine. The database
+tests are transactional: the turns' database work goes through Channels,
+which closes a connection that is inside a transaction."""
 
 import io
 import json
@@ -83,7 +85,7 @@ def write(tmp_path, name, lines):
     return str(path)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_runs_a_txt_file(engine, tmp_path):
     path = write(tmp_path, "prompts.txt", ["Hello there", "", "   ", "What is 2 + 2?"])
     out, err, error = run(path, temperature=0)
@@ -108,7 +110,7 @@ def test_it_runs_a_txt_file(engine, tmp_path):
     assert "2 of 2 prompts done, 0 failed" in err
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_stores_batch_conversations_for_the_user(engine, tmp_path, alice):
     path = write(tmp_path, "prompts.txt", ["What is the capital of France?"])
     out, err, error = run(path, user="alice", system="Be brief.", temperature=0)
@@ -133,7 +135,7 @@ def test_it_stores_batch_conversations_for_the_user(engine, tmp_path, alice):
     assert reply.model_name == engine.info.model_name
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_creates_the_user_without_a_usable_password(engine, tmp_path):
     path = write(tmp_path, "prompts.txt", ["Hi"])
     _, err, error = run(path)
@@ -145,7 +147,7 @@ def test_it_creates_the_user_without_a_usable_password(engine, tmp_path):
     assert Conversation.objects.get().user == user
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_reads_jsonl_with_system_and_params(engine, tmp_path):
     path = write(
         tmp_path,
@@ -176,7 +178,7 @@ def test_it_reads_jsonl_with_system_and_params(engine, tmp_path):
     assert convo.max_new_tokens == 3
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "text",
     [
@@ -192,7 +194,7 @@ def test_it_reads_standard_input(engine, monkeypatch, text):
     assert [(r["line"], r["prompt"]) for r in records(out)] == [(1, "Hello"), (3, "How are you?")]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_writes_the_output_file(engine, tmp_path):
     path = write(tmp_path, "prompts.txt", PROMPTS[:2])
     output = tmp_path / "out.jsonl"
@@ -210,7 +212,7 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("quiet", [False, True])
 def test_it_shows_a_progress_bar_on_a_terminal(engine, tmp_path, quiet):
     path = write(tmp_path, "prompts.txt", PROMPTS)
@@ -222,7 +224,7 @@ def test_it_shows_a_progress_bar_on_a_terminal(engine, tmp_path, quiet):
     assert "5 of 5 prompts done" in shown
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_keeps_input_order_though_prompts_run_length_sorted(engine, monkeypatch, tmp_path):
     streams = Streams(engine, monkeypatch)
     path = write(tmp_path, "prompts.txt", PROMPTS)
@@ -238,7 +240,7 @@ def test_it_keeps_input_order_though_prompts_run_length_sorted(engine, monkeypat
     assert lengths == sorted(lengths)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_keeps_batch_size_turns_on_the_model_and_they_decode_together(fresh_engine, monkeypatch, tmp_path):
     streams = Streams(fresh_engine, monkeypatch)
     path = write(tmp_path, "prompts.txt", PROMPTS)
@@ -250,7 +252,7 @@ def test_it_keeps_batch_size_turns_on_the_model_and_they_decode_together(fresh_e
     assert Conversation.objects.filter(source="batch").count() == 5
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_greedy_output_in_a_batch_equals_the_prompt_alone(engine, tmp_path):
     path = write(tmp_path, "batch.txt", PROMPTS)
     out, err, error = run(path, temperature=0, max_new_tokens=8, batch_size=8)
@@ -265,7 +267,7 @@ def test_greedy_output_in_a_batch_equals_the_prompt_alone(engine, tmp_path):
         assert alone["reply"] == batched[prompt]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_reports_bad_lines_and_runs_the_rest(engine, tmp_path):
     too_long = " ".join(["word"] * (engine.info.context_length + 10))
     path = write(
@@ -297,7 +299,7 @@ def test_it_reports_bad_lines_and_runs_the_rest(engine, tmp_path):
     assert any(line.startswith("line 7: prompt is too long") for line in lines)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_stops_after_the_prompts_on_the_model_on_sigint(engine, monkeypatch, tmp_path):
     real = engine.stream
     calls = []
@@ -331,7 +333,7 @@ def real_engine():
     engine.close()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_answers_with_the_real_model(real_engine, tmp_path):
     path = write(
         tmp_path,
@@ -352,7 +354,7 @@ def test_it_answers_with_the_real_model(real_engine, tmp_path):
     assert Conversation.objects.get(id=rows[0]["conversation_id"]).model_name == real_engine.info.model_name
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_it_stops_when_the_engine_is_closed(make_engine, tmp_path):
     closed = make_engine()
     closed.close()

@@ -44,6 +44,7 @@ def test_titles_come_from_the_first_message(text, title):
     assert Conversation().title_from(text) == title
 
 
+@pytest.mark.django_db(transaction=True)  # replies.finish's database work goes through Channels (autocommit)
 def test_finish_stores_status_reason_and_usage(alice, conversation):
     # The one writer of a reply's end (conversations.live.replies), on a synchronous caller's connection.
     convo = conversation(alice)

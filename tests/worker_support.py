@@ -1,15 +1,20 @@
 """Worker mode for real (CHAT_INFERENCE=worker): PostgreSQL, Redis, daphne and inference workers as processes.
 
-    with worker_site(tiny_model_dir, "chatsite-x-", CHAT_MAX_BATCH=1) as site:
-        worker = site.start_worker("w1")
-        web = site.start_web()
-        site.wait_for_workers(1)
-        ...  # every process started is stopped when the block ends
+    @pytest.fixture(scope="module")
+    def site(tiny_model_dir, site_servers):
+        with worker_site(tiny_model_dir, site_servers, "chatsite-x-", CHAT_MAX_BATCH=1) as site:
+            worker = site.start_worker("w1")
+            web = site.start_web()
+            site.wait_for_workers(1)
+            yield site  # every process started is stopped when the block ends
 
-The servers come from DATABASE_URL / REDIS_URL when they point at
-PostgreSQL / Redis (the Redis pass of .ci/run, `make test-redis`), else
-throwaway ones from scripts.services. The database is migrated once; every
-process of the site shares it, the Redis and the settings given.
+The session has one PostgreSQL and one Redis for its sites (`site_servers`,
+a fixture of this plugin): they come from DATABASE_URL / REDIS_URL when those
+point at PostgreSQL / Redis (the Redis pass of .ci/run, `make test-redis`),
+else they are throwaway ones from scripts.services. A database migrated once
+is the template of each site's own (CREATE DATABASE ... TEMPLATE), and each
+site has a Redis database number of its own; every process of a site shares
+them and the settings given.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+import pytest
 import requests
 
 from scripts.services import postgres_server, redis_server
@@ -39,8 +48,7 @@ class WorkerProcess:
     def __init__(self, name: str, env: dict, folder: Path) -> None:
         self.name = name
         self.log_path = folder / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = spawn(["manage.py", "inference_worker", "--name", name], env, log)
+        self.process, self.output = spawn(["manage.py", "inference_worker", "--name", name], env, self.log_path)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -56,12 +64,13 @@ class WorkerProcess:
 
 
 def wait_for_workers(base_url: str, count: int) -> None:
+    """Until the web process at base_url sees `count` workers (each reports itself a moment after it is ready)."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         health = requests.get(f"{base_url}/healthz", timeout=5).json()
         if health.get("workers", 0) >= count:
             return
-        time.sleep(0.2)  # waiting for other processes to start; nothing to await
+        time.sleep(0.05)  # the report is a database row written by another process; nothing to await
     raise TimeoutError(f"{count} workers not seen: {health}")
 
 
@@ -92,6 +101,9 @@ class WorkerSite:
     def wait_for_workers(self, count: int) -> None:
         """Until the first web process sees `count` workers; their logs are printed if it does not."""
         try:
+            for worker in self.workers:
+                if worker.process.poll() is None:
+                    assert worker.output.wait_for(" ready: ", START_TIMEOUT), worker.log()[-3000:]
             wait_for_workers(self.webs[0].url, count)
         except TimeoutError:
             self.print_worker_logs()
@@ -108,15 +120,56 @@ class WorkerSite:
             worker.stop()
 
 
-@contextmanager
-def worker_site(model_dir: Path, prefix: str, **settings) -> Iterator[WorkerSite]:
-    """A migrated PostgreSQL and a Redis for worker mode with the tiny model; settings add to the site's."""
+class SiteServers:
+    """One PostgreSQL and one Redis, carved into a fresh database of each per site."""
+
+    TEMPLATE = "chatsite_site_template"
+
+    def __init__(self, postgres_url: str, redis_url: str) -> None:
+        self.postgres_url = postgres_url
+        self.redis_url = redis_url
+        self._numbers = count(1)  # Redis has databases 0-15; the session's sites are fewer
+        self._template_ready = False
+
+    def new_site(self, folder: Path) -> tuple[str, str]:
+        """A migrated database of its own (its URL) and a Redis database of its own (its URL)."""
+        number = next(self._numbers)
+        if not self._template_ready:
+            template_url = self._database_url(self.TEMPLATE)
+            self._create(self.TEMPLATE)
+            migrate_database(server_env(folder, {"DATABASE_URL": template_url}), folder / "migrate.log")
+            self._template_ready = True
+        name = f"chatsite_site_{os.getpid()}_{number}"
+        self._create(name, template=self.TEMPLATE)
+        redis = urlsplit(self.redis_url)
+        return self._database_url(name), urlunsplit(redis._replace(path=f"/{number}"))
+
+    def _database_url(self, name: str) -> str:
+        return urlunsplit(urlsplit(self.postgres_url)._replace(path=f"/{name}"))
+
+    def _create(self, name: str, template: str | None = None) -> None:
+        with psycopg.connect(self._database_url("postgres"), autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            db.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+
+
+@pytest.fixture(scope="session")
+def site_servers() -> Iterator[SiteServers]:
+    """The PostgreSQL and Redis the session's worker sites share (each with databases of its own)."""
     with ExitStack() as stack:
         database_url = os.getenv("DATABASE_URL", "")
         if not database_url.startswith("postgres"):
             database_url = stack.enter_context(postgres_server())
         redis_url = os.getenv("REDIS_URL") or stack.enter_context(redis_server())
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        yield SiteServers(database_url, redis_url)
+
+
+@contextmanager
+def worker_site(model_dir: Path, servers: SiteServers, prefix: str, **settings) -> Iterator[WorkerSite]:
+    """Processes for worker mode with the tiny model on databases of their own; settings add to the site's."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder_name:
+        folder = Path(folder_name)
+        database_url, redis_url = servers.new_site(folder)
         shared = {
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
@@ -127,7 +180,6 @@ def worker_site(model_dir: Path, prefix: str, **settings) -> Iterator[WorkerSite
             **settings,
         }
         site = WorkerSite(shared, server_env(folder, shared), folder, redis_url)
-        migrate_database(site.env, folder / "migrate.log")
         try:
             yield site
         finally:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import openai
 import pytest
 import requests
 
+from tests import clients
 from tests.clients import sign_up
 from tests.live_server import REPO, tiny_model
 
@@ -46,19 +46,12 @@ def client(server, key: str) -> openai.OpenAI:
 
 
 def stored(session, server, completion_id: str) -> dict:
-    conversation_id = completion_id.removeprefix("chatcmpl-")
-    return session.get(f"{server.url}/api/conversations/{conversation_id}/").json()
+    return clients.stored(session, server.url, completion_id.removeprefix("chatcmpl-"))
 
 
 def wait_ended(session, server, completion_id: str) -> dict:
-    """The stored conversation once its reply is no longer streaming (it ends in the server's own time)."""
-    deadline = time.monotonic() + END_TIMEOUT
-    while time.monotonic() < deadline:
-        conversation = stored(session, server, completion_id)
-        if conversation["messages"][-1]["status"] != "streaming":
-            return conversation
-        time.sleep(0.1)  # the end happens in another process; nothing to await
-    raise AssertionError(f"the reply of {completion_id} is still streaming")
+    """The stored conversation once its reply has ended (in the server's own time)."""
+    return clients.wait_ended(session, server.url, completion_id.removeprefix("chatcmpl-"), END_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

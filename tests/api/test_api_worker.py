@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def worker_site(tiny_model_dir):
-    with start_site(tiny_model_dir, "chatsite-api-worker-") as site:
+def worker_site(tiny_model_dir, site_servers):
+    with start_site(tiny_model_dir, site_servers, "chatsite-api-worker-") as site:
         worker = site.start_worker("api-w1")
         server = site.start_web()
         site.wait_for_workers(1)

@@ -192,6 +192,9 @@ def test_the_snippet_is_the_best_matching_message(alice_client, alice, conversat
     assert marked(result) == ["oolong", "oolong", "oolong"]
 
 
+# Transactional: replies.finish runs its database work through Channels, which closes a connection
+# that is inside a transaction (as pytest-django's plain database tests keep theirs).
+@pytest.mark.django_db(transaction=True)
 def test_a_finished_reply_is_found_by_its_final_words(alice_client, alice, conversation):
     convo = conversation(alice, title="Draft", messages=[("user", "hello")])
     reply = convo.append("assistant", "placeholder", status="streaming")
@@ -224,7 +227,7 @@ def test_postgres_search_uses_the_gin_indexes(alice, conversation):
         # The test tables are tiny: make the planner show what it would do at scale.
         cursor.execute("SET LOCAL enable_seqscan = off")
     assert "msg_search_vector" in full_text._matching_messages(("index",)).explain()
-    titles_plan = history._matching_titles(Conversation.objects.all(), ("index",)).explain()
+    titles_plan = full_text._matching_titles(Conversation.objects.all(), ("index",)).explain()
     assert "conv_title_fts" in titles_plan
 
 

@@ -326,9 +326,18 @@ async def test_history_is_the_stored_transcript(chat, alice):
     ]
 
 
-async def test_waiting_requests_are_told_their_place(make_engine, alice, conversation):
+async def test_waiting_requests_are_told_their_place(make_engine, alice, conversation, monkeypatch):
     """With room for one reply at a time, later requests hear their queue position."""
     engine = await sync_to_async(make_engine)(max_batch_size=1, max_queue=4)
+    all_in = asyncio.Event()
+    submit = engine.scheduler.submit
+
+    def counting_submit(job):  # called on this loop by engine.stream
+        submit(job)
+        if engine.stats.submitted == 3:
+            all_in.set()
+
+    monkeypatch.setattr(engine.scheduler, "submit", counting_submit)
     with state.swapped(serving(engine)):
         chats = [await sync_to_async(conversation)(alice) for _ in range(3)]
         sockets = [(await connect(c.id, alice))[0] for c in chats]
@@ -339,8 +348,7 @@ async def test_waiting_requests_are_told_their_place(make_engine, alice, convers
                 await ws.send_json_to(
                     {"type": "send", "content": "Count to ten", "params": {"temperature": 0, "max_new_tokens": 20}}
                 )
-            while engine.stats.submitted < 3:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(all_in.wait(), 30)
         frames = [await receive_until_end(ws) for ws in sockets]
         # The three sends reach the model in whatever order their tasks run.
         positions = sorted([f["position"] for f in fs if f["type"] == "queued"] for fs in frames)

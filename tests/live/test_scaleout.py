@@ -25,11 +25,11 @@ TALK_LONG = '{"type": "send", "content": "Talk for a long time", "params": {"max
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model_dir):
+def cluster(tiny_model_dir, site_servers):
     """Two web processes (a, b) and two workers on one PostgreSQL and one Redis."""
     # Room for 1 + 2 requests per worker, so a few chats at once need both.
     settings = {"CHAT_WORKER_TIMEOUT_S": WORKER_TIMEOUT_S, "CHAT_MAX_BATCH": 1}
-    with worker_site(tiny_model_dir, "chatsite-scaleout-", **settings) as site:
+    with worker_site(tiny_model_dir, site_servers, "chatsite-scaleout-", **settings) as site:
         # The list, not each worker: tests replace killed workers by fresh ones (restart()).
         workers = [site.start_worker(name) for name in ("w1", "w2")]
         web = [site.start_web() for _ in range(2)]

@@ -12,7 +12,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import time
 
 import pytest
 import websockets
@@ -63,13 +62,6 @@ async def rest_until_close(socket) -> list[dict]:
         return frames
 
 
-def wait_for_log(server, text: str) -> None:
-    deadline = time.monotonic() + EXIT_TIMEOUT
-    while text not in server.log():
-        assert time.monotonic() < deadline, server.log()[-3000:]
-        time.sleep(0.05)  # another process's log; nothing to await
-
-
 def test_sigterm_mid_reply_ends_it_for_the_socket_stores_what_was_sent_and_exits_0(tiny_server):
     server = tiny_server(CHAT_SHUTDOWN_GRACE_S=0)
     session = sign_up(server.url, "sigterm")
@@ -110,7 +102,7 @@ def test_sigterm_refuses_new_turns_and_gives_live_replies_the_grace(tiny_server)
             await live.send(json.dumps({"type": "send", "content": "Count", "params": {"max_new_tokens": 300}}))
             frames = await until_tokens(live, 1)
             server.process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(wait_for_log, server, "shutting down:")
+            await asyncio.to_thread(server.wait_for_log, "shutting down:", EXIT_TIMEOUT)
             await idle.send(json.dumps({"type": "send", "content": "Hello?"}))
             refused = json.loads(await asyncio.wait_for(idle.recv(), timeout=30))
             frames += await frames_until_end(live, timeout=EXIT_TIMEOUT)
@@ -141,7 +133,7 @@ def test_a_locked_database_ends_the_reply_keeps_the_text_and_the_chat_usable(tin
             await socket.send(json.dumps({"type": "send", "content": "Now?", "params": {"max_new_tokens": 4}}))
             while_locked = json.loads(await asyncio.wait_for(socket.recv(), timeout=30))
             lock.execute("ROLLBACK")
-            await asyncio.to_thread(wait_for_log, server, "its end is stored")
+            await asyncio.to_thread(server.wait_for_log, "its end is stored", EXIT_TIMEOUT)
             await socket.send(json.dumps({"type": "send", "content": "And now?", "params": {"max_new_tokens": 4}}))
             after = await frames_until_end(socket, timeout=EXIT_TIMEOUT)
             return frames, while_locked, after

@@ -46,12 +46,14 @@ async def test_a_second_turn_while_one_streams_is_refused_busy(chat):
 
 
 async def test_finish_is_done_once_whoever_calls_it(chat):
-    turn = await turns.start(
-        chat.id, "send", GenerationParams.from_dict({"temperature": 0, "max_new_tokens": 900}), "Hi"
-    )
+    async with follow(chat.id) as following:
+        turn = await turns.start(
+            chat.id, "send", GenerationParams.from_dict({"temperature": 0, "max_new_tokens": 900}), "Hi"
+        )
+        async for frame in following.until_end(turn.message_id):
+            if frame["type"] == "token":
+                break  # the reply has some text (recorded before it is published)
     live = state.current().runner.get(chat.id)
-    while not live.record.text:
-        await asyncio.sleep(0.01)  # until the reply has some text
     assert await replies.finish(chat.id, turn.message_id, replies.Ending("interrupted", live.record.text))
     await turns.stop(chat.id)
     await asyncio.wait_for(live.task, 30)

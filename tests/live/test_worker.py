@@ -2,8 +2,8 @@
 
 The consumer (WebsocketCommunicator) and an InferenceWorkerServer on the tiny
 model share pytest's event loop but talk only through channels_redis, as
-separate processes would. Redis comes from REDIS_URL (the Redis pass of
-.ci/run) or a throwaway server started here.
+separate processes would. Redis is the session's (tests/worker_support.py's
+site_servers: REDIS_URL in the Redis pass of .ci/run, else a throwaway one).
 """
 
 import asyncio
@@ -24,7 +24,6 @@ from conversations.live import process, state, turns
 from conversations.live.inference_worker import InferenceWorkerServer
 from conversations.live.leases import Leases, stop_key
 from conversations.models import InferenceWorker, Message
-from scripts.services import redis_server
 from tests.live.test_consumer import (
     GREEDY,
     LONG,
@@ -42,12 +41,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.fixture(scope="session")
-def redis_url():
-    if os.getenv("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    with redis_server() as url:
-        yield url
+def redis_url(site_servers):
+    """The session's Redis (REDIS_URL in the Redis pass); each test keeps to a key prefix of its own."""
+    return site_servers.redis_url
 
 
 @pytest.fixture

@@ -32,10 +32,10 @@ ASKED = 1000
 
 
 @pytest.fixture(scope="module")
-def site(tiny_model_dir):
+def site(tiny_model_dir, site_servers):
     # A request that no worker takes is given up after CHAT_WORKER_TIMEOUT_S;
     # these tests hold their request back only until events they await, far less.
-    with worker_site(tiny_model_dir, "chatsite-worker-stop-", CHAT_WORKER_TIMEOUT_S=120) as site:
+    with worker_site(tiny_model_dir, site_servers, "chatsite-worker-stop-", CHAT_WORKER_TIMEOUT_S=120) as site:
         worker = site.start_worker("stop-w1")
         server = site.start_web()
         site.wait_for_workers(1)

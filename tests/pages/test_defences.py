@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 
 import pytest
@@ -258,10 +257,8 @@ def test_daphne_refuses_an_unroutable_websocket_path_without_a_500(path, daphne_
     with pytest.raises(InvalidStatus) as refused:
         connect(daphne_server.ws_url + path, additional_headers={"Origin": daphne_server.url}, open_timeout=30)
     assert refused.value.response.status_code == 403
-    # The server logs the refusal as it happens; wait for that line rather than sleeping.
-    deadline = time.monotonic() + 30
-    while f"no route for {path}" not in daphne_server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The server logs the refusal as it happens: wait for that line.
+    daphne_server.wait_for_log(f"no route for {path}", 30)
     log = daphne_server.log()
     assert log.count(f"WebSocket refused: no route for {path}") == 1, log[-2000:]
     assert "Traceback" not in log and " 500 " not in log, log[-2000:]

@@ -98,7 +98,7 @@ async def test_api_calls_count_against_the_same_quota(engine, alice, settings):
     assert usage.tokens == response.json()["usage"]["total_tokens"] and usage.reserved == 0
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_batch_prompts_refuses_a_spent_quota_naming_the_user(engine, tmp_path, alice, settings):
     settings.CHAT_USER_DAILY_TOKENS = 10
     DailyUsage.objects.create(user=alice, day=quotas.today(), tokens=10)
@@ -108,7 +108,7 @@ def test_batch_prompts_refuses_a_spent_quota_naming_the_user(engine, tmp_path, a
     assert not Conversation.objects.exists()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_batch_prompts_stops_when_the_quota_runs_out_and_counts_what_ran(engine, tmp_path, alice, settings):
     # The budget admits the first prompt only: its hold (prompt + 4 new tokens) leaves nothing for the next.
     prompt_tokens = engine.count_tokens([{"role": "user", "content": "Hello"}])
@@ -121,7 +121,7 @@ def test_batch_prompts_stops_when_the_quota_runs_out_and_counts_what_ran(engine,
     assert Conversation.objects.filter(user=alice).count() == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_batch_prompts_usage_is_counted_without_a_limit(engine, tmp_path, alice):
     out, err, error = run(write(tmp_path, "p.txt", ["Hello", "Why?"]), user="alice", temperature=0)
     assert error is None, err
