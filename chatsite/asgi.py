@@ -21,6 +21,7 @@ except ImproperlyConfigured as exc:
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up)
 
+from chatsite.middleware import http_application  # noqa: E402
 from chatsite.routing import websocket_application  # noqa: E402
 from conversations.live import process, shutdown  # noqa: E402
 
@@ -32,7 +33,7 @@ application = ProtocolTypeRouter(
     {
         # Static files are answered by whitenoise's middleware (compressed,
         # hashed names, long cache), from what `collectstatic` gathered.
-        "http": django_application,
+        "http": http_application(django_application),
         "websocket": websocket_application,
     }
 )

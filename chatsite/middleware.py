@@ -1,7 +1,11 @@
-"""Small pieces of HTTP policy: static files, pages and JSON are not cached; the client's address."""
+"""Small pieces of HTTP policy: static files, pages and JSON are not cached; the client's address; the
+largest body a URL takes; errors under /v1/ in OpenAI's shape."""
+
+import json
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
@@ -73,3 +77,103 @@ class StaticFiles(WhiteNoiseMiddleware):
         if static_file is None:
             return await self.get_response(request)
         return await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
+
+
+# ASGI wrappers around Django's HTTP application (chatsite.asgi): they act on
+# what Django answers before any middleware runs, or without Django at all.
+
+MULTIPART_SLACK = 64 * 1024  # a form's boundaries and headers around its one file
+API_ERROR_MESSAGES = {
+    400: "The request could not be read.",
+    404: "Unknown request URL.",
+    405: "Method not allowed.",
+    413: "The request body is too large.",
+}
+
+
+def http_application(django_application):
+    """What daphne serves over HTTP: Django behind the body limit, errors under /v1/ in OpenAI's shape."""
+    return OpenAIErrors(BodyLimit(django_application))
+
+
+def body_limit(path: str) -> int | None:
+    """The most bytes a request to `path` may send (None: no limit)."""
+    if path == reverse("import"):
+        return settings.CHAT_IMPORT_MAX_MB * 1024 * 1024 + MULTIPART_SLACK
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+class BodyLimit:
+    """Refuses a request whose Content-Length is over what its URL takes, before a byte of it is read.
+
+    Django reads a whole body (to memory, then to a temporary file, then
+    through the multipart parser) before any view can look at its size, so
+    a refused 65 MB upload still cost its size several times over. The
+    declared length decides here instead; Django's own limits still hold
+    for a body sent without one.
+    """
+
+    def __init__(self, application) -> None:
+        self.application = application
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            limit = body_limit(scope["path"])
+            length = _content_length(scope)
+            if limit is not None and length is not None and length > limit:
+                await _answer(send, scope, 413, f"The request body is larger than {limit} bytes.")
+                return
+        await self.application(scope, receive, send)
+
+
+class OpenAIErrors:
+    """Under /v1/, an error page that the API's views did not make (Django's 400, 404 or 500, the body
+    limit's 413) goes out in OpenAI's shape, so a client library can read it."""
+
+    def __init__(self, application) -> None:
+        self.application = application
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.application(scope, receive, send)
+            return
+        held: dict | None = None
+
+        async def send_shaped(message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+                if not content_type.startswith(b"application/json"):
+                    held = message  # its body is replaced below
+                    return
+            if held is not None and message["type"] == "http.response.body":
+                if not message.get("more_body"):
+                    await _answer(send, scope, held["status"], API_ERROR_MESSAGES.get(held["status"], ""))
+                return
+            await send(message)
+
+        await self.application(scope, receive, send_shaped)
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers") or []:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _answer(send, scope, status: int, message: str) -> None:
+    """An error as its URL's clients read them: OpenAI's shape under /v1/, the site's JSON when asked, else text."""
+    message = message or f"The request failed with HTTP status {status}."
+    accept = dict(scope.get("headers") or []).get(b"accept", b"")
+    if scope["path"].startswith("/v1/"):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        shape: dict = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        body, content_type = json.dumps(shape).encode(), b"application/json"
+    elif b"application/json" in accept:
+        body, content_type = json.dumps({"error": message}).encode(), b"application/json"
+    else:
+        body, content_type = message.encode(), b"text/plain; charset=utf-8"
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from conversations import views
 from conversations.api import key_views
@@ -16,5 +16,6 @@ urlpatterns = [
     path("settings/keys/<int:key_id>/revoke/", key_views.revoke, name="api_key_revoke"),
     path("v1/models", api_views.models, name="api_models"),
     path("v1/chat/completions", api_views.chat_completions, name="api_chat_completions"),
+    re_path(r"^v1/(?P<path>.*)$", api_views.not_found),
     path("", include("conversations.urls")),
 ]

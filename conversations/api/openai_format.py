@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from inference import GenerationParams, InvalidParams
 
+from ..models import unstorable
+
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 IGNORED = {
     "model",  # checked by the view against the served model
@@ -81,16 +83,21 @@ def parse(body: object, max_chars: int | None = None) -> Completion:
         if name not in HANDLED and name not in IGNORED and name not in NEUTRAL:
             raise BadRequest(name, f"Unrecognized request argument supplied: {name}")
     for name, neutral in NEUTRAL.items():
-        if name in body and body[name] not in neutral:
+        if name in body and not _neutral(body[name], neutral):
             raise BadRequest(name, f"{name} is not supported by this server; leave it out.")
-    format_type = (body.get("response_format") or {}).get("type", "text")
-    if format_type != "text":
+    response_format = body.get("response_format") or {}
+    if not isinstance(response_format, dict) or response_format.get("type", "text") != "text":
         raise BadRequest("response_format", "Only response_format type 'text' is supported.")
     system_prompt, history, prompt = _messages(body.get("messages"), max_chars)
     stream = body.get("stream", False)
-    if stream not in (None, True, False):
+    if stream is not None and not isinstance(stream, bool):  # as the socket: 1 is not true
         raise BadRequest("stream", "stream must be a boolean.")
     return Completion(system_prompt, history, prompt, _params(body), bool(stream), _include_usage(body))
+
+
+def _neutral(value: object, allowed: tuple) -> bool:
+    """Whether `value` is one of the values that change nothing; `true` is not `1` here, as in JSON."""
+    return any(isinstance(value, bool) == isinstance(v, bool) and value == v for v in allowed)
 
 
 def _messages(messages: object, max_chars: int | None) -> tuple[str, list[dict], str]:
@@ -99,14 +106,17 @@ def _messages(messages: object, max_chars: int | None) -> tuple[str, list[dict],
     system, turns = [], []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(f"{where}.role", "Each message needs a role: system, developer, user or assistant.")
         if message.get("tool_calls") or message.get("function_call"):
             raise BadRequest(f"{where}.tool_calls", "Tool calls are not supported by this server.")
         text = _text(message.get("content"), f"{where}.content")
         if max_chars is not None and len(text) > max_chars:
             raise BadRequest(f"{where}.content", f"A message may be at most {max_chars} characters long.")
-        role = ROLES[message["role"]]
+        role = ROLES[role]
+        if role == "user" and not text.strip():  # as the socket refuses an empty message
+            raise BadRequest(f"{where}.content", "A user message needs some text.")
         if role == "system":
             system.append(text)
         else:
@@ -119,15 +129,20 @@ def _messages(messages: object, max_chars: int | None) -> tuple[str, list[dict],
 def _text(content: object, where: str) -> str:
     """A message's text: a string, or an array of text parts (images and audio are refused)."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
+        text = content
+    elif isinstance(content, list):
         pieces = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise BadRequest(where, "Only text content is supported (no images, audio or files).")
             pieces.append(part["text"])
-        return "".join(pieces)
-    raise BadRequest(where, "content must be a string or an array of text parts.")
+        text = "".join(pieces)
+    else:
+        raise BadRequest(where, "content must be a string or an array of text parts.")
+    problem = unstorable(text)
+    if problem:
+        raise BadRequest(where, f"content {problem}.")
+    return text
 
 
 def _params(body: dict) -> GenerationParams:

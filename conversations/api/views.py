@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, transaction
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -106,10 +107,7 @@ async def models(request, user):
 async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     if request.method != "POST":
         return _method_not_allowed()
-    try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "The request body is not valid JSON.", "invalid_request_error") from None
+    body = _json_body(request)
     try:
         call = openai_format.parse(body, settings.CHAT_MAX_MESSAGE_CHARS)
     except BadRequest as exc:
@@ -140,6 +138,27 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     finally:
         if not handed_over:
             await stack.aclose()
+
+
+def _json_body(request: HttpRequest) -> object:
+    """The request's JSON; ApiError 413 past DATA_UPLOAD_MAX_MEMORY_SIZE, 400 if it is not JSON.
+
+    RecursionError: JSON nested thousands deep is not JSON this API takes.
+    """
+    try:
+        return json.loads(request.body)
+    except RequestDataTooBig:
+        message = f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        raise ApiError(413, message, "invalid_request_error", "request_too_large") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "The request body is not valid JSON.", "invalid_request_error") from None
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Any other URL under /v1/ (a trailing slash, a typo): 404 in OpenAI's shape, not the site's HTML page."""
+    message = f"Unknown request URL: {request.method} {request.path}."
+    return JsonResponse(openai_format.error(message, "invalid_request_error", "unknown_url"), status=404)
 
 
 def _method_not_allowed() -> JsonResponse:

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from inference.params import GenerationParams, InvalidParams
 
-from ..models import Conversation, Message
+from ..models import Conversation, Message, unstorable
 from . import tree
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ def import_file(user, file: IO[bytes]) -> ImportResult:
         result.error = str(exc)
     except ijson.JSONError as exc:
         result.error = f"The file is not valid JSON ({exc}); entries before that point were imported."
+    except UnicodeDecodeError:  # raw bytes that are no UTF-8, such as an encoded lone surrogate
+        result.error = "The file is not valid UTF-8 text; entries before that point were imported."
     logger.info("import for user %s: %d imported, %d skipped", user.pk, len(result.imported), len(result.skipped))
     return result
 
@@ -162,12 +164,13 @@ def _chatsite_message(message: Any, position: int) -> dict:
     where = f"message {position}"
     if not isinstance(message, dict):
         raise BadEntry(f"{where} is not an object")
-    if message.get("role") not in ROLES:
+    if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
         raise BadEntry(f"{where}: role must be system, user or assistant")
     if not isinstance(message.get("content"), str):
         raise BadEntry(f"{where}: content must be text")
-    if "\x00" in message["content"]:
-        raise BadEntry(f"{where}: content has a NUL character")
+    problem = unstorable(message["content"])
+    if problem:
+        raise BadEntry(f"{where}: content {problem}")
     fields = {"role": message["role"], "content": message["content"]}
     status = message.get("status")
     if status in Message.Status.values:
@@ -190,10 +193,12 @@ def _parse_chatgpt(entry: dict) -> ParsedConversation:
     if not isinstance(mapping, dict):
         raise BadEntry("'mapping' is not an object")
     node_id = entry.get("current_node")
-    if node_id not in mapping:
+    if not isinstance(node_id, str) or node_id not in mapping:
         raise BadEntry("'current_node' is missing or not in 'mapping'")
     path, seen = [], set()
     while node_id is not None:
+        if not isinstance(node_id, str):  # ids are strings; a list or object would not even hash
+            raise BadEntry("a node's 'parent' must be a node id or null")
         if node_id in seen:
             raise BadEntry("'mapping' has a cycle")
         node = mapping.get(node_id)
@@ -226,17 +231,19 @@ def _chatgpt_message(message: Any) -> dict | None:
     author = message.get("author") or {}
     role = author.get("role") if isinstance(author, dict) else None
     content = message.get("content") or {}
-    if role not in ROLES or not isinstance(content, dict):
+    if not isinstance(role, str) or role not in ROLES or not isinstance(content, dict):
         return None
     parts = content.get("parts") or []
     text = "\n".join(part for part in parts if isinstance(part, str)) if isinstance(parts, list) else ""
     metadata = message.get("metadata") or {}
     text = text.replace("\x00", "")
+    if unstorable(text):
+        raise BadEntry(f"a message's text {unstorable(text)}")
     if not text.strip() or (isinstance(metadata, dict) and metadata.get("is_visually_hidden_from_conversation")):
         return None
     fields: dict = {"role": role, "content": text, "created_at": _epoch_time(message.get("create_time"), "create_time")}
     model = metadata.get("model_slug") if isinstance(metadata, dict) else None
-    if isinstance(model, str):
+    if isinstance(model, str) and not unstorable(model):
         fields["model_name"] = model[:MODEL_NAME_MAX]
     return fields
 
@@ -247,7 +254,11 @@ def _text(data: dict, key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise BadEntry(f"{key} must be text")
-    return value.replace("\x00", "")
+    value = value.replace("\x00", "")
+    problem = unstorable(value)
+    if problem:
+        raise BadEntry(f"{key} {problem}")
+    return value
 
 
 def _iso_time(value: Any, what: str) -> datetime | None:
@@ -255,9 +266,10 @@ def _iso_time(value: Any, what: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        # In UTC here, as the database will store it: year 1 or 9999 with an offset overflows.
+        return moment.astimezone(UTC) if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+    except (TypeError, ValueError, OverflowError):
         raise BadEntry(f"{what} is not an ISO 8601 time") from None
-    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
 
 
 def _epoch_time(value: Any, what: str) -> datetime | None:

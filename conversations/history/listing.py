@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import Count, Q, QuerySet
 from django.http import QueryDict
@@ -122,7 +122,8 @@ def as_dict(result: Page) -> dict:
 def _limit(value: str | None) -> int:
     if value is None or value == "":
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    # ASCII digits only: "²".isdigit() is true, but int("²") raises.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise InvalidListQuery(f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(value)
 
@@ -178,8 +179,9 @@ def decode_cursor(cursor: str, *, searching: bool) -> tuple:
         moment = datetime.fromisoformat(updated)
         if moment.tzinfo is None:
             raise ValueError(updated)
-        return (pinned, moment, uuid.UUID(hex=ident))
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        # In UTC, as the query compares it: year 1 or 9999 with an offset overflows here, not in the database.
+        return (pinned, moment.astimezone(UTC), uuid.UUID(hex=ident))
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError, OverflowError):
         raise InvalidListQuery("cursor is not valid here: pass back a next_cursor from the same query") from None
 
 

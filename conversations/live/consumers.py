@@ -19,7 +19,7 @@ from django.conf import settings
 
 from inference import GenerationParams, InvalidParams
 
-from ..models import Conversation
+from ..models import Conversation, unstorable
 from . import state, turns
 from .frames import client_frame, group_name, layer_errors
 from .turns import Gone, Refused
@@ -230,16 +230,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
 
 def _text(content: dict) -> str:
-    """The frame's message text; Refused when empty, too long or not valid Unicode."""
+    """The frame's message text; Refused when empty, too long or not storable (conversations.models.unstorable)."""
     text = content.get("content")
     if not isinstance(text, str) or not text.strip():
         raise Refused("invalid", "A message needs some text.")
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
         raise Refused("invalid", f"A message can have at most {settings.CHAT_MAX_MESSAGE_CHARS} characters.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Refused("invalid", "A message must be valid Unicode text (no lone surrogates).") from None
+    problem = unstorable(text)
+    if problem:
+        raise Refused("invalid", f"A message {problem}.")
     return text
 
 

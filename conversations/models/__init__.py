@@ -4,7 +4,7 @@ They stay in the one `conversations` app, so table names and migrations are
 those of the single models.py they came from.
 """
 
-from .chat import Conversation, ConversationQuerySet, Message
+from .chat import Conversation, ConversationQuerySet, Message, unstorable
 from .keys import ApiKey, ApiKeyQuerySet
 from .review import DailyUsage, Feedback, QuotaOverride, Reservation, StaffRead
 from .workers import InferenceWorker
@@ -21,4 +21,5 @@ __all__ = [
     "QuotaOverride",
     "Reservation",
     "StaffRead",
+    "unstorable",
 ]

@@ -17,6 +17,23 @@ TITLE_LENGTH = 60
 PARAM_FIELDS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
 
 
+def unstorable(text: str) -> str | None:
+    """Why a text cannot be stored as it is, or None when it can.
+
+    JSON can carry lone surrogates ("\\ud800"), which no database encodes
+    (SQLite's driver raises UnicodeEncodeError, an HTTP 500 if unchecked),
+    and NUL, which PostgreSQL refuses; every place that stores user text
+    checks it here first and refuses it as bad input.
+    """
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)"
+    return None
+
+
 class ConversationQuerySet(models.QuerySet):
     def for_user(self, user) -> ConversationQuerySet:
         """Only `user`'s conversations: a foreign id then simply is not found."""

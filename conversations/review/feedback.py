@@ -16,7 +16,7 @@ from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from ..models import Feedback, Message
+from ..models import Feedback, Message, unstorable
 
 MAX_COMMENT_CHARS = 2000
 RATINGS = (1, -1, 0)
@@ -41,6 +41,9 @@ def parse(body: object) -> tuple[int, str]:
         raise BadFeedback("comment must be a string.")
     if len(comment) > MAX_COMMENT_CHARS:
         raise BadFeedback(f"comment can have at most {MAX_COMMENT_CHARS} characters.")
+    problem = unstorable(comment)
+    if problem:
+        raise BadFeedback(f"comment {problem}.")
     return rating, comment.strip()
 
 

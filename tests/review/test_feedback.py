@@ -81,6 +81,9 @@ def test_someone_elses_reply_or_a_user_message_is_404(bob_client, alice_client, 
         ({"rating": 1, "comment": 5}, "comment must be a string"),
         ({"rating": 1, "comment": "x" * 2001}, "at most 2000 characters"),
         ([1], "must be a JSON object"),
+        # Issue 29, item 4: a lone surrogate broke the insert (HTTP 500).
+        ({"rating": 1, "comment": "bad \ud800 text"}, "lone surrogates"),
+        ({"rating": -1, "comment": "nul \x00"}, "NUL"),
     ],
 )
 def test_bad_input_is_400_saying_why(alice_client, chat, body, says):
