@@ -102,6 +102,10 @@ def database(url: str) -> dj_database_url.DBConfig:
             "transaction_mode": "IMMEDIATE",
         }
         config["CONN_MAX_AGE"] = 0
+    elif config["ENGINE"] == "django.db.backends.postgresql":
+        # No query may run longer (SQLite gets the same guard in chatsite/db.py).
+        timeout_ms = env_int("CHAT_DB_STATEMENT_TIMEOUT_S", 30, maximum=86_400) * 1000
+        config.setdefault("OPTIONS", {})["options"] = f"-c statement_timeout={timeout_ms}"
     return config
 
 
@@ -318,6 +322,9 @@ CHAT_SAVE_INTERVAL = float(env_int("CHAT_SAVE_INTERVAL_MS", 1000, maximum=60_000
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)
 # A system prompt is sent with every message of its chat: capped at creation.
 CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 8_000, minimum=1)
+# The longest one SQL statement may run, in seconds (0 = no limit): a query
+# whose cost grows with one user's data cannot hold the database (chatsite/db.py).
+CHAT_DB_STATEMENT_TIMEOUT = env_int("CHAT_DB_STATEMENT_TIMEOUT_S", 30, maximum=86_400)
 # The largest file /c/import/ takes. Uploads past FILE_UPLOAD_MAX_MEMORY_SIZE
 # (2.5 MB) wait on disk and are parsed as a stream, so memory stays bounded.
 CHAT_IMPORT_MAX_MB = env_int("CHAT_IMPORT_MAX_MB", 64, minimum=1, maximum=4096)

@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from conversations.models import Conversation
 
@@ -70,3 +72,22 @@ def test_the_message_count_column(staff_client, transcript):
     response = staff_client.get("/admin/conversations/conversation/")
     row = response.context["cl"].result_list[0]
     assert isinstance(row, Conversation) and row._message_count == 2
+
+
+def test_the_search_and_the_count_read_messages_in_subqueries_only(staff_client, transcript, alice, conversation):
+    """Issue 29, item 1: the count column and a search over messages each joined the messages table, so
+    one chat of N messages made N² rows (a 50k-message chat held SQLite for minutes)."""
+    big = conversation(alice, title="Big", messages=[("user", f"apples {i}") for i in range(30)])
+    with CaptureQueriesContext(connection) as queries:
+        html = staff_client.get("/admin/conversations/conversation/", {"q": "apples"}).content.decode()
+    assert "Big" in html and "About Paris" not in html
+    assert f'<td class="field-message_count">{big.messages.count()}</td>' in html
+    joins = [q["sql"] for q in queries if 'JOIN "conversations_message"' in q["sql"]]
+    assert joins == []
+
+
+def test_the_count_column_counts_and_sorts(staff_client, transcript, alice, conversation):
+    conversation(alice, title="Empty")
+    html = staff_client.get("/admin/conversations/conversation/", {"o": "3"}).content.decode()
+    assert '<td class="field-message_count">0</td>' in html and '<td class="field-message_count">2</td>' in html
+    assert html.index("Empty") < html.index("About Paris")
