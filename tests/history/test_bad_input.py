@@ -2,11 +2,14 @@
 
 import base64
 import json
+import subprocess
+import sys
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from conversations.models import Conversation
+from tests.live_server import REPO
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -80,3 +83,35 @@ def test_a_malformed_list_query_is_a_400_naming_it(alice_client, alice, params, 
     response = alice_client.get("/api/conversations/", params)
     assert response.status_code == 400
     assert says in response.json()["error"]
+
+
+NESTED = """
+import io, resource, sys
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from conversations.history import importing
+
+depth = int(sys.argv[1])
+body = io.BytesIO(b"[" * depth + b"]" * depth)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = importing.import_file(get_user_model()(pk=1, username="nobody"), body)
+grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(f"{grown_mb:.0f} MB grown; error: {result.error}")
+"""
+
+
+@pytest.mark.parametrize("depth", [12_000, 100_000])
+def test_deep_nesting_stops_the_import_before_it_costs_memory(depth):
+    """Issue 29, item 2: 12,000 nested brackets (24 KB) took about 300 MB with ijson.items; 100,000 took 21 GB.
+
+    Run in a fresh interpreter so its peak memory is this import's alone; the
+    file is refused before any entry is built, so no database is needed.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", NESTED, str(depth)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown, error = done.stdout.strip().split(" MB grown; error: ")
+    assert "nests deeper than 64 levels" in error
+    assert int(grown) < 20
