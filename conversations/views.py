@@ -15,7 +15,7 @@ from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
 from .history import listing as history
 from .history.tree import Tree
-from .live import process, state
+from .live import process, state, turns
 from .models import Conversation
 
 
@@ -86,9 +86,18 @@ def rename(request, conversation_id):
 
 @login_required
 @require_POST
-def delete(request, conversation_id):
-    conversation = _get_conversation_for_user(request, conversation_id)
-    conversation.delete()
+async def delete(request, conversation_id):
+    """Through the turn owner: a reply streaming in the chat is stopped, ended and charged first.
+
+    Async, so no thread is held while the reply ends: its final save needs
+    the one thread that synchronous views and database calls share.
+    """
+    conversation = await database_sync_to_async(_get_conversation_for_user)(request, conversation_id)
+    try:
+        await turns.delete(conversation.id)
+    except turns.Refused as exc:
+        await database_sync_to_async(flash.error)(request, exc.message)
+        return redirect(conversation)
     return redirect("index")
 
 

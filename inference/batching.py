@@ -419,7 +419,7 @@ class Scheduler:
         if job.detokenizer is not None:
             tail = job.detokenizer.flush()
             if tail:
-                job.deliver(Chunk(tail))
+                job.deliver(Chunk(tail, len(job.tokens)))
         result = job.result(reason, error)
         job.deliver(Finished(result))
         self.stats.finished += 1

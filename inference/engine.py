@@ -193,14 +193,15 @@ class TransformersEngine(Engine):
             event = held if held is not None else await self._next_event(queue, job, text_so_far)
             held = None
             if isinstance(event, Chunk):
-                parts = [event.text]
+                parts, generated = [event.text], event.generated
                 while not queue.empty():
                     following = queue.get_nowait()
                     if not isinstance(following, Chunk):
                         held = following
                         break
                     parts.append(following.text)
-                event = Chunk("".join(parts)) if len(parts) > 1 else event
+                    generated = following.generated
+                event = Chunk("".join(parts), generated) if len(parts) > 1 else event
                 text_so_far.append(event.text)
             yield event
             if isinstance(event, Finished):

@@ -65,7 +65,7 @@ class Job:
         assert self.detokenizer is not None, "a started job has a detokenizer"
         text = self.detokenizer.push(token)
         if text:
-            self.deliver(Chunk(text))
+            self.deliver(Chunk(text, len(self.tokens)))
         if self.detokenizer.stopped:
             return "stop"
         if len(self.tokens) >= self.prompt.max_new_tokens:

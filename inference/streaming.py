@@ -156,9 +156,14 @@ class Started:
 
 @dataclass
 class Chunk:
-    """New reply text; all chunks joined equal the final ``Result.text``."""
+    """New reply text; all chunks joined equal the final ``Result.text``.
+
+    ``generated``: the tokens generated so far, this chunk's included, so a
+    reply cut off before its Finished still knows what it cost.
+    """
 
     text: str
+    generated: int = 0
 
 
 @dataclass

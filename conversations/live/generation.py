@@ -78,6 +78,9 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
     turn = reply.turn
     ending = Ending("error", "")
     pending, flushed_at, saved_at = "", 0.0, time.monotonic()
+    # What the reply has cost so far, saved with its text: a reply cut off
+    # before its Finished (a stop, a crash, a SIGKILL) is still charged for it.
+    spent = {"prompt_tokens": None, "completion_tokens": 0}
 
     async def flush() -> None:
         nonlocal pending, flushed_at
@@ -93,12 +96,13 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
         async for event in engine.stream(request):
             if isinstance(event, Chunk):
                 pending += event.text
+                spent["completion_tokens"] = event.generated
                 now = time.monotonic()
                 if now - flushed_at >= COALESCE_SECONDS:
                     await flush()
                 if now - saved_at >= settings.CHAT_SAVE_INTERVAL:
                     saved_at = now
-                    await save_partial(turn.message_id, reply.record.text)
+                    await save_partial(turn.message_id, reply.record.text, spent)
             elif isinstance(event, Queued):
                 await publish(
                     turn.conversation_id,
@@ -112,6 +116,7 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
                     pending = ending.text[len(reply.record.text) :]
             elif isinstance(event, Started):
                 logger.info("reply %s started: %d prompt tokens", turn.message_id, event.prompt_tokens)
+                spent["prompt_tokens"] = event.prompt_tokens
         await flush()
     except QueueFull:
         ending.error = ("busy", "The server is busy with other chats; try again in a moment.")
@@ -129,6 +134,8 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
     finally:
         # Whatever was published is the text, whatever the engine said.
         ending.text = reply.record.text
+        if not ending.usage and spent["prompt_tokens"] is not None:
+            ending.usage = dict(spent)  # no Finished: what it cost up to where it stopped
         reply.ending = True
         # Shielded so a cancelled task still stores and announces its end.
         await asyncio.shield(finish(turn.conversation_id, turn.message_id, ending))

@@ -106,7 +106,7 @@ async def finish(conversation_id, message_id: int, ending: Ending) -> bool:
     for name in Message.USAGE_FIELDS:
         setattr(message, name, ending.usage.get(name))
     try:
-        won = await _save_final(message)
+        won = await _save_final(message, ending.usage)
     except DatabaseError as exc:
         logger.error("reply %s: cannot store its end (%s); retrying in the background", message_id, exc)
         ending.error = ending.error or ("generation_failed", "The reply could not be saved; the text so far is kept.")
@@ -125,24 +125,31 @@ async def finish(conversation_id, message_id: int, ending: Ending) -> bool:
     return True
 
 
-_FINAL_FIELDS = ("content", "finish_reason", "status", *Message.USAGE_FIELDS)
+_FINAL_FIELDS = ("content", "finish_reason", "status")
 
 
 @database_sync_to_async
-def _save_final(message: Message) -> bool:
+def _save_final(message: Message, usage: dict) -> bool:
+    """The conditional final save. An ending that knows no usage (a reaper's, a shutdown's) keeps what the
+    reply's partial saves recorded, and `message` gets the stored figures for its `end` frame."""
     values = {name: getattr(message, name) for name in _FINAL_FIELDS}
+    values |= {name: usage[name] for name in Message.USAGE_FIELDS if usage.get(name) is not None}
     with transaction.atomic():
         won = bool(Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(**values))
         if won:  # the reply's quota hold becomes what it spent, with its final row or not at all
+            stored = Message.objects.filter(id=message.id).values(*Message.USAGE_FIELDS).first() or {}
+            for name, value in stored.items():
+                setattr(message, name, value)
             quotas.settle(message.id, quotas.spent(message))
     return won
 
 
 async def _retry(message: Message) -> None:
+    usage = {name: getattr(message, name) for name in Message.USAGE_FIELDS}
     while True:
         await asyncio.sleep(SAVE_RETRY_SECONDS)
         try:
-            await _save_final(message)
+            await _save_final(message, usage)
         except DatabaseError as exc:
             logger.warning("reply %s: still cannot store its end: %s", message.id, exc)
             continue
@@ -151,9 +158,11 @@ async def _retry(message: Message) -> None:
 
 
 @database_sync_to_async
-def save_partial(message_id: int, text: str) -> None:
-    """The text so far of a live reply, so a page load shows it; a failure is only logged."""
+def save_partial(message_id: int, text: str, spent: dict) -> None:
+    """The text so far of a live reply, so a page load shows it, and its tokens so far (`prompt_tokens`,
+    `completion_tokens`), so a reply whose process dies is charged for them; a failure is only logged."""
     try:
-        Message.objects.filter(id=message_id, status=Message.Status.STREAMING).update(content=text)
+        rows = Message.objects.filter(id=message_id, status=Message.Status.STREAMING)
+        rows.update(content=text, **{name: value for name, value in spent.items() if value is not None})
     except DatabaseError as exc:
         logger.warning("reply %s: cannot save its text so far: %s", message_id, exc)

@@ -9,23 +9,30 @@ back: the path only goes down (turns -> runner -> generation -> replies).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import replace
 
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
 
-from inference import GenerationParams
+from inference import GenerationParams, InferenceError
 
 from ..history.tree import Tree
 from ..models import Conversation, Message
 from ..review import quotas
 from . import state
-from .frames import publish
+from .frames import follow, publish
 from .replies import BUSY, DB_BUSY, RESTARTING, Ending, Gone, Refused, Turn, finish
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Gone", "Refused", "Turn", "start", "stop", "switch"]
+__all__ = ["Gone", "Refused", "Turn", "delete", "start", "stop", "switch"]
+
+# How long a delete waits for the reply it stopped to end (one decoding step
+# locally, a round trip to a worker) before ending it itself.
+STOP_WAIT_SECONDS = 10.0
+DELETE_ATTEMPTS = 3
 
 
 async def start(
@@ -89,7 +96,7 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
         )
         conversation.activate(reply)
         history = conversation.prompt_history(until=reply)
-        _reserve_tokens(conversation, reply, history, params)
+        capped = _reserve_tokens(conversation, reply, history, params)
         untitled = not conversation.title
         conversation.start_turn(params.to_dict(), first_text=text or None)
         tree = Tree.of(conversation)
@@ -97,7 +104,7 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
         conversation_id=conversation_id,
         message_id=reply.id,
         history=history,
-        params=params,
+        params=capped,
         replaces=replaces,
         user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
@@ -148,14 +155,75 @@ def _switch(conversation_id: str, message_id: int) -> list[dict]:
         return tree.path_dicts()
 
 
-def _reserve_tokens(conversation: Conversation, reply: Message, history: list[dict], params) -> None:
-    """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back)."""
+def _reserve_tokens(conversation: Conversation, reply: Message, history: list[dict], params) -> GenerationParams:
+    """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back).
+
+    Returns the turn's parameters with max_new_tokens capped at what is left of the user's day.
+    """
     try:
-        quotas.reserve(conversation.user_id, quotas.prompt_bound(history) + params.max_new_tokens, reply.id)
+        hold = quotas.reserve(conversation.user_id, _prompt_tokens(history), params.max_new_tokens, reply.id)
     except quotas.QuotaExceeded as exc:
         raise Refused("rate_limited", exc.message) from None
+    return replace(params, max_new_tokens=hold.max_new_tokens)
+
+
+def _prompt_tokens(history: list[dict]) -> int:
+    """The prompt's tokens at most: counted where this process has the model, else bounded without it."""
+    engine = state.current().engine
+    if engine is not None:
+        try:
+            return engine.count_tokens(history)  # untrimmed: never less than what the reply reads
+        except InferenceError:
+            pass  # the engine refuses it when the turn runs, saying why
+    return quotas.prompt_bound(history)
 
 
 async def stop(conversation_id) -> bool:
     """Ask the conversation's live reply to stop; False when there is none."""
     return await state.current().runner.stop(str(conversation_id))
+
+
+async def delete(conversation_id) -> None:
+    """Delete a conversation. A reply streaming in it is stopped first, through its runner, and ends as
+    any other (`end` to every tab, its quota settled with what it spent); only then do the rows go.
+
+    Deleted under the conversation's lock, once no reply streams, so a turn
+    started meanwhile is stopped in its turn rather than deleted under its runner.
+    Raises Refused (busy) when replies keep streaming (the database refuses their ends).
+    """
+    key = str(conversation_id)
+    for _ in range(DELETE_ATTEMPTS):
+        async with follow(key) as followed:
+            message_id = await _delete_if_idle(key)
+            if message_id is None:
+                return
+            await state.current().runner.stop(key)
+            try:
+                async with asyncio.timeout(STOP_WAIT_SECONDS):
+                    async for _ in followed.until_end(message_id):
+                        pass
+            except TimeoutError:  # its runner did not answer (a dead worker): end it here, as a reaper would
+                logger.warning("reply %s did not stop for a delete; ending it", message_id)
+                snapshot = await state.current().runner.snapshot(key)
+                text = snapshot[1] if snapshot and snapshot[0] == message_id else await _stored_text(message_id)
+                await finish(key, message_id, Ending("cancelled", text))
+    raise Refused("busy", DB_BUSY)
+
+
+@database_sync_to_async
+def _delete_if_idle(conversation_id: str) -> int | None:
+    """Delete the conversation unless a reply streams in it; returns that reply's id, or None once deleted."""
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
+        if conversation is None:
+            return None
+        live = conversation.live_reply()
+        if live is not None:
+            return live.id
+        conversation.delete()
+    return None
+
+
+@database_sync_to_async
+def _stored_text(message_id: int) -> str:
+    return Message.objects.filter(id=message_id).values_list("content", flat=True).first() or ""

@@ -2,14 +2,14 @@
 
 How a turn spends (docs/review.md):
 
-- `reserve()`, before a reply starts: in the turn's transaction, one
-  conditional `UPDATE … SET reserved = reserved + n WHERE tokens + reserved < limit`
-  on the user's row of the day. `n` is an upper bound of the reply's cost:
-  its prompt (UTF-8 bytes, which no byte-level BPE token is shorter than,
-  plus the chat template's tokens) and its max_new_tokens. PostgreSQL
-  re-checks the WHERE once a concurrent update commits and SQLite runs one
-  write transaction at a time, so simultaneous turns each see the others'
-  holds: the last one admitted may overspend by at most its own cost.
+- `reserve()`, before a reply starts: in the turn's transaction, the user's
+  row of the day is locked and the reply's most cost held on it: its prompt
+  (UTF-8 bytes, which no byte-level BPE token is shorter than, plus the chat
+  template's tokens) and its max_new_tokens, capped at what is left of the
+  day: a reply may generate only as many tokens as the budget still holds,
+  so no turn can take the day past its limit (one call asking 4,096 tokens
+  with 300 left gets at most 300). PostgreSQL's row lock and SQLite's one
+  write transaction at a time make simultaneous turns see each other's holds.
 - `settle()`, when the reply ends (replies.finish, in the same transaction as
   the reply's final row): the hold is swapped for the tokens really spent,
   on the day the reply started.
@@ -17,6 +17,7 @@ How a turn spends (docs/review.md):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from datetime import timezone as dt_timezone
 
@@ -30,6 +31,15 @@ from ..models import DailyUsage, Message, QuotaOverride, Reservation
 # Tokens a chat template adds: a default system prompt, and role markers per message.
 TEMPLATE_TOKENS = 64
 TOKENS_PER_MESSAGE = 8
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Tokens held for one reply: on the user's row `usage_id`, with the reply's `max_new_tokens` capped."""
+
+    usage_id: int
+    tokens: int
+    max_new_tokens: int
 
 
 class QuotaExceeded(Exception):
@@ -85,26 +95,30 @@ def prompt_bound(history: list[dict]) -> int:
     return text_bytes + TEMPLATE_TOKENS + TOKENS_PER_MESSAGE * len(history)
 
 
-def reserve(user_id, tokens: int, message_id: int | None = None) -> int:
-    """Hold `tokens` on the user's row of today, or raise QuotaExceeded; returns the row's id.
+def reserve(user_id, prompt: int, max_new_tokens: int, message_id: int | None = None) -> Hold:
+    """Hold a reply's most cost (`prompt` tokens at most, and `max_new_tokens`) on the user's row of today,
+    with max_new_tokens capped at what is left; raise QuotaExceeded when not one token is.
 
     With `message_id`, the hold is recorded for that reply, so whoever
     finishes it (possibly another process) settles it. Call inside the
     transaction that creates the reply.
     """
     with transaction.atomic():
-        usage, _ = DailyUsage.objects.get_or_create(user_id=user_id, day=today())
+        DailyUsage.objects.get_or_create(user_id=user_id, day=today())
+        usage = DailyUsage.objects.select_for_update().get(user_id=user_id, day=today())
         _settle_ended(usage)
+        usage.refresh_from_db()
         limit = daily_limit(user_id)
-        rows = DailyUsage.objects.filter(pk=usage.pk)
         if limit:
-            rows = rows.filter(tokens__lt=limit - F("reserved"))
-        if not rows.update(reserved=F("reserved") + tokens):
-            usage.refresh_from_db()
-            raise QuotaExceeded(usage.tokens + usage.reserved, limit)
+            left = limit - usage.tokens - usage.reserved
+            if left - prompt < 1:
+                raise QuotaExceeded(usage.tokens + usage.reserved, limit)
+            max_new_tokens = min(max_new_tokens, left - prompt)
+        hold = Hold(usage.pk, prompt + max_new_tokens, max_new_tokens)
+        DailyUsage.objects.filter(pk=usage.pk).update(reserved=F("reserved") + hold.tokens)
         if message_id is not None:
-            Reservation.objects.create(message_id=message_id, usage=usage, tokens=tokens)
-    return usage.pk
+            Reservation.objects.create(message_id=message_id, usage=usage, tokens=hold.tokens)
+    return hold
 
 
 def release(usage_id: int, held: int, spent: int, replies: int = 1) -> None:

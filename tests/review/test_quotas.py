@@ -135,9 +135,9 @@ def test_batch_prompts_usage_is_counted_without_a_limit(engine, tmp_path, alice)
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_simultaneous_turns_cannot_overspend_by_more_than_one_reply(engine, alice, conversation, settings):
+async def test_simultaneous_turns_cannot_overspend(engine, alice, conversation, settings):
     long = GenerationParams.from_dict({"temperature": 0, "max_new_tokens": 900})  # still running when checked
-    hold = quotas.prompt_bound([{"role": "user", "content": "Hi"}]) + 900
+    hold = engine.count_tokens([{"role": "user", "content": "Hi"}]) + 900
     settings.CHAT_USER_DAILY_TOKENS = hold  # the first hold uses it all
     chats = [await sync_to_async(conversation)(alice) for _ in range(4)]
     results = await asyncio.gather(*(turns.start(c.id, "send", long, "Hi") for c in chats), return_exceptions=True)
@@ -174,7 +174,7 @@ def test_holds_taken_at_the_same_moment_from_many_threads_never_pass_the_limit(a
     def take() -> None:
         try:
             barrier.wait()
-            quotas.reserve(alice.id, 300)
+            quotas.reserve(alice.id, 0, 300)
             admitted.append(1)
         except quotas.QuotaExceeded:
             refused.append(1)
@@ -186,8 +186,8 @@ def test_holds_taken_at_the_same_moment_from_many_threads_never_pass_the_limit(a
         thread.start()
     for thread in threads:
         thread.join()
-    assert (len(admitted), len(refused)) == (4, 4)  # 0, 300, 600, 900 < 1000; 1200 is not
-    assert usage_of(alice).reserved == 1200  # over by less than one hold
+    assert (len(admitted), len(refused)) == (4, 4)  # 300, 300, 300, then the 100 left; then nothing
+    assert usage_of(alice).reserved == 1000  # never over
 
 
 # -- the day, the override -------------------------------------------------------------
@@ -198,19 +198,20 @@ def test_yesterdays_use_does_not_count_today_and_a_hold_settles_on_its_own_day(a
     settings.CHAT_USER_DAILY_TOKENS = 100
     monday, tuesday = date(2026, 3, 2), date(2026, 3, 3)
     monkeypatch.setattr(quotas, "today", lambda: monday)
-    first = quotas.reserve(alice.id, 90)
+    first = quotas.reserve(alice.id, 0, 90).usage_id
     quotas.check(alice.id)  # 90 of 100: something is left
-    second = quotas.reserve(alice.id, 20)  # admitted while spent + held < limit
+    second = quotas.reserve(alice.id, 0, 20)  # capped at the 10 left
+    assert (second.tokens, second.max_new_tokens) == (10, 10)
     with pytest.raises(quotas.QuotaExceeded):
         quotas.check(alice.id)
     with pytest.raises(quotas.QuotaExceeded):
-        quotas.reserve(alice.id, 1)
+        quotas.reserve(alice.id, 0, 1)
     monkeypatch.setattr(quotas, "today", lambda: tuesday)
     quotas.check(alice.id)  # a new day, a new budget
     quotas.release(first, 90, 80)  # replies begun on Monday and ended on Tuesday count on Monday
-    quotas.release(second, 20, 20)
+    quotas.release(second.usage_id, 10, 10)
     monday_usage = DailyUsage.objects.get(user=alice, day=monday)
-    assert (monday_usage.tokens, monday_usage.reserved, monday_usage.replies) == (100, 0, 2)
+    assert (monday_usage.tokens, monday_usage.reserved, monday_usage.replies) == (90, 0, 2)
     assert quotas.status(alice.id)["used"] == 0
     assert quotas.resets_at().isoformat() == "2026-03-04T00:00:00+00:00"
 
@@ -241,8 +242,42 @@ def test_a_per_user_override_replaces_the_setting(alice, bob, settings):
 def test_a_hold_of_a_reply_that_never_finished_is_released_at_the_next_turn(alice, conversation):
     chat = conversation(alice, messages=[("user", "Hi")])
     reply = Message.objects.create(conversation=chat, role="assistant", status="streaming")
-    quotas.reserve(alice.id, 500, reply.id)
+    quotas.reserve(alice.id, 400, 100, reply.id)
     Message.interrupt_streaming()  # a server killed outright, restarted
-    quotas.reserve(alice.id, 10)
+    quotas.reserve(alice.id, 0, 10)
     usage = usage_of(alice)
     assert (usage.reserved, usage.tokens) == (10, 0) and not Reservation.objects.exists()
+
+
+# -- a hold never passes the limit (issue 29, item 8) ----------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_hold_is_capped_at_what_is_left_and_so_is_the_reply(engine, alice, conversation, settings):
+    """One call asking 4,096 tokens with 3,000 a day once spent 6,656: the hold was not capped."""
+    settings.CHAT_USER_DAILY_TOKENS = 3000
+    await DailyUsage.objects.acreate(user=alice, day=quotas.today(), tokens=2900)
+    chat = await sync_to_async(conversation)(alice)
+    asked = GenerationParams.from_dict({"temperature": 0, "max_new_tokens": 4096})
+    prompt = engine.count_tokens([{"role": "user", "content": "Hi"}])
+    async with follow(chat.id) as following:
+        turn = await turns.start(chat.id, "send", asked, "Hi")
+        assert turn.params.max_new_tokens == 100 - prompt
+        assert (await sync_to_async(usage_of)(alice)).reserved == 100
+        frames = [frame async for frame in following.until_end(turn.message_id)]
+    usage = await sync_to_async(usage_of)(alice)
+    assert frames[-1]["usage"]["completion_tokens"] <= 100 - prompt
+    assert usage.tokens <= 3000 and usage.reserved == 0
+    chat = await Conversation.objects.aget(id=chat.id)
+    assert chat.max_new_tokens == 4096  # the chat keeps the setting its user chose
+
+
+@pytest.mark.django_db
+def test_a_hold_is_refused_when_not_one_token_is_left(alice, settings):
+    settings.CHAT_USER_DAILY_TOKENS = 100
+    DailyUsage.objects.create(user=alice, day=quotas.today(), tokens=80)
+    with pytest.raises(quotas.QuotaExceeded):
+        quotas.reserve(alice.id, 20, 50)  # the prompt alone takes the 20 left
+    hold = quotas.reserve(alice.id, 19, 50)
+    assert (hold.tokens, hold.max_new_tokens) == (20, 1)
