@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
@@ -21,7 +23,7 @@ from inference import GenerationParams, InvalidParams
 
 from ..models import Conversation, unstorable
 from . import state, turns
-from .frames import client_frame, group_name, layer_errors
+from .frames import client_frame, group_name, layer_errors, user_group
 from .turns import Gone, Refused
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.key = str(self.conversation.id)
+        self.user_id, self.session_key = user.pk, self.scope["session"].session_key
         try:
             await self.channel_layer.group_add(group_name(self.key), self.channel_name)
+            await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
         except layer_errors() as exc:
             logger.warning("cannot join %s: %s", self.key, exc)
             self.conversation = None
@@ -100,6 +104,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.live.runner.unwatch(self.key)
             try:
                 await self.channel_layer.group_discard(group_name(self.key), self.channel_name)
+                await self.channel_layer.group_discard(user_group(self.user_id), self.channel_name)
             except layer_errors() as exc:  # the membership expires by itself
                 logger.warning("cannot leave %s: %s", self.key, exc)
 
@@ -217,6 +222,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "token", "message_id": message_id, "text": content[already:]})
         await self.send_json(frame)
 
+    async def chat_logout(self, event: dict) -> None:
+        """The session this socket was opened with logged out: it may not send another frame."""
+        if event["session_key"] == self.session_key:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+
     async def chat_shutdown(self, event: dict) -> None:
         """The server is stopping; every `end` this socket was owed came before this event."""
         await self.close(code=CLOSE_RESTART)
@@ -227,6 +237,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     @database_sync_to_async
     def _get_conversation(self, user, conversation_id) -> Conversation | None:
         return Conversation.objects.for_user(user).filter(id=conversation_id).first()
+
+
+def logged_out(sender, request, user, **kwargs) -> None:
+    """`user_logged_out`: close the chat sockets of the session that logged out (conversations.apps connects it).
+
+    Sent before Django flushes the session, so its key is still the socket's.
+    Other sessions of the same user (another browser) stay open.
+    """
+    if user is None or request.session.session_key is None:
+        return
+    event = {"type": "chat.logout", "session_key": request.session.session_key}
+    try:
+        async_to_sync(get_channel_layer().group_send)(user_group(user.pk), event)
+    except layer_errors() as exc:
+        logger.warning("cannot close the sockets of a logged-out session: %s", exc)
 
 
 def _text(content: dict) -> str:

@@ -37,6 +37,11 @@ def group_name(conversation_id) -> str:
     return f"chat.{conversation_id}"
 
 
+def user_group(user_id) -> str:
+    """Every chat socket of one user, in every web process: a logout closes that session's."""
+    return f"user.{user_id}"
+
+
 async def publish(conversation_id, event: dict) -> None:
     """Send an event to every socket of the conversation; a layer that is down loses it.
 
