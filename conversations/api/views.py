@@ -121,10 +121,14 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     try:
         try:
             turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt)
+            frames = follower.until_end(turn.message_id)
+            head = await _head(frames)
         except turns.Refused as exc:
+            await _discard(answer.conversation_id)
             raise _failure("unavailable" if exc.message == RESTARTING else exc.code, exc.message) from None
-        frames = follower.until_end(turn.message_id)
-        head = await _head(frames)
+        except ApiError:
+            await _discard(answer.conversation_id)  # refused before any text: the call served nothing
+            raise
         if call.stream:
             response = answer.stream(head, frames, stack)
             handed_over = True
@@ -191,6 +195,14 @@ def _store(user, call: Completion, model: str) -> str:
         logger.warning("cannot store an API call: %s", exc)
         raise _failure("busy", DB_BUSY) from None
     return str(conversation.id)
+
+
+async def _discard(conversation_id: str) -> None:
+    """A call that was refused keeps nothing: its conversation goes (through the turn owner, like any delete)."""
+    try:
+        await turns.delete(conversation_id)
+    except (turns.Refused, DatabaseError) as exc:
+        logger.warning("cannot discard the refused API call %s: %s", conversation_id, exc)
 
 
 async def _head(frames: AsyncIterator[dict]) -> list[dict]:

@@ -4,6 +4,7 @@ Issue 29, items 4 (500s from malformed bodies), 11 (errors not in OpenAI's
 shape) and 14 (what the socket refuses, the API must refuse too).
 """
 
+import asyncio
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from django.test import AsyncClient
 from conversations.api import keys as apikeys
 from conversations.api import openai_format as openai_api
 from conversations.api.openai_format import BadRequest
-from conversations.models import Conversation
+from conversations.models import Conversation, Message
 
 USER_ASKS = [{"role": "user", "content": "Hello there"}]
 
@@ -173,3 +174,17 @@ async def test_a_body_declared_too_large_is_refused_before_it_is_read(key):
     assert start["status"] == 413
     assert "larger than" in json.loads(body["body"])["error"]
     await communicator.wait(5)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_refused_calls_store_nothing_even_when_they_race(engine, key, alice, settings):
+    """Issue 29, item 6: in a 10-way race, 9 calls got 429 and 6 conversations were stored for 1 served."""
+    body = {"messages": USER_ASKS, "temperature": 0, "max_tokens": 8}
+    settings.CHAT_USER_DAILY_TOKENS = engine.count_tokens(USER_ASKS) + 8  # one call takes the whole day
+    responses = await asyncio.gather(*(post_raw(key, json.dumps(body).encode()) for _ in range(10)))
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] + [429] * 9
+    assert all(openai_error(r)["code"] == "rate_limited" for r in responses if r.status_code == 429)
+    assert await Conversation.objects.acount() == 1
+    assert await Message.objects.filter(role="assistant").acount() == 1
