@@ -135,7 +135,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         response = super().change_view(request, object_id, form_url, extra_context)
-        if response.status_code == 200 and request.method == "GET":
+        if response.status_code == 200:  # the transcript was shown, whatever the method
             audit.record(request, audit.VIEW, Conversation.objects.filter(pk=object_id))
         return response
 

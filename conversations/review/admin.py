@@ -53,7 +53,9 @@ class FeedbackAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         response = super().change_view(request, object_id, form_url, extra_context)
-        if response.status_code == 200 and request.method == "GET":
+        # Any page that shows the turns is a reading: a GET, or a POST whose form
+        # was invalid and came back with them (a valid one redirects).
+        if response.status_code == 200:
             conversations = Conversation.objects.filter(messages__feedback__pk=object_id).select_related("user")
             audit.record(request, audit.REVIEW, conversations)
         return response

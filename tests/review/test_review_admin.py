@@ -169,3 +169,14 @@ def test_the_usage_page_charts_days_and_lists_users(staff_client, alice, bob, co
     assert "<svg" in html and "<rect" in html and "30 tokens, 1 replies, 20.0 tokens/s" in html
     assert {(u.user.username, u.tokens) for u in response.context["cl"].result_list} == {("alice", 30), ("bob", 7)}
     assert "<script" not in html.split('id="content"')[1]  # no script for the chart
+
+
+def test_an_invalid_post_that_shows_the_turns_again_is_recorded_too(client, reader, queue):
+    """Issue 29, item 10: a POST the form refused re-rendered the turns around the reply with no audit row."""
+    client.force_login(reader)
+    feedback = queue["down_old"]
+    response = client.post(f"{QUEUE}{feedback.pk}/change/", {"reviewed": "on", "staff_note": "bad \x00 note"})
+    assert response.status_code == 200 and "Q: bad old" in response.content.decode()  # the turns, again
+    assert [r.action for r in StaffRead.objects.all()] == ["review"]
+    feedback.refresh_from_db()
+    assert not feedback.reviewed
