@@ -14,9 +14,11 @@ from django.views.decorators.http import require_GET, require_POST
 from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
 from .history import listing as history
-from .history.tree import Tree
+from .history.tree import PAGE_SIZE, page_dicts, path_page
 from .live import process, state, turns
 from .models import Conversation
+
+MAX_PAGE = 500  # messages of a transcript one request may ask for
 
 
 def _get_conversation_for_user(request, conversation_id) -> Conversation:
@@ -25,24 +27,18 @@ def _get_conversation_for_user(request, conversation_id) -> Conversation:
 
 
 def _chat_page(request, conversation: Conversation | None):
+    # The newest page of the active path; earlier messages load as the reader scrolls up.
+    messages, earlier = path_page(conversation) if conversation else ([], False)
     context = {
         "sidebar": history.sidebar(request.user),
         "conversation": conversation,
-        "messages_list": _active_path(conversation) if conversation else [],
+        "messages_list": messages,
+        "earlier": earlier,
         "new_form": ConversationForm(),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
     }
     return render(request, "conversations/chat.html", context)
-
-
-def _active_path(conversation: Conversation) -> list:
-    """The messages of the active path, each knowing its siblings (the "2 / 3" arrows)."""
-    tree = Tree.of(conversation)
-    path = tree.path()
-    for message in path:
-        message.sibling_ids = ",".join(str(i) for i in tree.siblings(message))
-    return path
 
 
 @login_required
@@ -223,8 +219,20 @@ def _import_refused(request, message: str, status: int):
 @login_required
 @require_GET
 def api_conversation(request, conversation_id):
+    """The conversation and its active path; with `limit` (and `before`, a message id), one page of the
+    path, newest messages last, and `earlier`: whether the path goes on above it."""
     conversation = _get_conversation_for_user(request, conversation_id)
-    return JsonResponse(export.as_json(conversation))
+    if "limit" not in request.GET and "before" not in request.GET:
+        return JsonResponse(export.as_json(conversation))
+    limit, before = request.GET.get("limit", str(PAGE_SIZE)), request.GET.get("before")
+    if not _whole_number(limit) or not 1 <= int(limit) <= MAX_PAGE or (before and not _whole_number(before)):
+        return JsonResponse({"error": f"limit must be 1 to {MAX_PAGE}, before a message id"}, status=400)
+    messages, earlier = path_page(conversation, int(before) if before else None, int(limit))
+    return JsonResponse(conversation.as_dict() | {"messages": page_dicts(messages), "earlier": earlier})
+
+
+def _whole_number(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) < 19
 
 
 def locked_out(request, response, credentials):

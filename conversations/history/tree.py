@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from django.db import connection
+
 if TYPE_CHECKING:  # models imports this module, not the other way round
     from .models import Conversation, Message
 
@@ -83,3 +85,69 @@ def chain(conversation: Conversation, messages: list[Message] | None = None) -> 
     if leaf is not None:
         type(conversation).objects.filter(id=conversation.id).update(active_leaf=leaf)
     conversation.active_leaf_id = leaf
+
+
+# A page of a long transcript: the chat page shows this many messages of the
+# active path at first, and loads earlier ones as the reader scrolls up.
+PAGE_SIZE = 100
+
+
+def path_page(conversation: Conversation, before: int | None = None, limit: int = PAGE_SIZE):
+    """The last `limit` messages of the active path (of the path above message `before`, when given),
+    oldest first, each with `sibling_ids`; and whether earlier messages exist.
+
+    The path is walked up from its end in SQL (a recursive query, on SQLite
+    and PostgreSQL alike), so a page costs the same at 50 messages or 50,000;
+    Tree.of would read them all. Returns ([], False) for a `before` that is
+    not a message of this conversation.
+    """
+    message_model = conversation.messages.model
+    start = _page_start(conversation, before)
+    if start is None:
+        return [], False
+    table = message_model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""WITH RECURSIVE up(id, parent_id, depth) AS (
+                    SELECT id, parent_id, 0 FROM {table} WHERE id = %s AND conversation_id = %s
+                    UNION ALL
+                    SELECT m.id, m.parent_id, up.depth + 1 FROM {table} m JOIN up ON m.id = up.parent_id
+                    WHERE up.depth < %s
+                ) SELECT id FROM up ORDER BY depth""",
+            [start, conversation._meta.pk.get_db_prep_value(conversation.pk, connection), limit],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    more, ids = len(ids) > limit, ids[:limit]
+    by_id = {m.id: m for m in message_model.objects.filter(id__in=ids).select_related("feedback")}
+    messages = [by_id[ident] for ident in reversed(ids)]  # the walk went up: newest first
+    _attach_siblings(conversation, messages)
+    return messages, more
+
+
+def _page_start(conversation: Conversation, before: int | None) -> int | None:
+    """The id the page ends with: the path's leaf, or the parent of `before`."""
+    messages = conversation.messages
+    if before is not None:
+        return messages.filter(id=before).values_list("parent_id", flat=True).first()
+    if conversation.active_leaf_id:
+        return conversation.active_leaf_id
+    return messages.order_by("-created_at", "-id").values_list("id", flat=True).first()
+
+
+def _attach_siblings(conversation: Conversation, messages: list[Message]) -> None:
+    """Each message's `sibling_ids` ("1,5,9"): the messages sharing its parent and role, oldest first."""
+    parents = {m.parent_id for m in messages}
+    places = conversation.messages.filter(parent_id__in=[p for p in parents if p is not None])
+    if None in parents:
+        places = places | conversation.messages.filter(parent__isnull=True)
+    siblings: dict[tuple, list[int]] = defaultdict(list)
+    for ident, parent_id, role in places.order_by("created_at", "id").values_list("id", "parent_id", "role"):
+        siblings[(parent_id, role)].append(ident)
+    for message in messages:
+        message.siblings = siblings[(message.parent_id, message.role)]
+        message.sibling_ids = ",".join(map(str, message.siblings))
+
+
+def page_dicts(messages: list[Message]) -> list[dict]:
+    """A page of path_page() as the API gives the path (Tree.path_dicts)."""
+    return [m.as_dict() | {"parent": m.parent_id, "siblings": m.siblings} for m in messages]

@@ -86,8 +86,11 @@ function onSynced(data) {
   for (const message of messages) placeMessage(messageEl(message.id), message);
   const known = new Set(messages.map((m) => String(m.id)));
   const places = new Set(messages.map((m) => (m.parent === null ? '' : String(m.parent)) + '|' + m.role));
+  // The API sent the newest page of the path: earlier messages shown here are not its to judge.
+  const oldest = messages.length ? Number(messages[0].id) : 0;
   let offPath = false;
   for (const li of $all('li.msg[data-id]', transcript)) {
+    if (Number(li.getAttribute('data-id')) < oldest) continue;
     if (known.has(li.getAttribute('data-id')) || li === state.live) continue;
     // A sibling of a message on the path, and whatever followed it here.
     offPath = offPath || places.has((li.getAttribute('data-parent') || '') + '|' + li.getAttribute('data-role'));

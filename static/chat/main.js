@@ -8,6 +8,7 @@
  *   branches.js    edit and resend, "‹ 2 / 3 ›" variants, following the active path
  *   markdown.js    message text to safe DOM (markdown-it, DOMPurify, highlight.js, KaTeX)
  *   feedback.js    thumbs up / down and a comment on replies
+ *   earlier.js     a long transcript's earlier pages, loaded as the reader scrolls up
  *   usage.js       the day's token use under the composer
  *
  * Message text only reaches the DOM through markdown.js.
@@ -20,6 +21,7 @@ import { initComposer, input, regenerate, updateComposer } from './composer.js';
 import { initSocket, onFrame } from './socket.js';
 import { initBranches, refreshBranches } from './branches.js';
 import { initFeedback } from './feedback.js';
+import { initEarlier } from './earlier.js';
 import { initUsage } from './usage.js';
 import { onChange } from './state.js';
 
@@ -34,6 +36,7 @@ updateComposer();
 initBranches(onFrame);
 initSocket();
 initFeedback();
+initEarlier();
 initUsage();
 if (input && !isNarrow()) input.focus({ preventScroll: true });
 document.documentElement.setAttribute('data-ready', '1');  // tests wait for this

@@ -14,6 +14,9 @@ import {
   createMessage, messageEl, rawText, removeMessage, scheduleRender, scrollToBottom, setRaw, setStatus, setStored, transcript
 } from './transcript.js';
 
+// Messages of the path each sync reads: the newest page (the page shows as many at first).
+const SYNC_PAGE = 100;
+
 const status = $('#connection-status');
 const banner = $('#connection-banner');
 const bannerText = banner ? $('.banner-text', banner) : null;
@@ -135,13 +138,15 @@ function applyStored(message) {
  * after a reply ends, after a chat's first message (its title). */
 function sync() {
   if (!page.apiUrl) return Promise.resolve();
-  return fetch(page.apiUrl, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
+  // The newest page of the path is what can have changed; a long transcript's earlier pages stay as shown.
+  return fetch(page.apiUrl + '?limit=' + SYNC_PAGE, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
     .then((response) => (response.ok ? response.json() : null))
     .then((data) => {
       if (!data || !Array.isArray(data.messages)) return;
       if (data.messages.some((m) => m.role === 'user')) noteUserMessage(data.title);
       const known = new Set();
       let maxId = 0;
+      const oldest = data.messages.length ? Number(data.messages[0].id) : 0;
       for (const message of data.messages) {
         if (message.role === 'system') continue;
         known.add(String(message.id));
@@ -151,7 +156,7 @@ function sync() {
       // Replies replaced (regenerated) elsewhere while we were away.
       for (const li of $all('li.msg[data-id]', transcript)) {
         const id = Number(li.getAttribute('data-id'));
-        if (!known.has(String(id)) && id < maxId && li !== state.live) li.remove();
+        if (!known.has(String(id)) && id < maxId && id > oldest && li !== state.live) li.remove();
       }
       runHooks('synced', data);
       if (state.maybeSent !== null) {
@@ -264,7 +269,7 @@ function onClosed(code) {
 }
 
 function probe() {
-  return fetch(page.apiUrl, { credentials: 'same-origin', redirect: 'manual', headers: { Accept: 'application/json' } })
+  return fetch(page.apiUrl + '?limit=1', { credentials: 'same-origin', redirect: 'manual', headers: { Accept: 'application/json' } })
     .then((response) => {
       if (response.type === 'opaqueredirect' || response.status === 302) return 'login';
       if (response.status === 404) return 'gone';
