@@ -35,6 +35,10 @@ CLOSED = "The model is not taking requests (the server is stopping); try again i
 SHUTTING_DOWN = "The server is shutting down; the text so far is kept."
 
 
+class Sealed(Exception):
+    """The reply was ended by someone else (a reaper): nothing more of it may be recorded or published."""
+
+
 class Record:
     """What was published of a reply, kept where it survives whoever might die first.
 
@@ -118,6 +122,10 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
                 logger.info("reply %s started: %d prompt tokens", turn.message_id, event.prompt_tokens)
                 spent["prompt_tokens"] = event.prompt_tokens
         await flush()
+    except Sealed:
+        # Its end is stored and announced already, with the text recorded up to here.
+        logger.warning("reply %s was ended elsewhere; it stops here", turn.message_id)
+        reply.cancel.set()
     except QueueFull:
         ending.error = ("busy", "The server is busy with other chats; try again in a moment.")
     except EngineClosed:

@@ -45,7 +45,7 @@ from inference import GenerationParams, InvalidParams
 
 from ..models import InferenceWorker, Message
 from .frames import layer_errors
-from .generation import LiveReply, run_reply
+from .generation import LiveReply, Sealed, run_reply
 from .leases import Leases
 from .replies import Turn
 from .runners.worker import REQUESTS_CHANNEL, control_group
@@ -104,7 +104,11 @@ class ReplyConsumer(AsyncConsumer):
         await worker.leases.renew([message_id])
         turn = Turn(conversation_id=conversation_id, message_id=message_id, history=message["history"], params=params)
         record = worker.leases.record(message_id)
-        await record.open()
+        try:
+            await record.open()
+        except Sealed:  # a reaper ended it between the check above and now
+            logger.info("request for reply %s was given up meanwhile", message_id)
+            return False
         self.reply = reply = LiveReply(turn, record=record)
         await self._listen_for_stop(reply, worker.leases)
         logger.info("reply %s accepted (%d held)", message_id, len(worker.held))

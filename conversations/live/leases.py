@@ -12,6 +12,13 @@ Each such reply has three Redis keys next to the channel layer's (same prefix):
   worker takes in time is given up) and renewed by the worker holding it.
 - `<prefix>:reply:<id>:stop`, the stop mark (docs/architecture.md, "A stop
   is never lost").
+- `<prefix>:reply:<id>:sealed`, set by whoever ends a reply in the worker's
+  stead (a reaper, a web process's shutdown) before it reads the stream: from
+  then on the worker's appends fail (a Lua script checks the seal and adds in
+  one step), so it publishes nothing more. Without it, a worker that was slow,
+  not dead, could publish a token after the reaper read the stream and before
+  its `end` went out: a socket was sent text the stored reply lacked (the
+  `make soak` failure of issue 29).
 
 The reaper runs in every web process and every worker: every
 CHAT_WORKER_TIMEOUT / 4 seconds it ends the replies still `streaming` whose
@@ -34,7 +41,7 @@ from django.utils import timezone
 
 from ..models import InferenceWorker, Message
 from .frames import layer_errors
-from .generation import Record
+from .generation import Record, Sealed
 from .replies import Ending, finish
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,19 @@ def lease_key(message_id: int) -> str:
 
 def stop_key(message_id: int) -> str:
     return f"{_prefix()}:reply:{message_id}:stop"
+
+
+def sealed_key(message_id: int) -> str:
+    return f"{_prefix()}:reply:{message_id}:sealed"
+
+
+# Adds an entry to the reply's stream (KEYS[1]) unless it is sealed (KEYS[2]); 1 if added, 0 if sealed.
+APPEND_UNLESS_SEALED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], '*', 't', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 def lease_ms() -> int:
@@ -115,10 +135,21 @@ class Leases:
         """The reply's stop mark ("cancelled" or "interrupted"), or None when nobody asked it to stop."""
         return cast(str | None, await self.client().get(stop_key(message_id)))
 
+    async def seal(self, message_id: int) -> tuple[bool, str]:
+        """End the reply's stream for its worker, then read it: (whether a worker accepted it, its final text).
+
+        Redis runs commands in order: an append before the seal is in the text
+        read after it, and every append after it fails, so nothing published
+        of the reply is missing from what is returned.
+        """
+        await self.client().set(sealed_key(message_id), "1", ex=LIVE_STREAM_TTL_SECONDS)
+        return await self.read_stream(message_id)
+
     async def forget(self, message_id: int) -> None:
-        """A reply ended: no lease or stop mark any more; its stream lingers a minute for late readers."""
+        """A reply ended: no lease or stop mark any more; its stream (and seal) linger a minute for late comers."""
         await self.client().delete(lease_key(message_id), stop_key(message_id))
         await self.client().expire(stream_key(message_id), STREAM_TTL_SECONDS)
+        await self.client().expire(sealed_key(message_id), STREAM_TTL_SECONDS)
 
     async def reap_forever(self) -> None:
         while True:
@@ -127,6 +158,10 @@ class Leases:
                 await self.reap()
             except (DatabaseError, *layer_errors()) as exc:
                 logger.warning("reaper: %s", exc)
+            except Exception:
+                # One bad reply must not end the loop: a dead reaper leaves every
+                # later reply of a dead worker streaming for good.
+                logger.exception("reaper: an unexpected error; it goes on")
 
     async def reap(self) -> int:
         """End the streaming replies whose lease expired; returns how many this process ended."""
@@ -141,7 +176,7 @@ class Leases:
         return ended
 
     async def reap_one(self, conversation_id: str, message_id: int) -> bool:
-        accepted, text = await self.read_stream(message_id)
+        accepted, text = await self.seal(message_id)
         if accepted:
             ending = Ending("interrupted", text, error=("generation_failed", STOPPED_ANSWERING))
         elif await _workers_alive():
@@ -156,20 +191,25 @@ class Leases:
 
 
 class StreamRecord(Record):
-    """The reply's text in its Redis stream, appended before each chunk is published."""
+    """The reply's text in its Redis stream, appended before each chunk is published; refused once sealed."""
 
     def __init__(self, client: redis.asyncio.Redis, message_id: int) -> None:
         super().__init__()
         self.client = client
-        self.key = stream_key(message_id)
+        self.keys = [stream_key(message_id), sealed_key(message_id)]
 
     async def open(self) -> None:
-        await self.client.xadd(self.key, {"t": ""})
-        await self.client.expire(self.key, LIVE_STREAM_TTL_SECONDS)
+        """Mark the reply accepted (an empty entry). Raises Sealed when it was ended meanwhile."""
+        await self._add("")
 
     async def append(self, text: str) -> None:
-        await self.client.xadd(self.key, {"t": text})
+        await self._add(text)
         self.text += text
+
+    async def _add(self, text: str) -> None:
+        added = await self.client.eval(APPEND_UNLESS_SEALED, 2, *self.keys, text, LIVE_STREAM_TTL_SECONDS)
+        if not added:
+            raise Sealed
 
 
 @database_sync_to_async

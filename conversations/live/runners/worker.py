@@ -100,7 +100,7 @@ class WorkerRunner(Runner):
             await asyncio.sleep(0.1)
         # Workers that did not answer: end those replies here with what was published.
         for conversation_id, message_id in watched():
-            _, text = await self.leases.read_stream(message_id)
+            _, text = await self.leases.seal(message_id)
             error = ("generation_failed", RESTARTING)
             await finish(conversation_id, message_id, Ending("interrupted", text, error=error))
 

@@ -8,7 +8,7 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from conversations.live import process
+from conversations.live import process, runners, state
 from conversations.live.inference_worker import InferenceWorkerServer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ class Command(BaseCommand):
             engine = process.load_model()
         except process.LOAD_ERRORS as exc:
             raise CommandError(f"cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
+        # This process's live state: replies.finish() keeps its background retries
+        # there (a final save the database refused). Without one, such a failure
+        # raised NotStarted instead, and took the worker's reaper down with it.
+        state.install(state.Live(runner=runners.Runner(engine)))
         server = InferenceWorkerServer(engine, name=name)
         info = engine.info
         logger.info(
