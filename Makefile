@@ -9,6 +9,7 @@
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
 #   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
+#   make fuzz            the fuzz suite with many more examples than make test runs (FUZZ_EXAMPLES=400)
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
 #   make screenshots     retake docs/screenshot-{light,dark}.png and the admin's review/usage pages
 #   make clean           remove the virtual environment and test output
@@ -36,7 +37,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history soak vendor screenshots system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history soak fuzz vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -86,6 +87,12 @@ bench-api: $(BENCH_INSTALLED)
 
 bench-history: $(BENCH_INSTALLED) system-packages
 	$(VENV_PYTHON) -m bench.history $(BENCH_ARGS)
+
+# tests/fuzz/ as make test runs it (20 examples a test, derandomized), but FUZZ_EXAMPLES each and new ones
+# every run (Hypothesis's `fuzz` profile); the statistics say how many ran per endpoint.
+FUZZ_EXAMPLES ?= 400
+fuzz: $(INSTALLED)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) -p no:cacheprovider tests/fuzz --hypothesis-show-statistics $(PYTEST_ARGS)
 
 # Random sends, stops, drops, reloads and regenerates; a worker killed every minute (docs/architecture.md).
 soak: $(INSTALLED) system-packages
