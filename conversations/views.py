@@ -11,6 +11,7 @@ from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonRespo
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from .endpoints import catalog
 from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
 from .history import listing as history
@@ -64,9 +65,14 @@ def new(request):
     if not form.is_valid():
         flash.error(request, " ".join(e for errors in form.errors.values() for e in errors))
         return redirect("index")
+    try:
+        model = catalog.resolve(request.user, request.POST.get("model") or None, state.current().models)
+    except catalog.UnknownModel as exc:
+        flash.error(request, str(exc))
+        return redirect("index")
     conversation = form.save(commit=False)
     conversation.user = request.user
-    conversation.model_name = state.current().model_name
+    conversation.model_name = model
     conversation.save()
     return redirect(conversation)
 

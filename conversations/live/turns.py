@@ -16,6 +16,7 @@ from django.db import DatabaseError, transaction
 
 from inference import GenerationParams
 
+from ..endpoints import catalog
 from ..history.tree import Tree
 from ..models import Conversation, Message
 from ..review import quotas
@@ -29,27 +30,34 @@ __all__ = ["Gone", "Refused", "Turn", "start", "stop", "switch"]
 
 
 async def start(
-    conversation_id, kind: str, params: GenerationParams, text: str = "", message_id: int | None = None
+    conversation_id,
+    kind: str,
+    params: GenerationParams,
+    text: str = "",
+    message_id: int | None = None,
+    model: str | None = None,
 ) -> Turn:
     """Start a turn: `send` (a user message `text` and a reply), `edit` (a user message `text` beside
     message `message_id`, and a reply) or `regenerate` (a variant of the last reply, which stays).
 
-    The new reply ends the active path. Returns once the reply is handed to the
-    runner. Raises Refused (busy, the conversation is gone, nothing to
-    regenerate or edit, the database is locked).
+    `model` becomes the conversation's model from this turn on (None: it keeps
+    its own). The new reply ends the active path. Returns once the reply is
+    handed to the runner. Raises Refused (busy, the conversation is gone,
+    nothing to regenerate or edit, a model the user may not use, the database
+    is locked).
     """
     live = state.current()
     if not live.accepting:
         raise Refused("busy", RESTARTING)
     try:
-        turn = await _create(str(conversation_id), kind, params, text, message_id)
+        turn = await _create(str(conversation_id), kind, params, text, message_id, model)
     except DatabaseError as exc:
         logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
         raise Refused("busy", DB_BUSY) from None
     if turn.user_message is not None:
         event = {"type": "chat.message", "message": turn.user_message}
         await publish(turn.conversation_id, event | ({"title": turn.title} if turn.title else {}))
-    start_event = {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
+    start_event = {"type": "chat.start", "message_id": turn.message_id, "model": turn.model, "replaces": turn.replaces}
     await publish(turn.conversation_id, start_event | turn.place)
     try:
         await live.runner.start(turn)
@@ -64,9 +72,12 @@ async def start(
 
 
 @database_sync_to_async
-def _create(conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None) -> Turn:
+def _create(
+    conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None, model: str | None
+) -> Turn:
     with transaction.atomic():
         conversation = _locked_idle(conversation_id)
+        model = _model(conversation, model)
         tree = Tree.of(conversation)
         user_message, replaces = None, None
         if kind == "regenerate":
@@ -84,20 +95,21 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
             conversation=conversation,
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
-            model_name=state.current().model_name,
+            model_name=model,
             parent=parent,
         )
         conversation.activate(reply)
         history = conversation.prompt_history(until=reply)
         _reserve_tokens(conversation, reply, history, params)
         untitled = not conversation.title
-        conversation.start_turn(params.to_dict(), first_text=text or None)
+        conversation.start_turn(params.to_dict(), first_text=text or None, model=model)
         tree = Tree.of(conversation)
     return Turn(
         conversation_id=conversation_id,
         message_id=reply.id,
         history=history,
         params=params,
+        model=model,
         replaces=replaces,
         user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
@@ -113,6 +125,14 @@ def _locked_idle(conversation_id: str) -> Conversation:
     if state.current().runner.in_progress(conversation_id) or conversation.live_reply():
         raise Refused("busy", BUSY)
     return conversation
+
+
+def _model(conversation: Conversation, wanted: str | None) -> str:
+    """The turn's model: `wanted`, else the conversation's; Refused when its user may not use it."""
+    try:
+        return catalog.resolve(conversation.user, wanted or conversation.model_name or None, state.current().models)
+    except catalog.UnknownModel as exc:
+        raise Refused("invalid", str(exc)) from None
 
 
 def _edited(tree: Tree, message_id: int | None) -> Message | None:

@@ -35,7 +35,9 @@ class Command(BaseCommand):
             engine = process.load_model()
         except process.LOAD_ERRORS as exc:
             raise CommandError(f"cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
-        server = InferenceWorkerServer(engine, name=name)
+        models = process.registry(engine)
+        models.start()  # the endpoints' models: their turns run in the workers too
+        server = InferenceWorkerServer(models, name=name)
         info = engine.info
         logger.info(
             "inference worker %s ready: %s on %s (%s), up to %d replies at once",
