@@ -26,11 +26,15 @@ def _get_conversation_for_user(request, conversation_id) -> Conversation:
 
 
 def _chat_page(request, conversation: Conversation | None):
+    # The models as this process last saw them: a page never waits for an endpoint.
+    models = catalog.models_for(request.user, state.current().models)
     context = {
         "sidebar": history.sidebar(request.user),
         "conversation": conversation,
         "messages_list": _active_path(conversation) if conversation else [],
         "new_form": ConversationForm(),
+        "models": models["models"],
+        "current_model": conversation.model_name if conversation else models["default"],
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
     }

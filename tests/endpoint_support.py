@@ -79,6 +79,8 @@ def start_llama(port: int | None = None, alias: str = MODEL_ALIAS) -> LlamaServe
     folder = Path(tempfile.mkdtemp(prefix="chatsite-llama-"))
     args = ["-m", "llama_cpp.server", "--model", str(gguf_path()), "--model_alias", alias]
     args += ["--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"]
+    # By default it cuts a running reply off when another request comes (docs/models.md): queue them instead.
+    args += ["--interrupt_requests", "False"]
     process, output = spawn(args, server_env(folder), folder / "llama.log")
     server = LlamaServer(port, process, output, folder / "llama.log")
     deadline = time.monotonic() + START_TIMEOUT

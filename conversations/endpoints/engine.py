@@ -68,7 +68,12 @@ class EndpointEngine(Engine):
         if not isinstance(request.params, GenerationParams):
             raise InvalidParams("params must be GenerationParams (use GenerationParams.from_dict)")
         failures: list[str] = []
-        for replica in self.registry.route(self.model_id, request.affinity):
+        replicas = self.registry.route(self.model_id, request.affinity)
+        if not replicas and self.registry.unasked():
+            # A process just started: its endpoints have not been asked yet (the discovery thread's first pass).
+            await asyncio.to_thread(self.registry.refresh)
+            replicas = self.registry.route(self.model_id, request.affinity)
+        for replica in replicas:
             try:
                 async for event in self._stream_from(replica, request):
                     yield event
@@ -157,6 +162,11 @@ class _Reading:
             try:
                 chunk = await self._next(chunks)
             except StopAsyncIteration:
+                if self.finish_reason is None:  # cut off: a finished reply says why it finished
+                    cut = "the endpoint ended the stream without finishing the reply"
+                    if not self.parts:
+                        raise FailedBeforeText(cut) from None
+                    raise ModelUnavailable(cut) from None
                 return
             except (openai.APIError, httpx2.HTTPError) as exc:
                 if not self.parts:

@@ -173,6 +173,10 @@ class Registry:
         with self._lock:
             return list(self._endpoints.values())
 
+    def unasked(self) -> bool:
+        """Whether an endpoint is known (or configured) that no pass has asked yet."""
+        return not self._endpoints and bool(self._configured) or any(e.healthy is None for e in self.endpoints())
+
     def served(self) -> dict[str, list[str]]:
         """Every model this process knows a server of: its id -> the endpoints up for it (local: [])."""
         models: dict[str, list[str]] = {self.local_model: []} if self.local_model else {}

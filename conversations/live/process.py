@@ -65,6 +65,7 @@ def ready() -> Live:
     if live is None or (settings.CHAT_INFERENCE == "local" and live.engine is None):
         live = build()
         state.install(live)
+        live.models.refresh()  # a command starts its work at once: its endpoints are asked first
         live.models.start()
     return live
 
