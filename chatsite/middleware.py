@@ -142,8 +142,7 @@ class OpenAIErrors:
         async def send_shaped(message) -> None:
             nonlocal held
             if message["type"] == "http.response.start" and message["status"] >= 400:
-                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
-                if not content_type.startswith(b"application/json"):
+                if not _header(message, b"content-type").startswith(b"application/json"):
                     held = message  # its body is replaced below
                     return
             if held is not None and message["type"] == "http.response.body":
@@ -155,17 +154,23 @@ class OpenAIErrors:
         await self.application(scope, receive, send_shaped)
 
 
+def _header(message, name: bytes) -> bytes:
+    """A header of an ASGI scope or response start; names compared ignoring case (Django sends "Content-Type")."""
+    for key, value in message.get("headers") or []:
+        if key.lower() == name:
+            return value
+    return b""
+
+
 def _content_length(scope) -> int | None:
-    for name, value in scope.get("headers") or []:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    length = _header(scope, b"content-length")
+    return int(length) if length.isdigit() else None
 
 
 async def _answer(send, scope, status: int, message: str) -> None:
     """An error as its URL's clients read them: OpenAI's shape under /v1/, the site's JSON when asked, else text."""
     message = message or f"The request failed with HTTP status {status}."
-    accept = dict(scope.get("headers") or []).get(b"accept", b"")
+    accept = _header(scope, b"accept")
     if scope["path"].startswith("/v1/"):
         kind = "server_error" if status >= 500 else "invalid_request_error"
         shape: dict = {"error": {"message": message, "type": kind, "param": None, "code": None}}

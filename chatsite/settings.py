@@ -7,9 +7,11 @@ manage.py and asgi.py turn into one line instead of a traceback.
 """
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from csp.constants import NONE, SELF
@@ -53,6 +55,28 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in (os.getenv(name) or default).split(",") if item.strip()]
+
+
+ENDPOINT_NAME = re.compile(r"[a-z0-9_-]+")
+
+
+def env_endpoints(name: str) -> dict[str, dict[str, str]]:
+    """CHAT_ENDPOINTS: `name=url` pairs, comma-separated; each endpoint's key from CHAT_ENDPOINT_<NAME>_KEY.
+
+    Returns {name: {"url": ..., "key": ...}} in the order given.
+    """
+    endpoints: dict[str, dict[str, str]] = {}
+    for pair in env_list(name, ""):
+        endpoint, _, url = pair.partition("=")
+        endpoint, url = endpoint.strip(), url.strip()
+        if not ENDPOINT_NAME.fullmatch(endpoint) or endpoint in endpoints:
+            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {endpoint!r} is not a new name of [a-z0-9_-]+")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {endpoint}'s URL must be http:// or https://")
+        key = os.getenv(f"CHAT_ENDPOINT_{endpoint.upper().replace('-', '_')}_KEY", "")
+        endpoints[endpoint] = {"url": url.rstrip("/"), "key": key}
+    return endpoints
 
 
 def drop_traceback(record) -> bool:
@@ -299,7 +323,7 @@ LOGGING = {
 
 # Chatsite's own settings.
 CHATSITE_ALLOW_SIGNUP = env_bool("CHATSITE_ALLOW_SIGNUP", True)
-CHAT_INFERENCE = env_choice("CHAT_INFERENCE", "local", ("local", "worker"))
+CHAT_INFERENCE = env_choice("CHAT_INFERENCE", "local", ("local", "worker", "none"))
 if CHAT_INFERENCE == "worker" and not REDIS_URL:
     raise ImproperlyConfigured("CHAT_INFERENCE='worker': needs REDIS_URL")
 CHAT_MODEL = os.getenv("CHAT_MODEL") or "smollm2-135m-instruct"
@@ -340,3 +364,11 @@ CHAT_WORKER_TIMEOUT = float(env_int("CHAT_WORKER_TIMEOUT_S", 10, minimum=1, maxi
 # `busy`, live replies get this many seconds to finish, the rest are stopped
 # as interrupted (docs/deploy.md).
 CHAT_SHUTDOWN_GRACE = float(env_int("CHAT_SHUTDOWN_GRACE_S", 10, maximum=3600))
+# OpenAI-compatible endpoints beside the local model (docs/models.md): `name=url` pairs,
+# each key from CHAT_ENDPOINT_<NAME>_KEY. Staff add more in the admin.
+CHAT_ENDPOINTS = env_endpoints("CHAT_ENDPOINTS")
+# The longest wait for an endpoint's first token, and between two of its
+# tokens, before the turn fails with model_unavailable.
+CHAT_ENDPOINT_TIMEOUT = float(env_int("CHAT_ENDPOINT_TIMEOUT_S", 60, minimum=1, maximum=3600))
+# The model of a new chat; empty: the local model, else the first model offered.
+CHAT_DEFAULT_MODEL = os.getenv("CHAT_DEFAULT_MODEL", "").strip()

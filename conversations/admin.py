@@ -30,6 +30,7 @@ class MessageInline(admin.TabularInline):
         "parent",
         "created_at",
         "role",
+        "model_name",
         "content",
         "status",
         "finish_reason",
@@ -194,4 +195,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
 
+from .endpoints import admin as endpoints_admin  # noqa: E402, F401  (registers endpoints and models)
 from .review import admin as review_admin  # noqa: E402, F401  (registers the review queue, quotas, usage and audit)

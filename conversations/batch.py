@@ -208,10 +208,10 @@ def batch_user(username: str):
 
 
 @database_sync_to_async
-def _new_conversation(prompt: Prompt, user, model_name: str) -> str:
+def _new_conversation(prompt: Prompt, user, model: str) -> str:
     """The prompt's `source=batch` conversation, empty: its turn adds the messages."""
     conversation = Conversation(
-        user=user, system_prompt=prompt.system, model_name=model_name, source=Conversation.Source.BATCH
+        user=user, system_prompt=prompt.system, model_name=model, source=Conversation.Source.BATCH
     )
     conversation.set_params(prompt.params.to_dict())
     conversation.save()
@@ -269,7 +269,7 @@ class BatchRunner:
     """
 
     user: Any
-    model_name: str
+    model: str
     write: Callable[[str], None]
     report: Callable[[str], None]
     batch_size: int = 8
@@ -310,11 +310,11 @@ class BatchRunner:
 
     async def _one(self, prompt: Prompt) -> Outcome:
         """One prompt as a turn, followed to its end."""
-        conversation_id = await _new_conversation(prompt, self.user, self.model_name)
+        conversation_id = await _new_conversation(prompt, self.user, self.model)
         error = None
         async with frames.follow(conversation_id) as followed:
             try:
-                turn = await turns.start(conversation_id, "send", prompt.params, prompt.text)
+                turn = await turns.start(conversation_id, "send", prompt.params, prompt.text, model=self.model)
             except turns.Refused as exc:
                 await _discard(conversation_id)
                 return Outcome(prompt, refused=exc)

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import views
+from .endpoints import views as model_views
 from .review import views as review_views
 
 urlpatterns = [
@@ -20,4 +21,5 @@ urlpatterns = [
     path("api/conversations/<uuid:conversation_id>/", views.api_conversation, name="api_conversation"),
     path("api/messages/<int:message_id>/feedback/", review_views.feedback, name="feedback"),
     path("api/usage/", review_views.usage, name="usage"),
+    path("api/models/", model_views.models, name="api_models_list"),
 ]

@@ -11,6 +11,7 @@ from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonRespo
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from .endpoints import catalog
 from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
 from .history import listing as history
@@ -29,12 +30,16 @@ def _get_conversation_for_user(request, conversation_id) -> Conversation:
 def _chat_page(request, conversation: Conversation | None):
     # The newest page of the active path; earlier messages load as the reader scrolls up.
     messages, earlier = path_page(conversation) if conversation else ([], False)
+    # The models as this process last saw them: a page never waits for an endpoint.
+    models = catalog.models_for(request.user, state.current().models)
     context = {
         "sidebar": history.sidebar(request.user),
         "conversation": conversation,
         "messages_list": messages,
         "earlier": earlier,
         "new_form": ConversationForm(),
+        "models": models["models"],
+        "current_model": conversation.model_name if conversation else models["default"],
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
     }
@@ -60,9 +65,14 @@ def new(request):
     if not form.is_valid():
         flash.error(request, " ".join(e for errors in form.errors.values() for e in errors))
         return redirect("index")
+    try:
+        model = catalog.resolve(request.user, request.POST.get("model") or None, state.current().models)
+    except catalog.UnknownModel as exc:
+        flash.error(request, str(exc))
+        return redirect("index")
     conversation = form.save(commit=False)
     conversation.user = request.user
-    conversation.model_name = state.current().model_name
+    conversation.model_name = model
     conversation.save()
     return redirect(conversation)
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL, EngineConfig
+from .base import Engine, EngineInfo
+from .config import DEFAULT_MODEL, EngineConfig, model_name
 from .errors import (
     EngineClosed,
     InferenceError,
     InvalidConfig,
     InvalidParams,
     ModelLoadError,
+    ModelUnavailable,
     PromptTooLong,
     QueueFull,
 )
@@ -27,12 +29,10 @@ from .params import GenerationParams
 from .streaming import Chunk, Event, Finished, Queued, Request, Result, Started
 
 if TYPE_CHECKING:
-    from .engine import Engine, EngineInfo, TransformersEngine, build_engine, load_engine
+    from .engine import TransformersEngine, build_engine, load_engine
     from .stats import EngineStats
 
 _LAZY = {
-    "Engine": "engine",
-    "EngineInfo": "engine",
     "TransformersEngine": "engine",
     "build_engine": "engine",
     "load_engine": "engine",
@@ -54,6 +54,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidParams",
     "ModelLoadError",
+    "ModelUnavailable",
     "PromptTooLong",
     "Queued",
     "QueueFull",
@@ -63,6 +64,7 @@ __all__ = [
     "TransformersEngine",
     "build_engine",
     "load_engine",
+    "model_name",
 ]
 
 

@@ -1,7 +1,7 @@
 """The engine's configuration: one frozen object, built by the caller.
 
 The inference package never reads the environment or Django settings; the web
-app (``conversations/runtime.py``) and the CLI (``python -m inference``) build an
+app (``conversations/live/process.py``) and the CLI (``python -m inference``) build an
 :class:`EngineConfig` from theirs.
 """
 
@@ -16,6 +16,20 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTS = ("auto", "none", "int8", "int4")
+
+
+def model_name(model: str) -> str:
+    """The name an engine serving ``model`` goes by: a ``.gguf`` file's stem, a folder's name, else ``model``.
+
+    Cheap (no torch), so a process that loads no model (a web process of
+    worker mode) names the model its workers serve the same way.
+    """
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        return path.stem
+    if path.is_dir():
+        return path.name
+    return model
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """The engine: the one object the rest of Chatsite talks to about the model.
 
-:class:`Engine` lists what an engine must implement (as Django's
-``sessions/backends/base.py`` does for session stores);
+:class:`Engine` (``base.py``) lists what an engine must implement;
 :class:`TransformersEngine` is the local implementation: a transformers model
 served by the continuous-batching scheduler of ``batching.py``.
 
@@ -21,9 +20,9 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from .base import Engine, EngineInfo
 from .batching import Scheduler
 from .config import EngineConfig
 from .errors import InvalidParams
@@ -55,56 +54,6 @@ __all__ = [
 
 # How often a waiting reader checks that the scheduler is still alive.
 POLL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What was loaded, where, and how long it took."""
-
-    model_name: str
-    device: str
-    dtype: str
-    parameters: int
-    load_seconds: float
-    context_length: int
-    quant: str = "none"  # none, int8 or int4: see quant.py
-
-
-class Engine:
-    """What an engine must implement. Subclasses set ``config``, ``info`` and ``stats``."""
-
-    config: EngineConfig
-    info: EngineInfo
-    stats: EngineStats
-
-    def stream(self, request: Request) -> AsyncIterator[Event]:
-        """Generate one reply, yielding Queued*, Started, Chunk* and exactly one Finished.
-
-        Never blocks the event loop. Raises QueueFull at once when the queue
-        is full, InvalidParams or PromptTooLong before anything starts.
-        Cancelling the consuming task cancels the request.
-        """
-        raise NotImplementedError("subclasses of Engine must provide a stream() method")
-
-    def generate_batch(self, requests: list[Request]) -> list[Result]:
-        """Generate replies for ``requests`` together (blocking); results in input order."""
-        raise NotImplementedError("subclasses of Engine must provide a generate_batch() method")
-
-    def count_tokens(self, messages: list[dict]) -> int:
-        """The prompt length of ``messages`` in tokens, before any trimming."""
-        raise NotImplementedError("subclasses of Engine must provide a count_tokens() method")
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop accepting requests; unfinished ones end with finish_reason "cancelled".
-
-        Waits up to ``timeout`` seconds for the work in progress to stop.
-        """
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class TransformersEngine(Engine):

@@ -35,3 +35,7 @@ class PromptTooLong(InferenceError):
 
 class EngineClosed(InferenceError):
     """The engine was closed; it takes no new requests."""
+
+
+class ModelUnavailable(InferenceError):
+    """The server behind a model cannot be reached, answers an error, or stopped answering."""

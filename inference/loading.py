@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .config import EngineConfig
+from .config import EngineConfig, model_name
 from .errors import InvalidConfig, ModelLoadError
 from .quant import cache_path, load_quantized, quantize, resolve_quant, weight_count
 
@@ -157,9 +157,9 @@ def model_source(config: EngineConfig) -> ModelSource:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model file {name!r} does not exist")
-        return ModelSource(name=path.stem, location=str(path), gguf_file=path.resolve())
+        return ModelSource(name=model_name(name), location=str(path), gguf_file=path.resolve())
     if path.is_dir():
-        return ModelSource(name=path.name, location=str(path))
+        return ModelSource(name=model_name(name), location=str(path))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         # Looks like a path (a hub id is "owner/name"), so a typo should not become a hub look-up.
         raise ModelLoadError(f"model folder {name!r} does not exist")

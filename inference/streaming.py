@@ -109,11 +109,15 @@ class Request:
     ``messages``: an optional system message, the history, and the new user
     turn last. ``cancel``: set it from any thread to stop the reply within one
     decoding step; it then ends as "cancelled" with the text so far.
+    ``affinity``: requests with the same key (a conversation) go to the same
+    server where an engine has several (its prompt cache stays warm); the
+    local engine has one and ignores it.
     """
 
     messages: list[dict]
     params: GenerationParams = field(default_factory=GenerationParams)
     cancel: threading.Event = field(default_factory=threading.Event)
+    affinity: str = ""
 
 
 @dataclass

@@ -11,11 +11,18 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client, override_settings
 
+from conversations.endpoints.registry import Registry
 from conversations.live import process, state
 from conversations.live.runners.local import LocalRunner
 from conversations.models import Conversation
 
-pytest_plugins = ["tests.inference_fixtures", "tests.live_server", "tests.browser_support", "tests.worker_support"]
+pytest_plugins = [
+    "tests.inference_fixtures",
+    "tests.live_server",
+    "tests.browser_support",
+    "tests.worker_support",
+    "tests.endpoint_support",
+]
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-django has set Django up
@@ -119,9 +126,14 @@ def live():
         yield fresh
 
 
+def local_models(engine) -> Registry:
+    """The models of a process whose only model is `engine`'s (no endpoints)."""
+    return Registry(local_engine=engine, local_model=engine.info.model_name, admin_endpoints=False)
+
+
 def serving(engine) -> state.Live:
     """A local-mode live state whose runner generates on `engine`."""
-    return state.Live(runner=LocalRunner(engine))
+    return state.Live(runner=LocalRunner(local_models(engine)))
 
 
 @pytest.fixture
@@ -136,6 +148,7 @@ def engine(tiny_engine):
 SHARED_PROCESSES = {
     "site": {"daphne_server", "real_daphne_server", "browser"},
     "worker-sites": {"site_servers"},
+    "llama": {"llama_server"},
 }
 
 

@@ -18,7 +18,7 @@ from ..models import unstorable
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 IGNORED = {
-    "model",  # checked by the view against the served model
+    "model",  # the view resolves it (conversations.endpoints.catalog)
     "user",
     "seed",
     "metadata",
@@ -236,5 +236,6 @@ def usage_chunk(completion_id: str, model: str, end: dict) -> dict:
     }
 
 
-def models(model: str, created: int) -> dict:
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "chatsite"}]}
+def models(ids: list[str], created: int) -> dict:
+    data = [{"id": model, "object": "model", "created": created, "owned_by": "chatsite"} for model in ids]
+    return {"object": "list", "data": data}

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -23,8 +24,9 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from ..endpoints import catalog
 from ..history import tree
-from ..live import process, turns
+from ..live import process, state, turns
 from ..live.frames import follow
 from ..live.replies import DB_BUSY, RESTARTING
 from ..models import Conversation, Message
@@ -73,13 +75,34 @@ def _authenticate(request):
 
 
 @database_sync_to_async
-def _served_model() -> str:
-    """The model's name; ApiError 503 while no model is ready (loading, no worker)."""
-    health = process.health()
-    if health["status"] != "ok":
-        reason = health.get("reason") or "the model is still loading"
-        raise ApiError(503, f"No model is ready: {reason}.", "server_error", "model_not_ready")
-    return health["model"]
+def _listed_models(user) -> list[dict]:
+    """The models the key's owner may use; ApiError 503 while none of them is ready."""
+    listed = catalog.models_for(user, state.current().models)["models"]
+    if not any(model["available"] for model in listed):
+        raise _not_ready()
+    return listed
+
+
+@database_sync_to_async
+def _model(user, wanted: object) -> str:
+    """The call's model: `wanted`, else the default. ApiError 404 for a model the user may not use,
+    503 while the local model is not ready (loading, no worker). An endpoint's model that is down is
+    tried by the turn itself, which fails with model_unavailable (503)."""
+    if wanted is not None and not isinstance(wanted, str):
+        raise ApiError(400, "model must be a string.", "invalid_request_error", "invalid_value", "model")
+    models = state.current().models
+    try:
+        model = catalog.resolve(user, wanted or None, models)
+    except catalog.UnknownModel as exc:
+        raise ApiError(404, str(exc), "invalid_request_error", "model_not_found", "model") from None
+    if model == models.local_model and not models.available(model):
+        raise _not_ready()
+    return model
+
+
+def _not_ready() -> ApiError:
+    reason = process.health().get("reason") or "the model is still loading"
+    return ApiError(503, f"No model is ready: {reason}.", "server_error", "model_not_ready")
 
 
 def _api_view(view):
@@ -99,8 +122,8 @@ def _api_view(view):
 async def models(request, user):
     if request.method != "GET":
         return _method_not_allowed()
-    model = await _served_model()
-    return JsonResponse(openai_format.models(model, LOADED_AT))
+    listed = await _listed_models(user)
+    return JsonResponse(openai_format.models([model["id"] for model in listed], LOADED_AT))
 
 
 @_api_view
@@ -112,7 +135,7 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
         call = openai_format.parse(body, settings.CHAT_MAX_MESSAGE_CHARS)
     except BadRequest as exc:
         raise ApiError(400, exc.message, "invalid_request_error", "invalid_value", exc.param) from None
-    model = await _served_model()
+    model = await _model(user, body.get("model"))
     answer = Answer(call, model, await _store(user, call, model))
     # Joined before the turn starts, so no frame is missed; a stream takes it over.
     stack = AsyncExitStack()
@@ -120,7 +143,7 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     handed_over = False  # to the stream's generator, which stops the reply and closes the stack itself
     try:
         try:
-            turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt)
+            turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt, model=model)
             frames = follower.until_end(turn.message_id)
             head = await _head(frames)
         except turns.Refused as exc:
@@ -144,7 +167,7 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
             await stack.aclose()
 
 
-def _json_body(request: HttpRequest) -> object:
+def _json_body(request: HttpRequest) -> Any:
     """The request's JSON; ApiError 413 past DATA_UPLOAD_MAX_MEMORY_SIZE, 400 if it is not JSON.
 
     RecursionError: JSON nested thousands deep is not JSON this API takes.

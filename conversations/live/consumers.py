@@ -146,26 +146,37 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_send(self, content: dict) -> None:
         text = _text(content)
-        await turns.start(self.key, "send", self._params(content.get("params")), text)
+        params, model = self._params(content.get("params"))
+        await turns.start(self.key, "send", params, text, model=model)
 
     async def handle_edit(self, content: dict) -> None:
         message_id, text = _message_id(content), _text(content)
-        await turns.start(self.key, "edit", self._params(content.get("params")), text, message_id=message_id)
+        params, model = self._params(content.get("params"))
+        await turns.start(self.key, "edit", params, text, message_id=message_id, model=model)
 
     async def handle_switch(self, content: dict) -> None:
         await turns.switch(self.key, _message_id(content))
 
     async def handle_regenerate(self, content: dict) -> None:
-        await turns.start(self.key, "regenerate", self._params(content.get("params")))
+        params, model = self._params(content.get("params"))
+        await turns.start(self.key, "regenerate", params, model=model)
 
     async def handle_stop(self, content: dict) -> None:
         if not await turns.stop(self.key):
             raise Refused("invalid", "No reply is being generated.")
 
-    def _params(self, raw) -> GenerationParams:
-        """The conversation's parameters overridden by the frame's; raises Refused if invalid."""
+    def _params(self, raw) -> tuple[GenerationParams, str | None]:
+        """The conversation's parameters overridden by the frame's, and the model it names (if it does).
+
+        Raises Refused if they are invalid; whether the user may use the model
+        is the turn's to check (conversations.live.turns).
+        """
         if raw is not None and not isinstance(raw, dict):
             raise Refused("invalid", "params must be an object")
+        raw = dict(raw or {})
+        model = raw.pop("model", None)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise Refused("invalid", "model must be a model's id (a string)")
         conversation = self.conversation
         assert conversation is not None  # frames arrive only on a socket accepted for its conversation
         try:
@@ -174,7 +185,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except InvalidParams as exc:
             raise Refused("invalid", str(exc)) from None
         conversation.set_params(params.to_dict())
-        return params
+        return params, model
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})

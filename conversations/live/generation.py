@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from inference import Chunk, EngineClosed, Finished, InferenceError, Queued, QueueFull, Request, Result, Started
+from inference import (
+    Chunk,
+    EngineClosed,
+    Finished,
+    InferenceError,
+    ModelUnavailable,
+    Queued,
+    QueueFull,
+    Request,
+    Result,
+    Started,
+)
 
 from .frames import publish
 from .replies import Ending, Turn, finish, save_partial, usage_of
@@ -96,7 +107,7 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
             await publish(turn.conversation_id, event)
 
     try:
-        request = Request(messages=turn.history, params=turn.params, cancel=reply.cancel)
+        request = Request(messages=turn.history, params=turn.params, cancel=reply.cancel, affinity=turn.conversation_id)
         async for event in engine.stream(request):
             if isinstance(event, Chunk):
                 pending += event.text
@@ -130,6 +141,9 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
         ending.error = ("busy", "The server is busy with other chats; try again in a moment.")
     except EngineClosed:
         ending.error = ("model_unavailable", CLOSED)
+    except ModelUnavailable as exc:
+        # The endpoint went away (before or during the reply): the text so far is kept.
+        ending.reason, ending.error = "error", ("model_unavailable", f"{exc} The text so far is kept.")
     except InferenceError as exc:
         ending.error = ("invalid", str(exc))
     except Exception:

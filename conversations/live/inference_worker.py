@@ -7,7 +7,9 @@ becomes an application instance of it, a ReplyConsumer. The consumer runs the
 same conversations.live.generation.run_reply as local mode, with the reply's
 record in its Redis stream (conversations.live.leases), so the frames and
 the stored message are the same; the engine batches every reply the worker
-holds.
+holds. A reply on an endpoint's model runs here too, on the worker's own
+registry of endpoints (conversations.endpoints), with the same record, lease
+and stop: docs/models.md says why.
 
 Backpressure: Channels' own listener receives as fast as messages come, so
 one worker would take every request. This one receives a request only while
@@ -43,6 +45,7 @@ from django.utils import timezone
 
 from inference import GenerationParams, InvalidParams
 
+from ..endpoints.registry import Registry
 from ..models import InferenceWorker, Message
 from .frames import layer_errors
 from .generation import LiveReply, Sealed, run_reply
@@ -102,7 +105,8 @@ class ReplyConsumer(AsyncConsumer):
             logger.info("request for reply %s is no longer wanted", message_id)
             return False
         await worker.leases.renew([message_id])
-        turn = Turn(conversation_id=conversation_id, message_id=message_id, history=message["history"], params=params)
+        model = message.get("model") or worker.models.local_model or ""
+        turn = Turn(conversation_id, message_id, message["history"], params, model=model)
         record = worker.leases.record(message_id)
         try:
             await record.open()
@@ -118,7 +122,7 @@ class ReplyConsumer(AsyncConsumer):
 
     async def _run(self, reply: LiveReply, worker: InferenceWorkerServer) -> None:
         try:
-            await run_reply(reply, worker.engine)
+            await run_reply(reply, worker.models.engine(reply.turn.model))
         finally:
             try:
                 await worker.leases.forget(reply.message_id)
@@ -170,8 +174,12 @@ class InferenceWorkerServer(Worker):
     # Off in tests that run a worker inside pytest's own event loop.
     handle_signals = True
 
-    def __init__(self, engine, name: str | None = None, channel_layer=None) -> None:
+    def __init__(self, models: Registry, name: str | None = None, channel_layer=None) -> None:
         super().__init__(ReplyConsumer.as_asgi(), [REQUESTS_CHANNEL], channel_layer or get_channel_layer())
+        self.models = models
+        engine = models.local_engine
+        if engine is None:
+            raise ValueError("an inference worker serves a local model")
         self.engine = engine
         self.leases = Leases()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"

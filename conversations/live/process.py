@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from inference import InferenceError
+from inference import InferenceError, model_name
 
+from ..endpoints.registry import Registry
 from . import runners, state
 from .state import Live
 
@@ -31,7 +32,25 @@ LOAD_ERRORS = (InferenceError, ValueError, OSError)
 def build(load_engine: bool = True) -> Live:
     """The state CHAT_INFERENCE asks for; in local mode with its engine loaded when `load_engine`."""
     engine = load_model() if settings.CHAT_INFERENCE == "local" and load_engine else None
-    return Live(runner=runners.build(settings.CHAT_INFERENCE, engine))
+    return Live(runner=runners.build(settings.CHAT_INFERENCE, registry(engine)))
+
+
+def registry(engine: Engine | None = None) -> Registry:
+    """The models of this process: the local one (none with CHAT_INFERENCE=none) and CHAT_ENDPOINTS'."""
+    local = None if settings.CHAT_INFERENCE == "none" else model_name(settings.CHAT_MODEL)
+    return Registry(
+        local_engine=engine,
+        local_model=engine.info.model_name if engine is not None else local,
+        endpoints=settings.CHAT_ENDPOINTS,
+        timeout=settings.CHAT_ENDPOINT_TIMEOUT,
+        local_ready=_workers_seen if settings.CHAT_INFERENCE == "worker" and engine is None else None,
+    )
+
+
+def _workers_seen() -> bool:
+    from ..models import InferenceWorker
+
+    return InferenceWorker.seen_since(settings.CHAT_WORKER_TIMEOUT).exists()
 
 
 def ready() -> Live:
@@ -46,6 +65,8 @@ def ready() -> Live:
     if live is None or (settings.CHAT_INFERENCE == "local" and live.engine is None):
         live = build()
         state.install(live)
+        live.models.refresh()  # a command starts its work at once: its endpoints are asked first
+        live.models.start()
     return live
 
 
@@ -111,14 +132,26 @@ def start_web_process() -> Live:
     except LOAD_ERRORS as exc:
         raise SystemExit(f"chatsite: cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
     state.install(live)
+    live.models.start()
     return live
 
 
 def health() -> dict:
-    """What /healthz answers; `status` is "ok" when replies can be generated."""
+    """What /healthz answers; `status` is "ok" when replies can be generated.
+
+    With CHAT_INFERENCE=none the site is ok as soon as it serves: its
+    endpoints' states are listed, and one being down is not the site's.
+    """
+    models = state.current().models
+    return _local_health(models) | {"endpoints": models.health()}
+
+
+def _local_health(models: Registry) -> dict:
     if settings.CHAT_INFERENCE == "worker":
         return _worker_health()
-    engine = state.current().engine
+    if settings.CHAT_INFERENCE == "none":
+        return {"status": "ok", "mode": "none"}
+    engine = models.local_engine
     if engine is None:
         return {"status": "loading", "mode": settings.CHAT_INFERENCE, "model": settings.CHAT_MODEL}
     return {

@@ -55,6 +55,7 @@ class Turn:
     message_id: int
     history: list[dict]
     params: GenerationParams
+    model: str = ""  # the model's id (conversations.endpoints.registry)
     replaces: int | None = None
     user_message: dict | None = None
     place: dict = field(default_factory=dict)  # the reply's `parent` and `siblings`, for the `start` frame

@@ -1,6 +1,7 @@
 """This process's live state, in one object: the one owner of it.
 
-A `Live` holds the runner (and through it the engine, in local mode), the open
+A `Live` holds the runner (and through it the models this process serves:
+the local engine and the endpoints, conversations.endpoints.registry), the open
 chat sockets, whether new turns are accepted, and the final saves still being
 retried. It is built once, at start-up, by conversations.live.process (a web
 process in chatsite.asgi, a command with `process.ready()`) and installed
@@ -17,11 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-
 if TYPE_CHECKING:
     from inference import Engine
 
+    from ..endpoints.registry import Registry
     from .runners import Runner
 
 
@@ -38,14 +38,14 @@ class Live:
     saves: set[asyncio.Task] = field(default_factory=set)
 
     @property
-    def engine(self) -> Engine | None:
-        """The model this process generates with (local mode), or None."""
-        return self.runner.engine
+    def models(self) -> Registry:
+        """The models this process serves: the local one and the endpoints'."""
+        return self.runner.models
 
     @property
-    def model_name(self) -> str:
-        engine = self.engine
-        return engine.info.model_name if engine is not None else settings.CHAT_MODEL
+    def engine(self) -> Engine | None:
+        """The local model's engine, where this process has one (local mode)."""
+        return self.runner.models.local_engine
 
     def watched(self) -> set[tuple[str, int]]:
         """The (conversation, reply) pairs this process's sockets are following."""

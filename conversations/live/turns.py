@@ -18,6 +18,7 @@ from django.db import DatabaseError, transaction
 
 from inference import GenerationParams, InferenceError
 
+from ..endpoints import catalog
 from ..history.tree import Tree
 from ..models import Conversation, Message
 from ..review import quotas
@@ -36,27 +37,34 @@ DELETE_ATTEMPTS = 3
 
 
 async def start(
-    conversation_id, kind: str, params: GenerationParams, text: str = "", message_id: int | None = None
+    conversation_id,
+    kind: str,
+    params: GenerationParams,
+    text: str = "",
+    message_id: int | None = None,
+    model: str | None = None,
 ) -> Turn:
     """Start a turn: `send` (a user message `text` and a reply), `edit` (a user message `text` beside
     message `message_id`, and a reply) or `regenerate` (a variant of the last reply, which stays).
 
-    The new reply ends the active path. Returns once the reply is handed to the
-    runner. Raises Refused (busy, the conversation is gone, nothing to
-    regenerate or edit, the database is locked).
+    `model` becomes the conversation's model from this turn on (None: it keeps
+    its own). The new reply ends the active path. Returns once the reply is
+    handed to the runner. Raises Refused (busy, the conversation is gone,
+    nothing to regenerate or edit, a model the user may not use, the database
+    is locked).
     """
     live = state.current()
     if not live.accepting:
         raise Refused("busy", RESTARTING)
     try:
-        turn = await _create(str(conversation_id), kind, params, text, message_id)
+        turn = await _create(str(conversation_id), kind, params, text, message_id, model)
     except DatabaseError as exc:
         logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
         raise Refused("busy", DB_BUSY) from None
     if turn.user_message is not None:
         event = {"type": "chat.message", "message": turn.user_message}
         await publish(turn.conversation_id, event | ({"title": turn.title} if turn.title else {}))
-    start_event = {"type": "chat.start", "message_id": turn.message_id, "replaces": turn.replaces}
+    start_event = {"type": "chat.start", "message_id": turn.message_id, "model": turn.model, "replaces": turn.replaces}
     await publish(turn.conversation_id, start_event | turn.place)
     try:
         await live.runner.start(turn)
@@ -71,9 +79,12 @@ async def start(
 
 
 @database_sync_to_async
-def _create(conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None) -> Turn:
+def _create(
+    conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None, model: str | None
+) -> Turn:
     with transaction.atomic():
         conversation = _locked_idle(conversation_id)
+        model = _model(conversation, model)
         tree = Tree.of(conversation)
         user_message, replaces = None, None
         if kind == "regenerate":
@@ -91,20 +102,21 @@ def _create(conversation_id: str, kind: str, params: GenerationParams, text: str
             conversation=conversation,
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
-            model_name=state.current().model_name,
+            model_name=model,
             parent=parent,
         )
         conversation.activate(reply)
         history = conversation.prompt_history(until=reply)
-        capped = _reserve_tokens(conversation, reply, history, params)
+        capped = _reserve_tokens(conversation, reply, history, params, model)
         untitled = not conversation.title
-        conversation.start_turn(params.to_dict(), first_text=text or None)
+        conversation.start_turn(params.to_dict(), first_text=text or None, model=model)
         tree = Tree.of(conversation)
     return Turn(
         conversation_id=conversation_id,
         message_id=reply.id,
         history=history,
         params=capped,
+        model=model,
         replaces=replaces,
         user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
@@ -120,6 +132,14 @@ def _locked_idle(conversation_id: str) -> Conversation:
     if state.current().runner.in_progress(conversation_id) or conversation.live_reply():
         raise Refused("busy", BUSY)
     return conversation
+
+
+def _model(conversation: Conversation, wanted: str | None) -> str:
+    """The turn's model: `wanted`, else the conversation's; Refused when its user may not use it."""
+    try:
+        return catalog.resolve(conversation.user, wanted or conversation.model_name or None, state.current().models)
+    except catalog.UnknownModel as exc:
+        raise Refused("invalid", str(exc)) from None
 
 
 def _edited(tree: Tree, message_id: int | None) -> Message | None:
@@ -155,21 +175,25 @@ def _switch(conversation_id: str, message_id: int) -> list[dict]:
         return tree.path_dicts()
 
 
-def _reserve_tokens(conversation: Conversation, reply: Message, history: list[dict], params) -> GenerationParams:
+def _reserve_tokens(
+    conversation: Conversation, reply: Message, history: list[dict], params: GenerationParams, model: str
+) -> GenerationParams:
     """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back).
 
     Returns the turn's parameters with max_new_tokens capped at what is left of the user's day.
     """
     try:
-        hold = quotas.reserve(conversation.user_id, _prompt_tokens(history), params.max_new_tokens, reply.id)
+        hold = quotas.reserve(conversation.user_id, _prompt_tokens(history, model), params.max_new_tokens, reply.id)
     except quotas.QuotaExceeded as exc:
         raise Refused("rate_limited", exc.message) from None
     return replace(params, max_new_tokens=hold.max_new_tokens)
 
 
-def _prompt_tokens(history: list[dict]) -> int:
-    """The prompt's tokens at most: counted where this process has the model, else bounded without it."""
-    engine = state.current().engine
+def _prompt_tokens(history: list[dict], model: str) -> int:
+    """The prompt's tokens at most: counted where this process has the model, else bounded without it
+    (a worker-mode web process, an endpoint's model)."""
+    live = state.current()
+    engine = live.engine if model == live.models.local_model else None
     if engine is not None:
         try:
             return engine.count_tokens(history)  # untrimmed: never less than what the reply reads

@@ -5,6 +5,7 @@ those of the single models.py they came from.
 """
 
 from .chat import Conversation, ConversationQuerySet, Message, unstorable
+from .endpoints import Endpoint, ModelOption
 from .keys import ApiKey, ApiKeyQuerySet
 from .review import DailyUsage, Feedback, QuotaOverride, Reservation, StaffRead
 from .workers import InferenceWorker
@@ -15,9 +16,11 @@ __all__ = [
     "Conversation",
     "ConversationQuerySet",
     "DailyUsage",
+    "Endpoint",
     "Feedback",
     "InferenceWorker",
     "Message",
+    "ModelOption",
     "QuotaOverride",
     "Reservation",
     "StaffRead",

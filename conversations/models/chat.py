@@ -134,15 +134,16 @@ class Conversation(models.Model):
         cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0] or line[:TITLE_LENGTH]
         return cut.rstrip(",.;:") + "…"
 
-    def start_turn(self, params: dict, first_text: str | None = None) -> None:
-        """Record a new turn: the parameters it used become the conversation's
-        (so a reload shows them), the first message names it, and it moves to
-        the top of the list."""
+    def start_turn(self, params: dict, first_text: str | None = None, model: str | None = None) -> None:
+        """Record a new turn: the parameters and the model it used become the
+        conversation's (so a reload shows them), the first message names it,
+        and it moves to the top of the list."""
         self.set_params(params)
         if first_text and not self.title:
             self.title = self.title_from(first_text)
+        self.model_name = model or self.model_name
         self.updated_at = timezone.now()
-        self.save(update_fields=["updated_at", "title", *PARAM_FIELDS])
+        self.save(update_fields=["updated_at", "title", "model_name", *PARAM_FIELDS])
 
     def append(self, role: str, content: str = "", **fields) -> Message:
         """A new message at the end of the active path, which it then ends."""

@@ -68,6 +68,9 @@ export function readParams() {
     }
     params[name] = name === 'max_new_tokens' ? parseInt(field.value, 10) : parseFloat(field.value);
   }
+  // The model picker: a change applies from the next turn on (the server makes it the chat's model).
+  const model = settingsForm ? $('#set-model', settingsForm) : null;
+  if (model && model.value) params.model = model.value;
   return params;
 }
 

@@ -59,6 +59,11 @@ function onStart(frame) {
   if (frame.replaces) removeMessage(frame.replaces);
   const li = messageEl(frame.message_id) || createMessage('assistant', frame.message_id);
   setRaw(li, typeof frame.content === 'string' ? frame.content : '');
+  if (frame.model) {
+    li.setAttribute('data-model', frame.model);
+    const sub = $('.topbar-sub');  // the chat's model, shown under its title, is this reply's from now on
+    if (sub) setText(sub, frame.model);
+  }
   setStatus(li, 'streaming', {});
   state.live = li;
   state.stopping = false;

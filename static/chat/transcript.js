@@ -128,6 +128,9 @@ function renderMeta(li) {
   }
   const parts = [];
   if (BADGES[status]) parts.push(el('span', 'badge badge-' + status, BADGES[status]));
+  // Which model wrote it: the chat's model can change between turns.
+  const model = li.getAttribute('data-model');
+  if (model) parts.push(el('span', 'msg-model', model));
   const tokens = parseInt(li.getAttribute('data-tokens'), 10);
   const tps = parseFloat(li.getAttribute('data-tps'));
   const duration = parseInt(li.getAttribute('data-duration'), 10);

@@ -152,6 +152,7 @@ async def test_regenerate_adds_a_variant_and_keeps_the_old_reply(chat, alice):
     assert frames[0] == {
         "type": "start",
         "message_id": new_id,
+        "model": "tiny-llama",  # the model that writes it
         "replaces": old_id,
         "parent": user_id,
         "siblings": [old_id, new_id],

@@ -24,6 +24,7 @@ from conversations.live import process, state, turns
 from conversations.live.inference_worker import InferenceWorkerServer
 from conversations.live.leases import Leases, stop_key
 from conversations.models import InferenceWorker, Message
+from tests.conftest import local_models
 from tests.live.test_consumer import (
     GREEDY,
     LONG,
@@ -54,6 +55,7 @@ def worker_mode(settings, redis_url):
     settings.CHANNEL_LAYERS = layers
     settings.REDIS_URL = redis_url
     settings.CHAT_INFERENCE = "worker"
+    settings.CHAT_MODEL = "tiny-llama"  # the name the workers' tiny engine serves under
     settings.CHAT_WORKER_TIMEOUT = 2.0
     settings.CHAT_SAVE_INTERVAL = 0
     channel_layers.backends = {}
@@ -68,7 +70,7 @@ async def start_worker(worker_mode, tiny_engine):
     running = []
 
     async def start(engine=tiny_engine, name=None):
-        server = InferenceWorkerServer(engine, name=name or f"test-{uuid.uuid4().hex[:6]}")
+        server = InferenceWorkerServer(local_models(engine), name=name or f"test-{uuid.uuid4().hex[:6]}")
         server.handle_signals = False
         task = asyncio.create_task(server.arun())
         running.append((server, task))

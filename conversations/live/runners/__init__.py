@@ -17,21 +17,22 @@ from typing import TYPE_CHECKING
 from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:
-    from inference import Engine
-
+    from ...endpoints.registry import Registry
     from ..replies import Turn
 
 RUNNERS = {
     "local": "conversations.live.runners.local.LocalRunner",
     "worker": "conversations.live.runners.worker.WorkerRunner",
+    # No local model: the endpoints' turns run in this process, as local ones do.
+    "none": "conversations.live.runners.local.LocalRunner",
 }
 
 
 class Runner:
     """What the turn and the chat socket need; each backend implements it."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
-        self.engine = engine
+    def __init__(self, models: Registry) -> None:
+        self.models = models
 
     def in_progress(self, conversation_id: str) -> bool:
         """Whether this process knows of a live reply (checked with the database's own)."""
@@ -64,7 +65,7 @@ class Runner:
         raise NotImplementedError
 
 
-def build(mode: str, engine: Engine | None = None) -> Runner:
-    """The runner of CHAT_INFERENCE=`mode`; `engine` is the local runner's model."""
+def build(mode: str, models: Registry) -> Runner:
+    """The runner of CHAT_INFERENCE=`mode`, generating with `models`."""
     runner_class: type[Runner] = import_string(RUNNERS[mode])
-    return runner_class(engine)
+    return runner_class(models)

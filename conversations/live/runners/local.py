@@ -1,4 +1,4 @@
-"""CHAT_INFERENCE=local: replies run as tasks of this process on its own engine."""
+"""CHAT_INFERENCE=local (and none): replies run as tasks of this process, on its engine or its endpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..replies import Refused, Turn
 from . import Runner
 
 if TYPE_CHECKING:
-    from inference import Engine
+    from ...endpoints.registry import Registry
 
 logger = logging.getLogger(__name__)
 # After the grace, how long stopped replies get to store their end.
@@ -24,8 +24,8 @@ NOT_LOADED = "The model is not loaded yet; try again in a moment."
 class LocalRunner(Runner):
     """The live replies of this process, and how many sockets watch each conversation."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
-        super().__init__(engine)
+    def __init__(self, models: Registry) -> None:
+        super().__init__(models)
         self.replies: dict[str, LiveReply] = {}
         self.watchers: dict[str, int] = {}
 
@@ -37,12 +37,12 @@ class LocalRunner(Runner):
         return reply is not None and not reply.ending
 
     async def start(self, turn: Turn) -> None:
-        if self.engine is None:
+        if turn.model == self.models.local_model and self.models.local_engine is None:
             raise Refused("generation_failed", NOT_LOADED)
         reply = LiveReply(turn)
         key = turn.conversation_id
         self.replies[key] = reply
-        reply.task = asyncio.create_task(run_reply(reply, self.engine))
+        reply.task = asyncio.create_task(run_reply(reply, self.models.engine(turn.model)))
         reply.task.add_done_callback(lambda task: self._forget(key, reply))
 
     def _forget(self, key: str, reply: LiveReply) -> None:

@@ -35,8 +35,8 @@ def control_group(conversation_id) -> str:
 
 
 class WorkerRunner(Runner):
-    def __init__(self, engine=None) -> None:
-        super().__init__(None)  # the model is in the workers
+    def __init__(self, models) -> None:
+        super().__init__(models)  # the workers generate; this process only lists the models
         self.leases = Leases()
         self.reapers: dict[int, asyncio.Task] = {}
 
@@ -53,6 +53,7 @@ class WorkerRunner(Runner):
             "type": "generate",
             "conversation_id": turn.conversation_id,
             "message_id": turn.message_id,
+            "model": turn.model,
             "history": turn.history,
             "params": turn.params.to_dict(),
         }

@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from conversations import batch
+from conversations.endpoints import catalog
 from conversations.live import process, state
 from conversations.review import quotas
 from inference import GenerationParams, InvalidParams
@@ -73,6 +74,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--batch-size", type=int, default=8, metavar="B", help="prompts on the model at once (default: 8)"
         )
+        parser.add_argument("--model", metavar="ID", help="the model to use (default: the site's default model)")
         parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     def handle(
@@ -88,6 +90,7 @@ class Command(BaseCommand):
         max_new_tokens: int | None,
         repetition_penalty: float | None,
         batch_size: int,
+        model: str | None,
         quiet: bool,
         **options,
     ) -> None:
@@ -106,7 +109,8 @@ class Command(BaseCommand):
             raise CommandError(batch.describe_quota(owner, exc.used, exc.limit)) from None
 
         live = self.ready()
-        if live.engine is not None:
+        model = self.model_for(owner, model, live)
+        if model == live.models.local_model and live.engine is not None:
             prompts, too_long = batch.measure(prompts, live.engine)
             bad = sorted(bad + too_long, key=lambda b: b.line)
         for bad_line in bad:
@@ -120,7 +124,7 @@ class Command(BaseCommand):
         ):
             runner = batch.BatchRunner(
                 user=owner,
-                model_name=live.model_name,
+                model=model,
                 write=write,
                 report=lambda message: bar.write(message, file=err),
                 batch_size=batch_size,
@@ -160,6 +164,13 @@ class Command(BaseCommand):
             raise CommandError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except OSError as exc:
             raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def model_for(self, owner, model: str | None, live: state.Live) -> str:
+        """The model of the run: `--model` if the user may use it, else the default; fatal otherwise."""
+        try:
+            return catalog.resolve(owner, model, live.models)
+        except catalog.UnknownModel as exc:
+            raise CommandError(str(exc)) from None
 
     def ready(self) -> state.Live:
         """This process's live state, its model loaded in local mode."""

@@ -35,11 +35,13 @@ class Command(BaseCommand):
             engine = process.load_model()
         except process.LOAD_ERRORS as exc:
             raise CommandError(f"cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
+        models = process.registry(engine)
+        models.start()  # the endpoints' models: their turns run in the workers too
         # This process's live state: replies.finish() keeps its background retries
         # there (a final save the database refused). Without one, such a failure
         # raised NotStarted instead, and took the worker's reaper down with it.
-        state.install(state.Live(runner=runners.Runner(engine)))
-        server = InferenceWorkerServer(engine, name=name)
+        state.install(state.Live(runner=runners.Runner(models)))
+        server = InferenceWorkerServer(models, name=name)
         info = engine.info
         logger.info(
             "inference worker %s ready: %s on %s (%s), up to %d replies at once",

@@ -1,0 +1,170 @@
+"""Chats on an endpoint's model, through the real socket path (WebsocketCommunicator) and a real llama.cpp server.
+
+This process serves the tiny local model and, through its registry, the
+llama.cpp server's `smollm2`: turns, regenerate and edit, a switch of model
+between turns, who may use which model, and an endpoint that dies, is down
+or hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Group
+
+from conversations.endpoints import catalog
+from conversations.endpoints.registry import Registry
+from conversations.live import state
+from conversations.live.runners.local import LocalRunner
+from conversations.models import ModelOption
+from tests.live.test_consumer import connect, joined_tokens, receive_until_end, stored_reply
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+ON_LLAMA = {"temperature": 0, "max_new_tokens": 12, "model": "smollm2"}
+LOCAL = {"temperature": 0, "max_new_tokens": 12, "model": "tiny-llama"}
+
+
+def serving_both(tiny_engine, *servers, timeout: float = 30.0) -> state.Live:
+    """This process's state: the tiny local model and the llama.cpp servers' smollm2."""
+    endpoints = {f"llama{n}": {"url": server.url, "key": ""} for n, server in enumerate(servers)}
+    models = Registry(tiny_engine, "tiny-llama", endpoints, timeout=timeout, admin_endpoints=False)
+    models.refresh()
+    return state.Live(runner=LocalRunner(models))
+
+
+@pytest.fixture
+def both(tiny_engine, llama_server):
+    with state.swapped(serving_both(tiny_engine, llama_server)) as live:
+        yield live
+
+
+@pytest.fixture
+def chat(alice, conversation):
+    return conversation(alice, title="", model_name="tiny-llama")
+
+
+async def test_a_chat_on_an_endpoint_model_streams_stores_and_names_its_model(both, chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "What is the capital of France?", "params": ON_LLAMA})
+    frames = await receive_until_end(ws, timeout=60)
+    kinds = [frame["type"] for frame in frames]
+    assert kinds[:2] == ["message", "start"] and kinds[-1] == "end" and set(kinds[2:-1]) == {"token"}
+    assert frames[1]["model"] == "smollm2"
+    reply = await stored_reply(chat)
+    assert reply.status == "complete" and reply.content == joined_tokens(frames) != ""
+    assert reply.model_name == "smollm2" and reply.completion_tokens > 0
+    assert frames[-1]["usage"]["completion_tokens"] == reply.completion_tokens
+    await sync_to_async(chat.refresh_from_db)()
+    assert chat.model_name == "smollm2"  # the conversation's model from this turn on
+    await ws.disconnect()
+
+
+async def test_regenerate_edit_and_a_switch_of_model_between_turns(both, chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Hello", "params": LOCAL})
+    first = await receive_until_end(ws)
+    assert first[1]["model"] == "tiny-llama"
+    # Switched to the endpoint's model; regenerate keeps to it (the conversation's model now).
+    await ws.send_json_to({"type": "regenerate", "params": ON_LLAMA})
+    second = await receive_until_end(ws, timeout=60)
+    await ws.send_json_to({"type": "regenerate"})
+    third = await receive_until_end(ws, timeout=60)
+    assert second[0]["model"] == third[0]["model"] == "smollm2"
+    assert joined_tokens(second) == joined_tokens(third) != joined_tokens(first)  # greedy on llama.cpp
+    user_id = first[0]["message"]["id"]
+    await ws.send_json_to({"type": "edit", "message_id": user_id, "content": "Hi there", "params": LOCAL})
+    edited = await receive_until_end(ws)
+    assert edited[1]["model"] == "tiny-llama" and edited[0]["message"]["content"] == "Hi there"
+    models = await sync_to_async(lambda: list(chat.messages.filter(role="assistant").values_list("model_name")))()
+    assert [m for (m,) in models] == ["tiny-llama", "smollm2", "smollm2", "tiny-llama"]
+    await ws.disconnect()
+
+
+async def test_a_model_that_does_not_exist_or_is_not_yours_is_invalid(both, chat, alice):
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "send", "content": "Hi", "params": {"model": "gpt-99"}})
+    assert await ws.receive_json_from(timeout=10) == {
+        "type": "error",
+        "code": "invalid",
+        "message": "There is no model 'gpt-99' you may use.",
+    }
+    # Staff give smollm2 to a group alice is not in.
+    team = await sync_to_async(Group.objects.create)(name="gpu-team")
+    await sync_to_async(lambda: ModelOption.objects.get_or_create(model_id="smollm2")[0].groups.add(team))()
+    await ws.send_json_to({"type": "send", "content": "Hi", "params": ON_LLAMA})
+    refused = await ws.receive_json_from(timeout=10)
+    assert refused["code"] == "invalid" and "smollm2" in refused["message"]
+    listed = await sync_to_async(catalog.models_for)(alice, both.models)
+    assert [m["id"] for m in listed["models"]] == ["tiny-llama"]
+    # In the group, she may.
+    await sync_to_async(alice.groups.add)(team)
+    await ws.send_json_to({"type": "send", "content": "Hi", "params": ON_LLAMA})
+    frames = await receive_until_end(ws, timeout=60)
+    assert frames[-1]["status"] == "complete" and frames[1]["model"] == "smollm2"
+    await ws.disconnect()
+
+
+async def test_an_endpoint_killed_mid_reply_keeps_the_text_and_the_chat_usable(tiny_engine, llama_factory, chat, alice):
+    server = llama_factory()
+    with state.swapped(serving_both(tiny_engine, server)):
+        ws, _, _ = await connect(chat.id, alice)
+        long = ON_LLAMA | {"max_new_tokens": 2000}
+        await ws.send_json_to({"type": "send", "content": "Write a long story about a dragon.", "params": long})
+        frames = []
+        while sum(frame["type"] == "token" for frame in frames) < 3:
+            frames.append(await ws.receive_json_from(timeout=60))
+        server.process.kill()
+        frames += await receive_until_end(ws, timeout=60)
+        assert [frame["type"] for frame in frames][-2:] == ["error", "end"]
+        assert frames[-2]["code"] == "model_unavailable" and frames[-1]["status"] == "error"
+        reply = await stored_reply(chat)
+        assert reply.status == "error" and reply.content == joined_tokens(frames) != ""
+        # The conversation goes on, on another model.
+        await ws.send_json_to({"type": "send", "content": "Still there?", "params": LOCAL})
+        after = await receive_until_end(ws)
+        assert after[-1]["status"] == "complete"
+        await ws.disconnect()
+
+
+async def test_an_endpoint_down_when_a_turn_starts_then_back_without_a_restart(tiny_engine, llama_factory, chat, alice):
+    server = llama_factory()
+    live = serving_both(tiny_engine, server)
+    with state.swapped(live):
+        port = server.port
+        server.stop()
+        ws, _, _ = await connect(chat.id, alice)
+        await ws.send_json_to({"type": "send", "content": "Hello?", "params": ON_LLAMA})
+        frames = await receive_until_end(ws, timeout=60)
+        assert [frame["type"] for frame in frames][-2:] == ["error", "end"]
+        assert frames[-2]["code"] == "model_unavailable" and frames[-1]["status"] == "error"
+        assert live.models.health()["llama0"]["status"] == "down"
+        await sync_to_async(llama_factory)(port=port)
+        await sync_to_async(live.models.refresh)(force=True)  # what the discovery thread does on its own
+        await ws.send_json_to({"type": "send", "content": "Hello again", "params": ON_LLAMA})
+        frames = await receive_until_end(ws, timeout=60)
+        assert frames[-1]["status"] == "complete" and joined_tokens(frames)
+        await ws.disconnect()
+
+
+async def test_a_hung_endpoint_times_out_and_other_chats_go_on(tiny_engine, llama_factory, alice, bob, conversation):
+    server = llama_factory()
+    with state.swapped(serving_both(tiny_engine, server, timeout=3)):
+        waiting_chat = await sync_to_async(conversation)(alice, model_name="tiny-llama")
+        other_chat = await sync_to_async(conversation)(bob, model_name="tiny-llama")
+        waiting, _, _ = await connect(waiting_chat.id, alice)
+        other, _, _ = await connect(other_chat.id, bob)
+        server.process.send_signal(signal.SIGSTOP)  # it answers nothing, and keeps its socket
+        await waiting.send_json_to({"type": "send", "content": "Hello?", "params": ON_LLAMA})
+        hung = asyncio.create_task(receive_until_end(waiting, timeout=60))
+        # Meanwhile another user's chat on the local model runs to its end, before the timeout.
+        await other.send_json_to({"type": "send", "content": "Hi", "params": LOCAL})
+        frames = await receive_until_end(other, timeout=2)
+        assert frames[-1]["status"] == "complete" and not hung.done()
+        frames = await hung
+        assert frames[-2]["code"] == "model_unavailable" and "timeout" in frames[-2]["message"]
+        await waiting.disconnect()
+        await other.disconnect()
