@@ -47,7 +47,21 @@ params = st.one_of(
             "max_new_tokens": small_numbers,
             "repetition_penalty": small_numbers,
             "stop": st.lists(any_text, max_size=5) | json_values,
+            "model": any_text | json_values,
             "other": json_values,
         },
     ),
+)
+
+# Input a well-behaved client would send, so a share of the examples gets past every check and runs.
+plain_text = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip)
+plausible_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0.01, 1),
+        "max_new_tokens": st.integers(1, 6),
+        "repetition_penalty": st.floats(1, 2),
+        "stop": st.lists(plain_text, max_size=2),
+    },
 )

@@ -5,8 +5,9 @@ a 500, every error is in its endpoint's documented shape, and a refusal stores n
 - the site's JSON endpoints (the list, a transcript page, feedback, import): `{"error": "..."}`.
 
 No model is loaded here, so a body the API accepts is answered 503 (no model
-ready) after its checks: the fuzzing is of the checks. Generation with fuzzed
-input runs through the socket (test_fuzz_socket.py).
+ready) or 404 (a `model` nobody serves) after its checks: the fuzzing is of
+the checks. Generation with fuzzed input runs through the socket
+(test_fuzz_socket.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from conversations.api import keys as apikeys
 from conversations.models import Conversation, Message
-from tests.fuzz.strategies import any_text, dumps, json_values, raw_bodies, small_numbers
+from tests.fuzz.strategies import any_text, dumps, json_values, plain_text, raw_bodies, small_numbers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,14 +68,23 @@ def key(alice) -> str:
     return apikeys.create(alice, "fuzz")[1]
 
 
-@given(body=openai_bodies.map(dumps).map(str.encode) | json_values.map(dumps).map(str.encode) | raw_bodies)
+plausible_bodies = st.fixed_dictionaries(
+    {"messages": st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": plain_text}), min_size=1)},
+    optional={"temperature": st.floats(0, 2), "max_tokens": st.integers(1, 6), "stream": st.booleans()},
+)
+any_body = st.one_of(plausible_bodies, openai_bodies, json_values).map(dumps).map(str.encode) | raw_bodies
+
+
+@given(body=any_body)
 def test_the_api_answers_any_body_in_openai_shape(key, body):
     response = Client().post(
         "/v1/chat/completions", body, content_type="application/json", headers={"Authorization": f"Bearer {key}"}
     )
-    assert response.status_code in (400, 413, 503), response.content[:300]
+    assert response.status_code in (400, 404, 413, 503), response.content[:300]
     error = openai_error(response)
-    assert error["code"] == "model_not_ready" if response.status_code == 503 else error["type"]
+    if response.status_code in (404, 503):
+        assert error["code"] == {404: "model_not_found", 503: "model_not_ready"}[response.status_code]
+    event(f"{response.status_code} {error['code']}")
     assert not Conversation.objects.exists()
 
 
@@ -88,6 +98,16 @@ def test_any_url_under_v1_answers_in_openai_shape(key, path, method):
     assert response.status_code < 500, response.content[:300]
     if response.status_code >= 400:
         openai_error(response)
+    event(str(response.status_code))
+
+
+@given(method=st.sampled_from(["get", "post", "put", "patch", "delete"]), query=url_text)
+def test_the_model_list_answers_any_request(alice, method, query):
+    response = getattr(client_for(alice), method)("/api/models/?" + query)
+    if method == "get":
+        assert response.status_code == 200 and set(response.json()) == {"models", "default"}
+    else:
+        assert response.status_code == 405
 
 
 list_params = st.fixed_dictionaries(
@@ -99,6 +119,7 @@ list_params = st.fixed_dictionaries(
 def test_the_list_answers_any_query(alice, params):
     response = client_for(alice).get("/api/conversations/", params)
     assert response.status_code in (200, 400), response.content[:300]
+    event(str(response.status_code))
     if response.status_code == 400:
         site_error(response)
     else:
@@ -118,6 +139,7 @@ page_params = st.fixed_dictionaries({}, optional={"limit": page_limits, "before"
 def test_a_transcript_page_answers_any_query(alice, chat, params):
     response = client_for(alice).get(f"/api/conversations/{chat.id}/", params)
     assert response.status_code in (200, 400), response.content[:300]
+    event(str(response.status_code))
     if response.status_code == 400:
         site_error(response)
 
@@ -130,6 +152,7 @@ def test_feedback_answers_any_body(alice, chat, body):
     reply = chat.messages.get(role="assistant")
     response = client_for(alice).post(f"/api/messages/{reply.id}/feedback/", body, content_type="application/json")
     assert response.status_code in (200, 400), response.content[:300]
+    event(str(response.status_code))
     if response.status_code == 400:
         site_error(response)
     else:
@@ -176,6 +199,7 @@ def test_import_answers_any_file_and_keeps_only_what_it_says(alice, body):
     assert response.status_code in (200, 400), response.content[:300]
     data = response.json()
     assert set(data) == {"imported", "conversations", "skipped", "error"}
+    event(f"{response.status_code}: {data['imported']} imported, {len(data['skipped'])} skipped")
     assert Conversation.objects.count() == before + data["imported"]
     assert all(isinstance(skip["reason"], str) for skip in data["skipped"])
     for made in data["conversations"]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
-from tests.fuzz.strategies import any_text, dumps, json_values, nested, params
+from tests.fuzz.strategies import any_text, dumps, json_values, nested, params, plain_text, plausible_params
 from tests.live.test_consumer import connect
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -31,7 +31,11 @@ def frames(message_ids: list[int]):
         {"type": st.sampled_from(FRAME_TYPES) | json_values},
         optional={"content": any_text | json_values, "params": params, "message_id": ids, "extra": json_values},
     )
-    return shaped.map(dumps) | json_values.map(dumps) | any_text | st.just(nested(20_000))
+    plausible = st.fixed_dictionaries(
+        {"type": st.sampled_from(FRAME_TYPES), "content": plain_text, "message_id": st.sampled_from(message_ids)},
+        optional={"params": plausible_params},
+    )
+    return plausible.map(dumps) | shaped.map(dumps) | json_values.map(dumps) | any_text | st.just(nested(20_000))
 
 
 async def answer_to(ws) -> list[dict]:
@@ -54,10 +58,12 @@ async def test_any_frame_gets_documented_frames_and_the_socket_stays_open(engine
     assert connected
     try:
         await ws.send_input({"type": "websocket.receive", "text": raw})  # "" included
-        for frame in await answer_to(ws):
+        answer = await answer_to(ws)
+        for frame in answer:
             assert frame["type"] in SERVER_FRAMES, frame
             if frame["type"] == "error":
                 assert frame["code"] in ERROR_CODES and isinstance(frame["message"], str) and frame["message"]
+        event("a turn ran to its end" if answer[-1]["type"] == "end" else f"answered {answer[-1]['type']}")
         # Still open and answering: nothing streams now, so a stop is refused, on the same socket.
         await ws.send_json_to({"type": "stop"})
         probe = await ws.receive_json_from(timeout=10)
