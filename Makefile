@@ -8,7 +8,7 @@
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
-#   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
+#   make soak            random users against real servers: local, worker and endpoint mode (SOAK_ARGS="--minutes 1")
 #   make fuzz            the fuzz suite with many more examples than make test runs (FUZZ_EXAMPLES=400)
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
 #   make screenshots     retake docs/screenshot-{light,dark}.png and the admin's review/usage pages

@@ -1,12 +1,15 @@
 """`make soak`: users doing random sends, stops, reloads, drops and regenerates against real servers.
 
-    python -m bench.soak [--minutes 3] [--users 4] [--modes local,worker] [--kill-every 60]
+    python -m bench.soak [--minutes 3] [--users 4] [--modes local,worker,endpoint] [--kill-every 60]
 
 The model is tests' tiny one (the real architecture and tokenizer, random
 weights: fast, its replies run to max_new_tokens) unless --model default
 asks for the packaged one. Local mode: one daphne on SQLite. Worker mode: one
 daphne and two `inference_worker`s on a throwaway PostgreSQL and Redis, one
-worker killed (SIGKILL) and restarted every --kill-every seconds.
+worker killed (SIGKILL) and restarted every --kill-every seconds. Endpoint
+mode: one daphne with no model of its own (CHAT_INFERENCE=none) whose chats
+run on an OpenAI-compatible endpoint, llama.cpp's server on the packaged
+SmolLM2 (tests/endpoint_support.py).
 
 Each user has a conversation and loops: send (or regenerate) a message and
 then, at random, read the reply to its end, stop it, drop the socket and
@@ -201,6 +204,12 @@ def soak(mode: str, args) -> str:
         if args.model == "tiny":
             env["CHAT_MODEL"] = tiny_model(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-model-"))))
         workers: list[subprocess.Popen] = []
+        if mode == "endpoint":
+            from tests.endpoint_support import start_llama
+
+            llama = start_llama()
+            stack.callback(llama.stop)
+            env = {"CHAT_SHUTDOWN_GRACE_S": 5, "CHAT_INFERENCE": "none", "CHAT_ENDPOINTS": f"llama={llama.url}"}
         if mode == "worker":
             env |= {
                 "DATABASE_URL": stack.enter_context(postgres_server()),
@@ -213,7 +222,7 @@ def soak(mode: str, args) -> str:
             subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=worker_env, check=True)
             workers = [worker(worker_env, folder, f"w{i}") for i in range(2)]
             stack.callback(lambda: [w.send_signal(signal.SIGTERM) or w.wait(60) for w in workers])
-        server = start_daphne(env, migrate=mode == "local")
+        server = start_daphne(env, migrate=mode != "worker")
         stack.callback(server.stop)
 
         async def main() -> None:
@@ -242,7 +251,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="per mode (default 3)")
     parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--modes", default="local,worker")
+    parser.add_argument("--modes", default="local,worker,endpoint")
     parser.add_argument("--kill-every", type=float, default=60.0, help="worker mode: seconds between kills")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", choices=("tiny", "default"), default="tiny")
