@@ -11,7 +11,7 @@ import signal
 import pytest
 import redis
 
-from tests.api.test_api_live import api_key, client, stored, wait_ended
+from tests.api.test_api_live import api_key, client, served_model, stored, wait_ended
 from tests.clients import sign_up
 from tests.worker_support import worker_site as start_site
 
@@ -33,13 +33,18 @@ def test_the_api_runs_on_an_inference_worker(worker_site):
     api = client(server, api_key(server, "api-worker-user"))
     messages = [{"role": "user", "content": "Hello"}]
 
-    answer = api.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=12)
+    answer = api.chat.completions.create(model=served_model(server), messages=messages, temperature=0, max_tokens=12)
     reply = stored(session, server, answer.id)["messages"][-1]
     assert reply["content"] == answer.choices[0].message.content != ""
     assert answer.usage.completion_tokens == reply["completion_tokens"] == 12
 
     stream = api.chat.completions.create(
-        model="m", messages=messages, temperature=0, max_tokens=12, stream=True, stream_options={"include_usage": True}
+        model=served_model(server),
+        messages=messages,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
@@ -48,7 +53,9 @@ def test_the_api_runs_on_an_inference_worker(worker_site):
 
     # `stop` travels to the worker with the other parameters.
     stop = text[6:9]
-    cut = api.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=12, stop=stop)
+    cut = api.chat.completions.create(
+        model=served_model(server), messages=messages, temperature=0, max_tokens=12, stop=stop
+    )
     assert cut.choices[0].message.content == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
@@ -58,7 +65,11 @@ def test_a_client_that_leaves_stops_its_reply_on_the_worker(worker_site):
     session = sign_up(server.url, "api-worker-leaver")
     api = client(server, api_key(server, "api-worker-leaver"))
     held = api.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Go on"}], temperature=0, max_tokens=1000, stream=True
+        model=served_model(server),
+        messages=[{"role": "user", "content": "Go on"}],
+        temperature=0,
+        max_tokens=1000,
+        stream=True,
     )
     first = next(chunk for chunk in held if chunk.choices and chunk.choices[0].delta.content)
     # The worker is held still until the web process has sent it the stop, so
