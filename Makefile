@@ -8,6 +8,7 @@
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
+#   make bench-endpoints Chatsite in front of llama.cpp's server against clients straight to it (docs/models.md)
 #   make soak            random users against real servers, local and worker mode (SOAK_ARGS="--minutes 1")
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
 #   make screenshots     retake docs/screenshot-{light,dark}.png and the admin's review/usage pages
@@ -36,7 +37,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history soak vendor screenshots system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history bench-endpoints soak vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -87,6 +88,9 @@ bench-api: $(BENCH_INSTALLED)
 
 bench-history: $(BENCH_INSTALLED) system-packages
 	$(VENV_PYTHON) -m bench.history $(BENCH_ARGS)
+
+bench-endpoints: $(BENCH_INSTALLED)
+	$(VENV_PYTHON) -m bench.endpoints $(BENCH_ARGS)
 
 # Random sends, stops, drops, reloads and regenerates; a worker killed every minute (docs/architecture.md).
 soak: $(INSTALLED) system-packages
