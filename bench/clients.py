@@ -113,6 +113,7 @@ class Turn:
     queued_frames: int = 0
     finish_reason: str = ""
     server_timing: dict = field(default_factory=dict)
+    text: str = ""  # the reply as its token frames brought it
 
     @property
     def stream_tokens_per_s(self) -> float | None:
@@ -154,6 +155,7 @@ async def chat_turn(
                             turn.first_at = now
                             turn.ttft_s = now - turn.sent_at
                         turn.token_frames += 1
+                        turn.text += message.get("text", "")
                     elif kind == "queued":
                         turn.queued_frames += 1
                     elif kind == "error":

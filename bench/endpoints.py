@@ -8,9 +8,9 @@ rather than cut off) and a Chatsite with CHAT_INFERENCE=none in front of it:
 1. the site's start: seconds to /healthz ok, and its idle RSS (no torch);
 2. one user: greedy replies through Chatsite's WebSocket against the `openai`
    client streaming the same requests straight from the server, alternated
-   round by round so a noisy machine hits both alike: stream tokens/s (the
-   reply's tokens counted by the server's own tokenizer on both sides) and
-   TTFT;
+   round by round so a noisy machine hits both alike: stream tokens/s (each
+   reply's tokens counted afterwards by the server's own tokenizer, the same
+   way for both sides) and TTFT;
 3. 8 users at once, the same way: aggregate tokens/s;
 4. two replicas: a conversation's second turn on the replica that read its
    first turn (llama.cpp keeps that prompt) against the other replica: TTFT.
@@ -83,21 +83,33 @@ async def direct_turn(
                     turn.first_at, turn.ttft_s = now, now - turn.sent_at
                 parts.append(text)
     turn.end_at = time.perf_counter()
-    turn.completion_tokens = await asyncio.to_thread(count_tokens, llama_url, "".join(parts))
-    turn.token_frames, turn.ok = len(parts), bool(parts)
+    turn.text, turn.token_frames, turn.ok = "".join(parts), len(parts), bool(parts)
     await api.close()
-    return turn, "".join(parts)
+    return turn, turn.text
+
+
+def counted(llama_url: str, turns: list[clients.Turn]) -> list[clients.Turn]:
+    """Each reply's tokens by the server's tokenizer, asked once the server is idle (it queues tokenizing too)."""
+    for turn in turns:
+        turn.completion_tokens = count_tokens(llama_url, turn.text)
+    return turns
 
 
 def compare(site: Server, llama_url: str, user: clients.User, args) -> dict:
     """One user, alternating Chatsite and direct round by round."""
-    through, direct = [], []
+    through: list[clients.Turn] = []
+    direct: list[clients.Turn] = []
     for round_ in range(args.rounds):
-        prompt = clients.numbered(PROMPTS[round_ % len(PROMPTS)])
+        # A prompt of its own for each side (llama.cpp keeps the last prompt it read), each side first in turn.
+        prompt = PROMPTS[round_ % len(PROMPTS)]
         conversation = user.new_conversation(args.tokens)
-        through.append(asyncio.run(clients.chat_turn(user, conversation, prompt, args.tokens, model=MODEL)))
-        direct.append(asyncio.run(direct_turn(llama_url, prompt, args.tokens))[0])
-    return {"chatsite": figures(through), "direct": figures(direct)}
+        for side in ("chatsite", "direct") if round_ % 2 == 0 else ("direct", "chatsite"):
+            text = clients.numbered(prompt)
+            if side == "chatsite":
+                through.append(asyncio.run(clients.chat_turn(user, conversation, text, args.tokens, model=MODEL)))
+            else:
+                direct.append(asyncio.run(direct_turn(llama_url, text, args.tokens))[0])
+    return {"chatsite": figures(counted(llama_url, through)), "direct": figures(counted(llama_url, direct))}
 
 
 def figures(turns: list[clients.Turn]) -> dict:
@@ -133,7 +145,7 @@ def many(llama_url: str, users: list[clients.User], args) -> dict:
         started = time.perf_counter()
         turns = asyncio.run(run())
         wall = time.perf_counter() - started
-        results[name] = clients.summarize(turns, wall)["aggregate_tokens_per_s"]
+        results[name] = clients.summarize(counted(llama_url, turns), wall)["aggregate_tokens_per_s"]
     return results
 
 
