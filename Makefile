@@ -8,6 +8,7 @@
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
+#   make bench-endpoints Chatsite in front of llama.cpp's server against clients straight to it (docs/models.md)
 #   make soak            random users against real servers: local, worker and endpoint mode (SOAK_ARGS="--minutes 1")
 #   make fuzz            the fuzz suite with many more examples than make test runs (FUZZ_EXAMPLES=400)
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
@@ -37,7 +38,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history soak fuzz vendor screenshots system-packages clean
+.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history bench-endpoints soak fuzz vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -88,6 +89,9 @@ bench-api: $(BENCH_INSTALLED)
 
 bench-history: $(BENCH_INSTALLED) system-packages
 	$(VENV_PYTHON) -m bench.history $(BENCH_ARGS)
+
+bench-endpoints: $(BENCH_INSTALLED)
+	$(VENV_PYTHON) -m bench.endpoints $(BENCH_ARGS)
 
 # tests/fuzz/ as make test runs it (20 examples a test, derandomized), but FUZZ_EXAMPLES each and new ones
 # every run (Hypothesis's `fuzz` profile); the statistics say how many ran per endpoint.

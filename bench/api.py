@@ -63,10 +63,11 @@ async def api_turn(base: str, key: str, name: str, prompt: str, max_new_tokens: 
     """One streamed chat completion on a fresh connection, timed as clients.chat_turn times a WebSocket turn."""
     turn = clients.Turn(user=name)
     api = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=clients.TURN_TIMEOUT)
+    model = (await api.models.list()).data[0].id  # the served model: a request must name one of them
     turn.sent_at = time.perf_counter()
     try:
         stream = await api.chat.completions.create(
-            model="default",
+            model=model,
             messages=[{"role": "user", "content": prompt}],
             temperature=0,
             top_p=1,

@@ -113,6 +113,7 @@ class Turn:
     queued_frames: int = 0
     finish_reason: str = ""
     server_timing: dict = field(default_factory=dict)
+    text: str = ""  # the reply as its token frames brought it
 
     @property
     def stream_tokens_per_s(self) -> float | None:
@@ -121,16 +122,15 @@ class Turn:
         return (self.completion_tokens - 1) / (self.end_at - self.first_at)
 
 
-async def chat_turn(user: User, conversation_id: str, prompt: str, max_new_tokens: int) -> Turn:
-    """Send ``prompt`` on a fresh socket and read frames until ``end`` or ``error``."""
+async def chat_turn(
+    user: User, conversation_id: str, prompt: str, max_new_tokens: int, model: str | None = None
+) -> Turn:
+    """Send ``prompt`` on a fresh socket (on ``model``, else the chat's) and read frames until ``end`` or ``error``."""
     turn = Turn(user=user.name)
     parts = urlsplit(user.base_url)
     uri = f"ws://{parts.netloc}/ws/chat/{conversation_id}/"
-    frame = {
-        "type": "send",
-        "content": prompt,
-        "params": {"temperature": 0, "top_p": 1, "repetition_penalty": 1, "max_new_tokens": max_new_tokens},
-    }
+    params = {"temperature": 0, "top_p": 1, "repetition_penalty": 1, "max_new_tokens": max_new_tokens}
+    frame = {"type": "send", "content": prompt, "params": params | ({"model": model} if model else {})}
     try:
         # No keepalive pings (browsers send none): under load a late pong would
         # count as the client's error, not the server's.
@@ -155,6 +155,7 @@ async def chat_turn(user: User, conversation_id: str, prompt: str, max_new_token
                             turn.first_at = now
                             turn.ttft_s = now - turn.sent_at
                         turn.token_frames += 1
+                        turn.text += message.get("text", "")
                     elif kind == "queued":
                         turn.queued_frames += 1
                     elif kind == "error":

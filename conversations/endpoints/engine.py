@@ -13,7 +13,10 @@ does. What the endpoint does wrong becomes `ModelUnavailable`:
 
 A stop (the request's `cancel`) closes the HTTP stream, which makes llama.cpp,
 vLLM and Ollama stop generating. Usage comes from the stream's last chunk
-where the endpoint sends one, else it is counted (conversations.endpoints.tokens).
+where the endpoint sends one. Otherwise the completion is counted as its
+chunks (llama.cpp, vLLM and Ollama stream a token a chunk), and the prompt by
+the endpoint's tokenizer, asked while the reply streams, else estimated
+(conversations.endpoints.tokens; docs/models.md).
 """
 
 from __future__ import annotations
@@ -93,13 +96,22 @@ class EndpointEngine(Engine):
             raise PromptTooLong(f"the newest message alone does not fit in {self.model_id}'s context")
         submitted = time.monotonic()
         stream = await self._open(replica, messages, params)
-        yield Started(prompt_tokens=sum(estimate(m["content"]) for m in messages), dropped_turns=dropped)
-        async with stream:
-            reading = _Reading(stream, request.cancel)
-            async for event in reading.events():
-                yield event
+        counting: asyncio.Future | None = None
+        try:
+            yield Started(prompt_tokens=sum(estimate(m["content"]) for m in messages), dropped_turns=dropped)
+            async with stream:
+                reading = _Reading(stream, request.cancel)
+                async for event in reading.events():
+                    # Counted while the reply streams, in case the endpoint sends no usage (the module's
+                    # doc); asked after the first token, so the endpoint reads the prompt first.
+                    counting = counting or asyncio.ensure_future(self.registry.prompt_tokens(replica, messages))
+                    yield event
+            counted = await counting if counting is not None else self.count_tokens(messages)
+            usage = reading.usage or (counted, len(reading.parts))
+        finally:
+            if counting is not None:
+                counting.cancel()
         text = "".join(reading.parts)
-        usage = reading.usage or await self.registry.count_usage(replica, messages, text)
         finished = time.monotonic()
         first = reading.first_at or finished
         generating = max(finished - first, 1e-3)
@@ -182,7 +194,8 @@ class _Reading:
                 if choice.delta.content:
                     self.first_at = self.first_at or time.monotonic()
                     self.parts.append(choice.delta.content)
-                    yield Chunk(choice.delta.content)
+                    # A token a chunk, as the completion is counted (above), so a reply cut off is charged too.
+                    yield Chunk(choice.delta.content, len(self.parts))
 
     async def _next(self, chunks) -> Any:
         """The next chunk, or None once the request is cancelled; the read's own timeout is the client's."""

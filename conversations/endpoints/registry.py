@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 60.0
 DISCOVERY_TIMEOUT_SECONDS = 5.0
+# How long a reply's end may wait for its prompt to be counted by the endpoint (it is asked as the reply starts).
+TOKENIZE_TIMEOUT_SECONDS = 1.0
 # Where engines count tokens, tried in this order: llama.cpp's llama-server, llama-cpp-python's server, vLLM.
 TOKENIZE_ROUTES = (
     ("/tokenize", lambda text, model: {"content": text}),
@@ -228,22 +230,26 @@ class Registry:
         """The endpoint's client on the running event loop (a client's connections belong to one loop)."""
         clients = self._clients.setdefault(asyncio.get_running_loop(), {})
         client = clients.get(endpoint.name)
-        if client is None or str(client.base_url).rstrip("/") != endpoint.url or client.api_key != endpoint.key:
+        key = endpoint.key or "none"  # the client wants one; a server without keys ignores it
+        if client is None or str(client.base_url).rstrip("/") != endpoint.url or client.api_key != key:
             client = openai.AsyncOpenAI(
                 base_url=endpoint.url,
-                api_key=endpoint.key or "none",
+                api_key=key,
                 timeout=httpx2.Timeout(self.timeout),
                 max_retries=0,  # a replica that fails is left for the next one, not asked again
             )
             clients[endpoint.name] = client
         return client
 
-    async def count_usage(self, endpoint: EndpointState, messages: list[dict], text: str) -> tuple[int, int]:
-        """(prompt, completion) tokens of a reply whose endpoint sent no usage: its tokenizer, else an estimate."""
-        prompt_text = "\n".join(m.get("content") or "" for m in messages)
-        prompt = await self._tokens(endpoint, prompt_text)
-        completion = await self._tokens(endpoint, text) if text else 0
-        return prompt + TOKENS_PER_MESSAGE * len(messages), completion
+    async def prompt_tokens(self, endpoint: EndpointState, messages: list[dict]) -> int:
+        """A prompt's tokens where its endpoint sends no usage: its tokenizer's count of the messages' text
+        plus the template's markers, else (no route, or no answer within TOKENIZE_TIMEOUT_SECONDS) an estimate."""
+        text = "\n".join(m.get("content") or "" for m in messages)
+        try:
+            counted = await asyncio.wait_for(self._tokens(endpoint, text), TOKENIZE_TIMEOUT_SECONDS)
+        except TimeoutError:  # llama-cpp-python tokenizes behind the generation under way
+            counted = estimate(text)
+        return counted + TOKENS_PER_MESSAGE * len(messages)
 
     async def _tokens(self, endpoint: EndpointState, text: str) -> int:
         routes = range(len(TOKENIZE_ROUTES)) if endpoint.tokenize is None else [endpoint.tokenize]

@@ -33,13 +33,13 @@ def test_the_api_runs_on_an_inference_worker(worker_site):
     api = client(server, api_key(server, "api-worker-user"))
     messages = [{"role": "user", "content": "Hello"}]
 
-    answer = api.chat.completions.create(model=served_model(api), messages=messages, temperature=0, max_tokens=12)
+    answer = api.chat.completions.create(model=served_model(server), messages=messages, temperature=0, max_tokens=12)
     reply = stored(session, server, answer.id)["messages"][-1]
     assert reply["content"] == answer.choices[0].message.content != ""
     assert answer.usage.completion_tokens == reply["completion_tokens"] == 12
 
     stream = api.chat.completions.create(
-        model=served_model(api),
+        model=served_model(server),
         messages=messages,
         temperature=0,
         max_tokens=12,
@@ -54,7 +54,7 @@ def test_the_api_runs_on_an_inference_worker(worker_site):
     # `stop` travels to the worker with the other parameters.
     stop = text[6:9]
     cut = api.chat.completions.create(
-        model=served_model(api), messages=messages, temperature=0, max_tokens=12, stop=stop
+        model=served_model(server), messages=messages, temperature=0, max_tokens=12, stop=stop
     )
     assert cut.choices[0].message.content == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
@@ -65,7 +65,7 @@ def test_a_client_that_leaves_stops_its_reply_on_the_worker(worker_site):
     session = sign_up(server.url, "api-worker-leaver")
     api = client(server, api_key(server, "api-worker-leaver"))
     held = api.chat.completions.create(
-        model=served_model(api),
+        model=served_model(server),
         messages=[{"role": "user", "content": "Go on"}],
         temperature=0,
         max_tokens=1000,

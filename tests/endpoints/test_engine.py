@@ -80,8 +80,8 @@ async def test_discovery_marks_an_endpoint_down_and_up_again_without_a_restart(l
     assert models.health()["llama0"] == {"status": "ok", "models": ["smollm2"]} and models.available("smollm2")
 
 
-async def test_a_turn_fails_over_to_another_replica_before_its_first_token(llama_factory):
-    first, second = llama_factory(), llama_factory()
+async def test_a_turn_fails_over_to_another_replica_before_its_first_token(llama_factory, llama_server):
+    first, second = llama_factory(), llama_server
     models = registry_of(first, second)
     # A conversation whose preferred replica is the first one.
     affinity = next(f"c{n}" for n in range(100) if models.route("smollm2", f"c{n}")[0].name == "llama0")
@@ -92,8 +92,8 @@ async def test_a_turn_fails_over_to_another_replica_before_its_first_token(llama
     assert [e.name for e in models.route("smollm2", affinity)] == ["llama1", "llama0"]
 
 
-async def test_replicas_keep_each_conversation_on_one_of_them(llama_factory):
-    models = registry_of(llama_factory(), llama_factory())
+async def test_replicas_keep_each_conversation_on_one_of_them(llama_server):
+    models = registry_of(llama_server, llama_server)  # two endpoints for the router, one server behind them
     firsts = {models.route("smollm2", f"c{n}")[0].name for n in range(40)}
     assert firsts == {"llama0", "llama1"}  # conversations spread over both
     assert all(models.route("smollm2", "c7")[0].name == models.route("smollm2", "c7")[0].name for _ in range(5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -114,3 +115,51 @@ def test_batch_prompts_runs_on_an_endpoint_model(site, tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["line"] for row in rows] == [1, 2] and all(row["reply"] for row in rows), rows
     assert all(row["finish_reason"] == "length" for row in rows)
+
+
+@pytest.mark.browser
+def test_the_model_picker_in_a_real_browser(browser, site, other_chatsite):
+    from playwright.sync_api import expect
+
+    from tests.browser_support import LAST_REPLY, new_page, ready, set_settings, settle_reply
+    from tests.browser_support import sign_up as browser_sign_up
+
+    # A model the site knows but no endpoint serves now (its endpoint gone): listed as unavailable.
+    with sqlite3.connect(site.workdir / "db.sqlite3") as db:
+        db.execute(
+            "INSERT INTO conversations_modeloption (model_id, display_name, offered, is_default, first_seen_at)"
+            " VALUES ('ghost', '', 1, 0, datetime('now'))"
+        )
+    context, page, problems = new_page(browser)
+    browser_sign_up(page, site.url, "picker")
+    page.get_by_role("button", name="Chat settings").click()
+    picker = page.get_by_label("Model")
+    expect(picker.locator("option")).to_have_count(3)
+    expect(picker.locator("option[value=ghost]")).to_have_text("ghost (unavailable)")
+    picker.select_option("smollm2")
+    page.keyboard.press("Escape")
+    set_settings(page, temperature=0, max_new_tokens=8)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Hello there")
+    box.press("Enter")
+    settle_reply(page)
+    expect(page.locator(LAST_REPLY).locator(".msg-model")).to_have_text("smollm2")
+    # Between turns: the other Chatsite's model, from the next message on.
+    page.get_by_role("button", name="Chat settings").click()
+    picker.select_option(other_chatsite[2])
+    page.keyboard.press("Escape")
+    box.fill("And you?")
+    box.press("Enter")
+    settle_reply(page)
+    expect(page.locator(LAST_REPLY).locator(".msg-model")).to_have_text(other_chatsite[2])
+    expect(page.locator(".topbar-sub")).to_have_text(other_chatsite[2])
+    # After a reload each reply still names its model, and the picker shows the chat's.
+    page.reload()
+    ready(page)
+    models = page.locator("#transcript li.msg-assistant .msg-model")
+    expect(models).to_have_text(["smollm2", other_chatsite[2]])
+    expect(page.locator("#set-model")).to_have_value(other_chatsite[2])
+    problems.check()
+    context.close()
+    with sqlite3.connect(site.workdir / "db.sqlite3") as db:
+        db.execute("DELETE FROM conversations_modeloption WHERE model_id = 'ghost'")

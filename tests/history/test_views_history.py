@@ -267,7 +267,7 @@ def test_the_chat_page_costs_the_same_queries_however_many_chats(alice_client, a
     from django.test.utils import CaptureQueriesContext
 
     current = conversation(alice, messages=[("user", "hi")])
-    alice_client.get(current.get_absolute_url())  # what a process reads once (the models offered)
+    alice_client.get(current.get_absolute_url())  # the first view also records the models it sees
 
     def queries_for(count: int) -> int:
         Conversation.objects.bulk_create([Conversation(user=alice) for _ in range(count)])

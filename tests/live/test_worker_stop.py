@@ -17,12 +17,13 @@ import asyncio
 import http.client
 import json
 import signal
+import time
 from contextlib import contextmanager
 
 import pytest
 import redis
 
-from tests.api.test_api_live import api_key, wait_ended
+from tests.api.test_api_live import api_key, served_model, wait_ended
 from tests.clients import frames_until_end, new_conversation, open_socket, sign_up
 from tests.worker_support import worker_site
 
@@ -52,9 +53,14 @@ def held_still(worker):
         worker.process.send_signal(signal.SIGCONT)
 
 
-def wait_for_command(monitor, *parts: str) -> str:
-    """The next command Redis runs that contains every part (MONITOR's view)."""
-    return next(c["command"] for c in monitor.listen() if all(part in c["command"] for part in parts))
+def wait_for_command(monitor, *parts: str, timeout: float = 60) -> str:
+    """The next command Redis runs that contains every part (MONITOR's view); AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    for command in monitor.listen():
+        if all(part in command["command"] for part in parts):
+            return command["command"]
+        assert time.monotonic() < deadline, f"Redis ran no command with {parts} in {timeout:.0f} s"
+    raise AssertionError("MONITOR ended")
 
 
 def test_a_stop_sent_while_the_request_waits_for_a_worker_ends_the_reply(site):
@@ -88,8 +94,12 @@ def test_an_api_client_that_leaves_before_a_worker_took_its_reply_stops_it(site)
     server, worker, redis_url = site
     session = sign_up(server.url, "early-leaver")
     key = api_key(server, "early-leaver")
-    # No "model": the default one.
-    body = {"messages": [{"role": "user", "content": "Go on"}], "max_tokens": ASKED, "stream": True}
+    body = {
+        "model": served_model(server),
+        "messages": [{"role": "user", "content": "Go on"}],
+        "max_tokens": ASKED,
+        "stream": True,
+    }
     with held_still(worker):
         with redis.Redis.from_url(redis_url, socket_timeout=60) as watcher, watcher.monitor() as monitor:
             connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
