@@ -152,6 +152,7 @@ SHARED_PROCESSES = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(items) -> None:
     """Every test that uses the database also runs in the PostgreSQL pass; tests group by their servers.
 

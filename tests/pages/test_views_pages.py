@@ -49,6 +49,9 @@ def test_it_refuses_bad_parameters_on_create(alice_client, alice):
     assert "temperature must be between 0 and 2" in response.content.decode()
 
 
+# The delete view is async: its database_sync_to_async closes the thread's connection
+# afterwards, which inside a test's transaction would close PostgreSQL's for good.
+@pytest.mark.django_db(transaction=True)
 def test_it_renames_and_deletes(alice_client, alice, conversation):
     convo = conversation(alice, messages=[("user", "hi")])
     alice_client.post(f"/c/{convo.id}/rename/", {"title": "  Renamed  "})
