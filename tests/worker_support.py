@@ -9,9 +9,10 @@
             yield site  # every process started is stopped when the block ends
 
 The session has one PostgreSQL and one Redis for its sites (`site_servers`,
-a fixture of this plugin): they come from DATABASE_URL / REDIS_URL when those
-point at PostgreSQL / Redis (the Redis pass of .ci/run, `make test-redis`),
-else they are throwaway ones from scripts.services. A database migrated once
+a fixture of this plugin): PostgreSQL comes from DATABASE_URL when that
+points at one (the Redis pass of .ci/run, `make test-redis`), else it is a
+throwaway one from scripts.services; Redis is always a throwaway one of the
+pytest process's own. A database migrated once
 is the template of each site's own (CREATE DATABASE ... TEMPLATE), and each
 site has a Redis database number of its own; every process of a site shares
 them and the settings given.
@@ -123,24 +124,24 @@ class WorkerSite:
 class SiteServers:
     """One PostgreSQL and one Redis, carved into a fresh database of each per site."""
 
-    TEMPLATE = "chatsite_site_template"
-
     def __init__(self, postgres_url: str, redis_url: str) -> None:
         self.postgres_url = postgres_url
         self.redis_url = redis_url
         self._numbers = count(1)  # Redis has databases 0-15; the session's sites are fewer
+        # A name of this process's own: the pytest processes of a pass share one PostgreSQL.
+        self.template = f"chatsite_site_template_{os.getpid()}"
         self._template_ready = False
 
     def new_site(self, folder: Path) -> tuple[str, str]:
         """A migrated database of its own (its URL) and a Redis database of its own (its URL)."""
         number = next(self._numbers)
         if not self._template_ready:
-            template_url = self._database_url(self.TEMPLATE)
-            self._create(self.TEMPLATE)
+            template_url = self._database_url(self.template)
+            self._create(self.template)
             migrate_database(server_env(folder, {"DATABASE_URL": template_url}), folder / "migrate.log")
             self._template_ready = True
         name = f"chatsite_site_{os.getpid()}_{number}"
-        self._create(name, template=self.TEMPLATE)
+        self._create(name, template=self.template)
         redis = urlsplit(self.redis_url)
         return self._database_url(name), urlunsplit(redis._replace(path=f"/{number}"))
 
@@ -160,8 +161,10 @@ def site_servers() -> Iterator[SiteServers]:
         database_url = os.getenv("DATABASE_URL", "")
         if not database_url.startswith("postgres"):
             database_url = stack.enter_context(postgres_server())
-        redis_url = os.getenv("REDIS_URL") or stack.enter_context(redis_server())
-        yield SiteServers(database_url, redis_url)
+        # A Redis of this process's own (it starts in milliseconds), even in the Redis pass: some
+        # tests watch it with MONITOR, which sees every client of a server, and its 16 database
+        # numbers could not be shared out among the pass's pytest processes.
+        yield SiteServers(database_url, stack.enter_context(redis_server()))
 
 
 @contextmanager

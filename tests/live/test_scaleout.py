@@ -1,9 +1,9 @@
 """Scale-out for real: two daphne web processes and two inference workers on PostgreSQL and Redis.
 
 Every process is a real one (CHAT_INFERENCE=worker); the workers serve the
-tiny model (replies run to max_new_tokens). The servers come from
-DATABASE_URL / REDIS_URL when they point at PostgreSQL / Redis (the Redis
-pass of .ci/run), else throwaway ones from scripts.services.
+tiny model (replies run to max_new_tokens). PostgreSQL comes from
+DATABASE_URL when it points at one (the Redis pass of .ci/run), else it is a
+throwaway one; Redis is the pytest process's own (tests/worker_support.py).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="session")
 def redis_url(site_servers):
-    """The session's Redis (REDIS_URL in the Redis pass); each test keeps to a key prefix of its own."""
+    """The session's Redis (its pytest process's own); each test keeps to a key prefix of its own."""
     return site_servers.redis_url
 
 
