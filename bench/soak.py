@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,7 +79,10 @@ class View:
 
 
 async def next_frame(socket, view: View) -> dict:
-    frame = json.loads(await asyncio.wait_for(socket.recv(), timeout=RECV_TIMEOUT))
+    try:
+        frame = json.loads(await asyncio.wait_for(socket.recv(), timeout=RECV_TIMEOUT))
+    except TimeoutError:
+        raise AssertionError(f"no frame for {RECV_TIMEOUT:.0f} s; this socket's replies so far: {view.text}") from None
     view.take(frame)
     return frame
 
@@ -196,6 +200,15 @@ def tiny_model(folder: Path) -> str:
     return str(folder)
 
 
+def keep_logs(mode: str, server, worker_folder: Path | None) -> None:
+    """A failed mode's server (and worker) logs stay on disk, named on stderr: the failure's only clue."""
+    server.keep_workdir = True
+    if worker_folder:
+        for log in worker_folder.glob("*.log"):
+            shutil.copy(log, server.workdir / log.name)
+    sys.stderr.write(f"soak: {mode} mode failed; its logs are kept in {server.workdir}\n")
+
+
 def soak(mode: str, args) -> str:
     tally = Tally()
     user.sessions = {}  # type: ignore[attr-defined]
@@ -238,7 +251,11 @@ def soak(mode: str, args) -> str:
                 workers[victim] = worker(worker_env, folder, f"w{victim}-{tally.kills}")
             await users
 
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        except BaseException:
+            keep_logs(mode, server, folder if mode == "worker" else None)
+            raise
         differ, streaming = compare(server, tally)
     return (
         f"{mode}: {tally.turns} turns, {tally.stops} stops, {tally.drops} drops, {tally.reloads} reloads, "
