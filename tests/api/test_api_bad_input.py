@@ -103,8 +103,9 @@ def served_application():
     return http_application(get_asgi_application())
 
 
-async def asgi_request(application, path: str, body: bytes, headers: list, query_string: bytes = b"") -> tuple:
-    scope = {
+def post_scope(path: str, headers: list, query_string: bytes = b"") -> dict:
+    """The ASGI scope of a POST to `path` on 127.0.0.1, as daphne builds it."""
+    return {
         "type": "http",
         "method": "POST",
         "path": path,
@@ -115,7 +116,10 @@ async def asgi_request(application, path: str, body: bytes, headers: list, query
         "server": ("127.0.0.1", 80),
         "client": ("127.0.0.1", 1234),
     }
-    communicator = ApplicationCommunicator(application, scope)
+
+
+async def asgi_request(application, path: str, body: bytes, headers: list, query_string: bytes = b"") -> tuple:
+    communicator = ApplicationCommunicator(application, post_scope(path, headers, query_string))
     await communicator.send_input({"type": "http.request", "body": body})
     start = await communicator.receive_output(5)
     body_parts = []
@@ -161,18 +165,7 @@ async def test_a_body_declared_too_large_is_refused_before_it_is_read(key):
     application = served_application()
     length = (b"content-length", str(65 * 1024 * 1024).encode())
     scope_headers = [length, (b"content-type", b"multipart/form-data; boundary=x"), (b"accept", b"application/json")]
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/c/import/",
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), *scope_headers],
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 1234),
-    }
-    communicator = ApplicationCommunicator(application, scope)
+    communicator = ApplicationCommunicator(application, post_scope("/c/import/", scope_headers))
     await communicator.send_input({"type": "http.request", "body": b"--x\r\n", "more_body": True})
     start = await communicator.receive_output(5)
     body = await communicator.receive_output(5)
