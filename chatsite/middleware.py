@@ -10,6 +10,8 @@ from django.utils.cache import patch_cache_control
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from conversations.api.openai_format import error as openai_error
+
 
 def _no_store(response):
     # Chat pages and the API carry private transcripts: never kept by a
@@ -173,8 +175,7 @@ async def _answer(send, scope, status: int, message: str) -> None:
     accept = _header(scope, b"accept")
     if scope["path"].startswith("/v1/"):
         kind = "server_error" if status >= 500 else "invalid_request_error"
-        shape: dict = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-        body, content_type = json.dumps(shape).encode(), b"application/json"
+        body, content_type = json.dumps(openai_error(message, kind)).encode(), b"application/json"
     elif b"application/json" in accept:
         body, content_type = json.dumps({"error": message}).encode(), b"application/json"
     else:
