@@ -4,6 +4,7 @@
 #   make test            install, then the whole suite on 2+ workers   (PYTEST_ARGS="-k name -x", PYTEST_WORKERS= for one)
 #   make test-postgres   tests marked `postgres` (less the `redis` ones), on a throwaway PostgreSQL
 #   make test-redis      tests marked `redis`, on throwaway PostgreSQL + Redis servers
+#   make test-servers    both of the above in one run (.ci/run's second pass)
 #   make lint            ruff (lint + format check), mypy on inference/, conversations/, chatsite/
 #   make bench           the benchmark (docs/performance.md)   (BENCH_ARGS=--quick)
 #   make bench-api       the OpenAI-compatible API against the WebSocket (docs/api.md)
@@ -39,7 +40,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis lint bench bench-api bench-history bench-endpoints soak fuzz vendor screenshots system-packages clean
+.PHONY: install run test test-postgres test-redis test-servers lint bench bench-api bench-history bench-endpoints soak fuzz vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -71,6 +72,10 @@ test-postgres: $(INSTALLED) system-packages
 # MONITOR, which sees every client's commands.
 test-redis: $(INSTALLED) system-packages
 	$(SERVICES) --postgres -- $(PYTEST) $(PYTEST_WORKERS) -m redis $(PYTEST_ARGS)
+
+# The two above in one pytest run: one start-up of servers and workers rather than two.
+test-servers: $(INSTALLED) system-packages
+	$(SERVICES) --postgres -- $(PYTEST) $(PYTEST_WORKERS) -m "postgres or redis" $(PYTEST_ARGS)
 
 # ruff and mypy settings live in pyproject.toml.
 lint: $(INSTALLED)

@@ -56,7 +56,7 @@ def django_db_setup(django_db_setup):
     Async tests run their database calls on asgiref's one thread for
     thread-sensitive code, which keeps its connection open after the test;
     on PostgreSQL that session made dropping the test database fail ("is being
-    accessed by other users": a warning at the end of every Redis pass).
+    accessed by other users": a warning at the end of every server pass).
     """
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
@@ -149,7 +149,7 @@ def pytest_collection_modifyitems(items) -> None:
     `.ci/run` runs `pytest -m postgres` against a real PostgreSQL, so the
     marker goes on each database test rather than on a hand-kept list. Tests
     that start their own server processes (`e2e`) bring their own database
-    and are left to the default and Redis passes.
+    and are left to the default pass and, when marked `redis`, the server pass.
     """
     for item in items:
         uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)

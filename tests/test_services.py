@@ -1,7 +1,7 @@
 """scripts/services.py: real throwaway servers, started and stopped for real.
 
 These start their own servers, so they run in the default suite as well as
-in the PostgreSQL and Redis passes. No Django here.
+in the server pass. No Django here.
 """
 
 import signal

@@ -10,7 +10,7 @@
 
 The session has one PostgreSQL and one Redis for its sites (`site_servers`,
 a fixture of this plugin): PostgreSQL comes from DATABASE_URL when that
-points at one (the Redis pass of .ci/run, `make test-redis`), else it is a
+points at one (the server pass of .ci/run, `make test-redis`), else it is a
 throwaway one from scripts.services; Redis is always a throwaway one of the
 pytest process's own. A database migrated once
 is the template of each site's own (CREATE DATABASE ... TEMPLATE), and each
@@ -161,7 +161,7 @@ def site_servers() -> Iterator[SiteServers]:
         database_url = os.getenv("DATABASE_URL", "")
         if not database_url.startswith("postgres"):
             database_url = stack.enter_context(postgres_server())
-        # A Redis of this process's own (it starts in milliseconds), even in the Redis pass: some
+        # A Redis of this process's own (it starts in milliseconds), even in the server pass: some
         # tests watch it with MONITOR, which sees every client of a server, and its 16 database
         # numbers could not be shared out among the pass's pytest processes.
         yield SiteServers(database_url, stack.enter_context(redis_server()))
