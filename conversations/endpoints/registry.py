@@ -21,16 +21,17 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 from django.db import DatabaseError, close_old_connections
 
-from .engine import EndpointEngine
 from .tokens import DEFAULT_CONTEXT, TOKENS_PER_MESSAGE, estimate
 
 if TYPE_CHECKING:
+    import openai
+
     from inference import Engine
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class Registry:
                 if known is None or (known.url, known.key) != (config["url"], config["key"]):
                     self._endpoints[name] = EndpointState(name, config["url"], config["key"])
             due = [s for s in self._endpoints.values() if force or s.next_probe <= time.monotonic()]
+        if due:
+            # Here, on the discovery thread, rather than in engine() on the event loop of a first turn.
+            import_module(".engine", __package__)
         for endpoint in due:
             self._probe(endpoint)
 
@@ -215,6 +219,10 @@ class Registry:
         """The engine a turn on `model_id` streams from: the local one, or the model's endpoints."""
         if model_id == self.local_model and self.local_engine is not None:
             return self.local_engine
+        # Imported here: the openai package costs every process 0.7 s to import (its types), and a
+        # site, worker or command without endpoints never needs it. refresh() has imported it by now.
+        from .engine import EndpointEngine
+
         return EndpointEngine(model_id, self)
 
     def route(self, model_id: str, affinity: str) -> list[EndpointState]:
@@ -232,6 +240,8 @@ class Registry:
         client = clients.get(endpoint.name)
         key = endpoint.key or "none"  # the client wants one; a server without keys ignores it
         if client is None or str(client.base_url).rstrip("/") != endpoint.url or client.api_key != key:
+            import openai  # only once an endpoint serves a turn (see engine())
+
             client = openai.AsyncOpenAI(
                 base_url=endpoint.url,
                 api_key=key,
