@@ -99,6 +99,9 @@ class Registry:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, openai.AsyncOpenAI]] = (
             weakref.WeakKeyDictionary()
         )
+        self._http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- discovery ---------------------------------------------------------------
 
@@ -247,9 +250,22 @@ class Registry:
                 api_key=key,
                 timeout=httpx2.Timeout(self.timeout),
                 max_retries=0,  # a replica that fails is left for the next one, not asked again
+                http_client=self.http(),
             )
             clients[endpoint.name] = client
         return client
+
+    def http(self) -> httpx2.AsyncClient:
+        """The HTTP client of every endpoint request on the running event loop: made once a loop, since
+        making one builds an SSL context, 25 ms of CPU that would stall the loop at each reply."""
+        loop = asyncio.get_running_loop()
+        http = self._http.get(loop)
+        if http is None:
+            import openai  # what engine() imports: a turn on an endpoint is why this is asked
+
+            # openai's own client's settings (pool limits, redirects) with this registry's timeout.
+            http = self._http[loop] = openai.DefaultAsyncHttpxClient(timeout=httpx2.Timeout(self.timeout))
+        return http
 
     async def prompt_tokens(self, endpoint: EndpointState, messages: list[dict]) -> int:
         """A prompt's tokens where its endpoint sends no usage: its tokenizer's count of the messages' text
@@ -264,20 +280,22 @@ class Registry:
     async def _tokens(self, endpoint: EndpointState, text: str) -> int:
         routes = range(len(TOKENIZE_ROUTES)) if endpoint.tokenize is None else [endpoint.tokenize]
         headers = {"Authorization": f"Bearer {endpoint.key}"} if endpoint.key else {}
-        async with httpx2.AsyncClient(timeout=DISCOVERY_TIMEOUT_SECONDS, headers=headers) as http:
-            for index in routes:
-                if index < 0:
-                    break
-                path, body = TOKENIZE_ROUTES[index]
-                try:
-                    answer = await http.post(endpoint.root + path, json=body(text, ""))
-                    answer.raise_for_status()
-                    data = answer.json()
-                    count = data["count"] if "count" in data else len(data["tokens"])
-                except (httpx2.HTTPError, ValueError, KeyError, TypeError):
-                    continue
-                endpoint.tokenize = index
-                return int(count)
+        http = self.http()
+        for index in routes:
+            if index < 0:
+                break
+            path, body = TOKENIZE_ROUTES[index]
+            try:
+                answer = await http.post(
+                    endpoint.root + path, json=body(text, ""), headers=headers, timeout=DISCOVERY_TIMEOUT_SECONDS
+                )
+                answer.raise_for_status()
+                data = answer.json()
+                count = data["count"] if "count" in data else len(data["tokens"])
+            except (httpx2.HTTPError, ValueError, KeyError, TypeError):
+                continue
+            endpoint.tokenize = index
+            return int(count)
         endpoint.tokenize = -1
         return estimate(text)
 
