@@ -18,6 +18,7 @@ before the model is loaded, so its log is no signal here).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -56,6 +57,7 @@ class LlamaServer:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
+        """Stop the server and remove its folder (its log)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)  # a server held still must be able to exit
             self.process.terminate()
@@ -64,6 +66,7 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(15)
+        shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
 
 def gguf_path() -> Path:
@@ -91,8 +94,9 @@ def start_llama(port: int | None = None, alias: str = MODEL_ALIAS) -> LlamaServe
         except requests.ConnectionError:
             pass
         time.sleep(0.1)  # the model loads in another process; it says nothing we can wait on
+    log = server.log()
     server.stop()
-    raise RuntimeError(f"llama.cpp's server did not start:\n{server.log()[-3000:]}")
+    raise RuntimeError(f"llama.cpp's server did not start:\n{log[-3000:]}")
 
 
 @pytest.fixture(scope="session")
