@@ -251,12 +251,15 @@ def soak(mode: str, args) -> str:
                 workers[victim] = worker(worker_env, folder, f"w{victim}-{tally.kills}")
             await users
 
+        worker_folder = folder if mode == "worker" else None
         try:
             asyncio.run(main())
         except BaseException:
-            keep_logs(mode, server, folder if mode == "worker" else None)
+            keep_logs(mode, server, worker_folder)
             raise
         differ, streaming = compare(server, tally)
+        if differ or streaming:
+            keep_logs(mode, server, worker_folder)
     return (
         f"{mode}: {tally.turns} turns, {tally.stops} stops, {tally.drops} drops, {tally.reloads} reloads, "
         f"{tally.regenerates} regenerates, {tally.kills} kills, {tally.errors} refused; "
