@@ -139,8 +139,10 @@ def start_web_process() -> Live:
 def health() -> dict:
     """What /healthz answers; `status` is "ok" when replies can be generated.
 
-    With CHAT_INFERENCE=none the site is ok as soon as it serves: its
-    endpoints' states are listed, and one being down is not the site's.
+    With CHAT_INFERENCE=none the site is ok once its endpoints have been
+    asked for their models (the discovery thread's first pass, at start-up):
+    before that it has no model to offer, and a new chat would be refused.
+    Their states are listed; one being down is not the site's.
     """
     models = state.current().models
     return _local_health(models) | {"endpoints": models.health()}
@@ -150,6 +152,8 @@ def _local_health(models: Registry) -> dict:
     if settings.CHAT_INFERENCE == "worker":
         return _worker_health()
     if settings.CHAT_INFERENCE == "none":
+        if models.unasked():
+            return {"status": "starting", "mode": "none", "reason": "asking the endpoints for their models"}
         return {"status": "ok", "mode": "none"}
     engine = models.local_engine
     if engine is None:

@@ -6,6 +6,7 @@ from django.contrib.auth.models import Group
 from conversations.endpoints import catalog
 from conversations.endpoints.registry import Registry
 from conversations.live import state
+from conversations.live.runners.local import LocalRunner
 from conversations.models import Endpoint, ModelOption
 
 pytestmark = pytest.mark.django_db
@@ -64,3 +65,18 @@ def test_staff_rename_restrict_and_choose_the_default_model(staff_client, alice,
     assert next(m for m in listed["models"] if m["id"] == "smollm2")["available"] is False
     page = staff_client.get("/admin/conversations/modeloption/").content.decode()
     assert "no endpoint up" in page and "this site&#x27;s model" in page
+
+
+def test_a_site_of_endpoints_is_ok_once_its_endpoints_were_asked(client, settings):
+    # Before the first discovery pass it has no model to offer: a new chat would be refused.
+    settings.CHAT_INFERENCE = "none"
+    models = Registry(endpoints={"down": {"url": "http://127.0.0.1:9/v1", "key": ""}}, admin_endpoints=False)
+    with state.swapped(state.Live(runner=LocalRunner(models))):
+        starting = client.get("/healthz")
+        assert starting.status_code == 503 and starting.json()["status"] == "starting"
+        models.refresh()  # asked: down, so the site is up with no model available yet
+        assert client.get("/healthz").json() == {
+            "status": "ok",
+            "mode": "none",
+            "endpoints": {"down": {"status": "down", "models": []}},
+        }
