@@ -19,3 +19,9 @@ urlpatterns = [
     re_path(r"^v1/(?P<path>.*)$", api_views.not_found),
     path("", include("conversations.urls")),
 ]
+
+# The site's look and a way back for pages, JSON for the APIs (chatsite/errors.py); CSRF_FAILURE_VIEW too.
+handler400 = "chatsite.errors.bad_request"
+handler403 = "chatsite.errors.permission_denied"
+handler404 = "chatsite.errors.page_not_found"
+handler500 = "chatsite.errors.server_error"

@@ -12,6 +12,7 @@ are kept short with max_new_tokens wherever the step only needs some text.
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -206,5 +207,22 @@ def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
     page.get_by_role("button", name="Log in").click()
     expect(page.locator(".errorlist")).to_contain_text("correct username and password")
 
+    problems.check()
+    context.close()
+
+
+def test_a_missing_chat_is_the_sites_own_page_with_a_way_back(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    sign_up(page, base, "lost-user")
+    answer = page.goto(f"{base}/c/{uuid.uuid4()}/")
+    assert answer is not None and answer.status == 404
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    # In the site's look (its stylesheet and theme), under the real Content-Security-Policy.
+    expect(page.locator(".auth-card")).to_have_css("border-radius", "20px")
+    expect(page.locator("html")).to_have_attribute("data-theme", re.compile("light|dark"))
+    page.get_by_role("link", name="Back to your chats").click()
+    expect(page).to_have_url(base + "/")
+    ready(page)
     problems.check()
     context.close()
