@@ -11,6 +11,11 @@ from ..models import ApiKey
 from . import keys as apikeys
 
 
+# Where a new key waits, in the session, for the page the POST redirects to: shown once, and a reload
+# of that page neither shows it again nor makes a second key.
+NEW_KEY = "api_keys.new_key"
+
+
 class KeyForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the key is for, e.g. “laptop” or “notebook”.")
 
@@ -19,10 +24,10 @@ class KeyForm(forms.Form):
 @require_http_methods(["GET", "POST"])
 def keys(request):
     form = KeyForm(request.POST or None)
-    new_key = None
     if request.method == "POST" and form.is_valid():
-        key, new_key = apikeys.create(request.user, form.cleaned_data["name"])
-        form = KeyForm()
+        _, request.session[NEW_KEY] = apikeys.create(request.user, form.cleaned_data["name"])
+        return redirect("api_keys")
+    new_key = request.session.pop(NEW_KEY, None) if request.method == "GET" else None
     context = {"form": form, "new_key": new_key, "keys": ApiKey.objects.for_user(request.user)}
     response = render(request, "conversations/keys.html", context)
     if new_key:

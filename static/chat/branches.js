@@ -8,7 +8,7 @@
  * `.msg-branches` span of the message's foot, next to the transcript's actions.
  */
 import { $, $all, el, isUnavailable, setUnavailable, svgIcon } from './dom.js';
-import { announce } from './markdown.js';
+import { announce } from './clipboard.js';
 import { state, changed } from './state.js';
 import {
   createMessage, messageEl, rawText, refreshActions, renderMessage, scrollToBottom, setStored, transcript

@@ -6,7 +6,7 @@
  * clears the rating. Endpoint: POST /api/messages/<id>/feedback/ (docs/protocol.md).
  */
 import { $, $all, el, setText } from './dom.js';
-import { announce } from './markdown.js';
+import { announce } from './clipboard.js';
 import { showError } from './composer.js';
 import { onFrame } from './socket.js';
 import { messageEl, onRefresh, transcript } from './transcript.js';

@@ -10,12 +10,13 @@
  *
  *   render(text, element)            replaces element's children
  *   renderStreaming(text, element)   the same for a growing reply: re-renders only the tail
- *   copyText(text)                   Promise<boolean>
- *   announce(message)                a short screen-reader announcement
+ *
+ * Code blocks get a Copy button (clipboard.js copies).
  */
 import markdownit from '../vendor/markdown-it/markdown-it.min.mjs';
 import '../vendor/dompurify/purify.min.js';
 import { mathPlugin } from './math.js';
+import { announce, copyText } from './clipboard.js';
 
 // The minified UMD build (a third the size of its ES module build) sets the global.
 const DOMPurify = globalThis.DOMPurify;
@@ -259,43 +260,6 @@ function loadKatex() {
 /** Resolves once every library the given text needs has loaded (tests wait on it). */
 export function ready() {
   return Promise.all([hljsLoading, katexLoading]);
-}
-
-// ---- copying and announcing -------------------------------------------------
-
-function legacyCopy(text) {
-  const active = document.activeElement;
-  const area = document.createElement('textarea');
-  area.value = text;
-  area.setAttribute('readonly', '');
-  area.className = 'offscreen';
-  document.body.appendChild(area);
-  area.select();
-  let ok = false;
-  try {
-    ok = document.execCommand('copy');
-  } catch (e) {
-    ok = false;
-  }
-  area.remove();
-  if (active && active.focus) active.focus();
-  return ok;
-}
-
-/** Copy text to the clipboard: the async API where allowed, else execCommand. */
-export function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) {
-    return navigator.clipboard.writeText(text).then(() => true, () => legacyCopy(text));
-  }
-  return Promise.resolve(legacyCopy(text));
-}
-
-export function announce(message, regionId = 'sr-announcer') {
-  const region = document.getElementById(regionId);
-  if (!region) return;
-  region.textContent = '';
-  // A change after a tick is announced even when the text repeats.
-  setTimeout(() => { region.textContent = message; }, 50);
 }
 
 function flashButton(button, label) {

@@ -6,7 +6,7 @@
  * does the title a first message gives the chat (its `message` frame carries it).
  */
 import { $, $all, el, setText } from './dom.js';
-import { announce } from './markdown.js';
+import { announce } from './clipboard.js';
 import { page, state, changed } from './state.js';
 import { refill, restoreUnacked, sendPendingFirst, showError } from './composer.js';
 import { noteUserMessage, isTitled, moveCurrentToTop } from './sidebar.js';

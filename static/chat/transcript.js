@@ -7,7 +7,8 @@
  * it has finished, through #reply-announcer, not every frame of it.
  */
 import { $, $all, el, setText, svgIcon, setUnavailable } from './dom.js';
-import { announce, copyText, render, renderStreaming } from './markdown.js';
+import { announce, copyText } from './clipboard.js';
+import { render, renderStreaming } from './markdown.js';
 import { state } from './state.js';
 
 const NEAR_BOTTOM_PX = 96;

@@ -45,15 +45,19 @@ def test_a_revoked_key_or_an_inactive_user_finds_nothing(alice, bob):
 
 
 def test_the_page_shows_a_new_key_once_then_only_its_prefix(alice_client):
+    # Redirect-after-POST: reloading the page the key is shown on makes no second key.
     created = alice_client.post("/settings/keys/", {"name": "notebook"})
-    assert created.status_code == 200 and created["Cache-Control"] == "no-store"
-    raw = created.context["new_key"]
-    assert raw in created.content.decode()
+    assert created.status_code == 302 and created["Location"] == "/settings/keys/"
+    shown = alice_client.get("/settings/keys/")
+    assert shown["Cache-Control"] == "no-store"
+    raw = shown.context["new_key"]
+    assert f'<code id="new-key">{raw}</code>' in shown.content.decode()
     key = ApiKey.objects.get()
     assert key.name == "notebook" and apikeys.authenticate(raw).id == key.id
 
-    listed = alice_client.get("/settings/keys/").content.decode()
-    assert "notebook" in listed and key.prefix in listed and raw not in listed
+    reloaded = alice_client.get("/settings/keys/").content.decode()
+    assert "notebook" in reloaded and key.prefix in reloaded and raw not in reloaded
+    assert ApiKey.objects.count() == 1
 
 
 def test_a_key_needs_a_name(alice_client):

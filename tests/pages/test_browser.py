@@ -226,3 +226,30 @@ def test_a_missing_chat_is_the_sites_own_page_with_a_way_back(browser, daphne_se
     ready(page)
     problems.check()
     context.close()
+
+
+def test_a_new_api_key_is_one_line_with_a_copy_button_and_a_reload_makes_no_second(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser, permissions=["clipboard-read", "clipboard-write"])
+    sign_up(page, base, "key-user")
+    page.goto(base + "/settings/keys/")
+    ready(page)
+    page.get_by_label("Name").fill("laptop")
+    page.get_by_role("button", name="Create a key").click()
+    expect(page).to_have_url(base + "/settings/keys/")
+    ready(page)
+    key = page.locator("#new-key")
+    expect(key).to_be_visible()
+    # One line: wrapped at its hyphens, the text would lie on several.
+    lines = "e => { const r = document.createRange(); r.selectNodeContents(e); return r.getClientRects().length; }"
+    assert key.evaluate(lines) == 1
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == key.text_content()
+    # The page was a redirect's: reloading it neither makes a second key nor shows this one again.
+    page.reload()
+    ready(page)
+    expect(page.locator("#new-key")).to_have_count(0)
+    expect(page.locator(".key-list li")).to_have_count(1)
+    problems.check()
+    context.close()
