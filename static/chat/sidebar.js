@@ -69,7 +69,6 @@ let titled = page.root ? page.root.getAttribute('data-titled') === '1' : true;
 
 /** After a user message: an untitled chat has just been titled by the server. */
 export function noteUserMessage(title) {
-  moveCurrentToTop();
   if (titled) return;
   if (title) {
     titled = true;
@@ -79,11 +78,16 @@ export function noteUserMessage(title) {
 
 export function isTitled() { return titled; }
 
-export function moveCurrentToTop() {
+/** A turn started in this chat: it moves where the server's order (pinned, then newest activity) puts it,
+ * first among the pinned chats if it is pinned, else first after them. Opening a chat moves nothing. */
+export function moveCurrentUp() {
   const current = $('.conv.current');
-  if (current && current.parentNode.firstElementChild !== current) {
-    current.parentNode.insertBefore(current, current.parentNode.firstElementChild);
+  if (!current) return;
+  let before = current.parentNode.firstElementChild;
+  if (!current.classList.contains('pinned')) {
+    while (before && before !== current && before.classList.contains('pinned')) before = before.nextElementSibling;
   }
+  if (before !== current) current.parentNode.insertBefore(current, before);
 }
 
 export function initSidebar() {

@@ -9,7 +9,7 @@ import { $, $all, el, setText } from './dom.js';
 import { announce } from './clipboard.js';
 import { page, state, changed } from './state.js';
 import { refill, restoreUnacked, sendPendingFirst, showError } from './composer.js';
-import { noteUserMessage, isTitled, moveCurrentToTop } from './sidebar.js';
+import { noteUserMessage, isTitled, moveCurrentUp } from './sidebar.js';
 import {
   createMessage, messageEl, rawText, removeMessage, scheduleRender, scrollToBottom, setRaw, setStatus, setStored, transcript
 } from './transcript.js';
@@ -47,8 +47,8 @@ function onMessage(message) {
   scheduleRender(li);
   if (message.role === 'user') {
     if (state.unacked !== null && message.content === state.unacked) state.unacked = null;
-    if (isTitled()) moveCurrentToTop();
-    else sync();  // the server titles a chat from its first message
+    moveCurrentUp();
+    if (!isTitled()) sync();  // the server titles a chat from its first message
     // One's own message goes to the bottom even when scrolled up.
     requestAnimationFrame(scrollToBottom);
   }

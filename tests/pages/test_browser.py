@@ -17,7 +17,7 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import new_page, ready, set_settings, sign_up
+from tests.browser_support import new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -251,5 +251,50 @@ def test_a_new_api_key_is_one_line_with_a_copy_button_and_a_reload_makes_no_seco
     ready(page)
     expect(page.locator("#new-key")).to_have_count(0)
     expect(page.locator(".key-list li")).to_have_count(1)
+    problems.check()
+    context.close()
+
+
+def listed_titles(page: Page) -> list[str]:
+    return page.locator(".conv-list .conv > a").evaluate_all("links => links.map(a => a.title)")
+
+
+def test_the_list_keeps_the_servers_order_as_chats_are_opened_and_used(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    sign_up(page, base, "order-user")
+    chats = []
+    for text in ("First chat", "Second chat", "Third chat"):
+        page.goto(base + "/")
+        ready(page)
+        set_settings(page, max_new_tokens=4)
+        box = page.get_by_label("Message", exact=True)
+        box.fill(text)
+        box.press("Enter")
+        expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+        settle_reply(page)
+        chats.append(page.url)
+    page.goto(chats[0])
+    ready(page)
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Pin to the top").click()
+    ready(page)
+    server_order = ["First chat", "Third chat", "Second chat"]  # pinned, then newest activity
+    assert listed_titles(page) == server_order
+    # Opening a chat is no activity: it stays where it is (it went to the top, above the pinned one).
+    page.goto(chats[1])
+    ready(page)
+    page.wait_for_load_state("networkidle")  # the transcript's sync after the socket opened
+    assert listed_titles(page) == server_order
+    # A message is: the chat goes first after the pinned ones, as the server has it after a reload.
+    box = page.get_by_label("Message", exact=True)
+    box.fill("And more")
+    box.press("Enter")
+    settle_reply(page)
+    expect(page.locator(".conv-list .conv > a").nth(1)).to_have_attribute("title", "Second chat")
+    assert listed_titles(page) == ["First chat", "Second chat", "Third chat"]
+    page.reload()
+    ready(page)
+    assert listed_titles(page) == ["First chat", "Second chat", "Third chat"]
     problems.check()
     context.close()
