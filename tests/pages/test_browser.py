@@ -298,3 +298,28 @@ def test_the_list_keeps_the_servers_order_as_chats_are_opened_and_used(browser, 
     assert listed_titles(page) == ["First chat", "Second chat", "Third chat"]
     problems.check()
     context.close()
+
+
+def test_the_sidebar_gives_titles_and_the_user_name_their_room(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    sign_up(page, base, "margaret-hamilton")
+    set_settings(page, max_new_tokens=4)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Explain how the Apollo guidance computer scheduled its jobs")
+    box.press("Enter")
+    settle_reply(page)
+    page.goto(base + "/")
+    ready(page)
+    page.mouse.move(900, 400)  # nothing in the list hovered
+    row = page.locator(".conv-list .conv").first
+    # The title has the row's width: the Rename and Delete buttons, hidden, take none of it.
+    room = row.evaluate("li => li.querySelector('a').clientWidth / li.clientWidth")
+    assert room > 0.97, room
+    name = page.locator(".sidebar-user > span:last-child")
+    expect(name).to_have_text("margaret-hamilton")
+    assert name.evaluate("span => span.scrollWidth <= span.clientWidth"), "the user name is cut short"
+    # The API keys link has its own icon, not the chat settings' sliders.
+    expect(page.get_by_role("link", name="API keys").locator("svg.icon-key")).to_have_count(1)
+    problems.check()
+    context.close()
