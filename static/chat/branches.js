@@ -188,8 +188,16 @@ function startEditing(li) {
   label.htmlFor = area.id;
   area.value = rawText(li);
   area.rows = Math.min(10, Math.max(2, area.value.split('\n').length));
+  // Visible controls too: Enter and Escape are not everybody's first guess.
+  const cancel = el('button', 'btn', 'Cancel');
+  const save = el('button', 'btn btn-primary', 'Send');
+  cancel.type = save.type = 'button';
+  cancel.addEventListener('click', () => stopEditing(li, true));
+  save.addEventListener('click', () => resend(li, area.value));
+  const actions = el('div', 'edit-actions');
+  actions.append(cancel, save);
   const form = el('div', 'edit-box');
-  form.append(label, area);
+  form.append(label, area, actions);
   bubble.hidden = true;
   bubble.after(form);
   refreshBranches();

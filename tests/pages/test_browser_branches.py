@@ -3,7 +3,8 @@
 One flow on one conversation: regenerate keeps variants ("‹ 2 / 2 ›"), the
 arrows switch between them in every tab, the edit pencil resends (Enter) or
 cancels (Escape) with focus kept, the sidebar search highlights matches, and
-archiving moves the chat to the Archived view. axe-core checks the page with
+archiving moves the chat to the Archived view; the edit box's Send and Cancel
+buttons, and the Latest button beside the text. axe-core checks the page with
 all of it showing (that context bypasses the CSP only to inject axe; the
 second tab does not, and fails on any CSP violation).
 """
@@ -117,4 +118,44 @@ def test_edit_variants_search_and_archive(browser, daphne_server):
     other_problems.check()
     problems.check()
     other_context.close()
+    context.close()
+
+
+def test_editing_has_visible_send_and_cancel_and_latest_covers_no_text(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    sign_up(page, base, "edit-buttons-user")
+    short_replies(page)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("\n".join(f"Line {n} of a long message" for n in range(60)))
+    box.press("Enter")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    settle_reply(page)
+
+    # Scrolled up, the Latest button sits beside the text, over none of it.
+    page.mouse.move(640, 400)
+    page.mouse.wheel(0, -5000)
+    latest = page.get_by_role("button", name="Latest")
+    expect(latest).to_be_visible()
+    overlaps = latest.evaluate(
+        """button => { const b = button.getBoundingClientRect();
+             return [...document.querySelectorAll('#transcript .msg-inner')].some(m => {
+               const r = m.getBoundingClientRect();
+               return r.left < b.right && b.left < r.right && r.top < b.bottom && b.top < r.bottom; }); }"""
+    )
+    assert not overlaps
+    latest.click()
+
+    # Edit has buttons as well as keys: Cancel puts the message back, Send resends it.
+    page.get_by_role("button", name="Edit your message").click()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".edit-box")).to_have_count(0)
+    expect(page.locator(FIRST_USER).locator(".bubble")).to_be_visible()
+    page.get_by_role("button", name="Edit your message").click()
+    page.locator(".edit-input").fill("A short message instead")
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(page.locator(FIRST_USER)).to_contain_text("A short message instead")
+    expect(page.locator(FIRST_USER).locator(".branch-count")).to_contain_text("2 / 2")
+    settle_reply(page)
+    problems.check()
     context.close()
