@@ -10,7 +10,6 @@ from django.views.decorators.http import require_http_methods, require_POST
 from ..models import ApiKey
 from . import keys as apikeys
 
-
 # Where a new key waits, in the session, for the page the POST redirects to: shown once, and a reload
 # of that page neither shows it again nor makes a second key.
 NEW_KEY = "api_keys.new_key"
