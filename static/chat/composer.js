@@ -12,6 +12,8 @@ import { refreshActions, hideEmptyStates, transcript } from './transcript.js';
 const PENDING_KEY = 'chatsite:first-message';
 const PENDING_MAX_AGE_MS = 5 * 60 * 1000;
 const PARAMS = ['temperature', 'top_p', 'max_new_tokens', 'repetition_penalty'];
+// The code of the error a message over the length limit gets, so typing it short again clears it.
+const TOO_LONG = 'too_long';
 
 const form = $('#composer');
 export const input = $('#composer-input');
@@ -26,16 +28,19 @@ const settingsForm = $('#settings-form');
 
 function paramInput(name) { return settingsForm ? $('[data-param="' + name + '"]', settingsForm) : null; }
 
+/** The slider follows the number typed beside it: to its end when the number is out of range (a slider
+ * clamps what it is given), and the number is marked invalid, so the two never seem to disagree. */
 function syncPair(number) {
   const range = $('input[type=range][data-for="' + number.id + '"]');
-  if (range && number.value !== '' && number.checkValidity()) range.value = number.value;
+  if (range && number.value !== '' && Number.isFinite(Number(number.value))) range.value = number.value;
+  number.setAttribute('aria-invalid', String(!number.checkValidity()));
 }
 
 function initSettingsForm() {
   if (!settingsForm) return;
   for (const range of $all('input[type=range][data-for]', settingsForm)) {
     const number = document.getElementById(range.getAttribute('data-for'));
-    range.addEventListener('input', () => { number.value = range.value; });
+    range.addEventListener('input', () => { number.value = range.value; syncPair(number); });
     number.addEventListener('input', () => syncPair(number));
   }
   settingsForm.addEventListener('submit', (event) => {
@@ -82,8 +87,10 @@ function autoGrow() {
 }
 
 function updateCount() {
-  if (!charCount) return;
   const length = input.value.length;
+  // The box is short enough again: the error that said it was not goes.
+  if (length <= page.maxChars && errors) $all('.alert[data-code="' + TOO_LONG + '"]', errors).forEach((alert) => alert.remove());
+  if (!charCount) return;
   if (length > page.maxChars * 0.8) {
     setText(charCount, length + ' / ' + page.maxChars);
     charCount.classList.toggle('over', length > page.maxChars);
@@ -154,7 +161,7 @@ export function submitMessage() {
   const text = input.value;
   if (!text.trim()) return false;
   if (text.length > page.maxChars) {
-    showError('A message can have at most ' + page.maxChars + ' characters (this one has ' + text.length + ').', 'invalid');
+    showError('A message can have at most ' + page.maxChars + ' characters (this one has ' + text.length + ').', TOO_LONG);
     return false;
   }
   if (state.live || state.unacked !== null) return false;

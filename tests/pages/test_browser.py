@@ -323,3 +323,29 @@ def test_the_sidebar_gives_titles_and_the_user_name_their_room(browser, daphne_s
     expect(page.get_by_role("link", name="API keys").locator("svg.icon-key")).to_have_count(1)
     problems.check()
     context.close()
+
+
+def test_the_composers_errors_and_settings_follow_what_is_typed(browser, daphne_server):
+    base = daphne_server.url
+    context, page, problems = new_page(browser)
+    sign_up(page, base, "typing-user")
+    limit = int(page.locator("[data-max-chars]").get_attribute("data-max-chars"))
+    box = page.get_by_label("Message", exact=True)
+    box.fill("x" * (limit + 1))
+    box.press("Enter")
+    errors = page.locator("#errors .alert")
+    expect(errors).to_contain_text("at most")
+    # Cut short enough again, the error goes with the reason for it.
+    box.fill("x" * limit)
+    expect(errors).to_have_count(0)
+    # A temperature typed out of range moves the slider to its end and shows as invalid.
+    page.get_by_role("button", name="Chat settings").click()
+    number = page.locator("#set-temperature")
+    number.fill("3")
+    expect(page.locator('input[type=range][data-for="set-temperature"]')).to_have_value("2")
+    expect(number).to_have_attribute("aria-invalid", "true")
+    number.fill("0.5")
+    expect(page.locator('input[type=range][data-for="set-temperature"]')).to_have_value("0.5")
+    expect(number).to_have_attribute("aria-invalid", "false")
+    problems.check()
+    context.close()
