@@ -135,8 +135,12 @@ function convItem(c) {
   link.href = '/c/' + encodeURIComponent(c.id) + '/';
   link.title = c.title;
   if (current) link.setAttribute('aria-current', 'page');
-  if (c.pinned) link.append(el('span', 'visually-hidden', 'Pinned: '));
-  link.append(el('span', 'conv-title', c.title));
+  const title = el('span', 'conv-title', c.title);
+  if (c.pinned) {
+    link.append(el('span', 'visually-hidden', 'Pinned: '));
+    title.prepend(svgIcon('pin'));
+  }
+  link.append(title);
   if (typeof c.snippet === 'string' && c.snippet) link.append(snippetEl(c.snippet, c.highlights));
   const actions = el('span', 'conv-actions');
   const base = '/c/' + encodeURIComponent(c.id) + '/';
