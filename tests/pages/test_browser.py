@@ -288,9 +288,11 @@ def test_the_list_keeps_the_servers_order_as_chats_are_opened_and_used(browser, 
     page.get_by_label("Which chats to list").select_option(label="Chats")
     expect(pinned.locator(".conv-title svg.icon-pin")).to_have_count(1)
     # Opening a chat is no activity: it stays where it is (it went to the top, above the pinned one).
-    page.goto(chats[1])
+    # After the transcript's sync (which the socket's opening starts) has been handled.
+    with page.expect_response(lambda response: "/api/conversations/" in response.url and "limit=" in response.url):
+        page.goto(chats[1])
     ready(page)
-    page.wait_for_load_state("networkidle")  # the transcript's sync after the socket opened
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => setTimeout(done)))")
     assert listed_titles(page) == server_order
     # A message is: the chat goes first after the pinned ones, as the server has it after a reload.
     box = page.get_by_label("Message", exact=True)
