@@ -402,3 +402,32 @@ async def test_a_socket_whose_redis_layer_is_unreachable_is_told_so(chat, alice,
     frame = await communicator.receive_json_from(timeout=30)
     assert frame == {"type": "error", "code": "generation_failed", "message": LAYER_DOWN}
     assert (await communicator.receive_output(timeout=5))["type"] == "websocket.close"
+
+
+async def test_a_socket_joining_after_a_reply_ended_gets_no_start_without_an_end(chat, alice, monkeypatch):
+    # A reply's `end` goes out before its task is done; a socket opening between the two was sent
+    # `start` and then nothing, ever (the silence `make soak` found in local mode under load).
+    from conversations.live import generation
+
+    finished, release = asyncio.Event(), asyncio.Event()
+    finish = generation.finish
+
+    async def finish_then_linger(*args, **kwargs):
+        won = await finish(*args, **kwargs)
+        finished.set()
+        await release.wait()  # the task is not done yet: the window, held open
+        return won
+
+    monkeypatch.setattr(generation, "finish", finish_then_linger)
+    first, _, _ = await connect(chat.id, alice)
+    await first.send_json_to({"type": "send", "content": "Hello", "params": GREEDY})
+    ended = await receive_until_end(first)
+    await asyncio.wait_for(finished.wait(), 10)
+    late, _, _ = await connect(chat.id, alice)
+    try:
+        assert await late.receive_nothing(timeout=0.5), "a start came with no end to follow it"
+    finally:
+        release.set()
+    assert ended[-1]["type"] == "end"
+    await first.disconnect()
+    await late.disconnect()

@@ -59,7 +59,12 @@ class LocalRunner(Runner):
 
     async def snapshot(self, conversation_id: str) -> tuple[int, str] | None:
         reply = self.get(conversation_id)
-        return None if reply is None else (reply.message_id, reply.record.text)
+        # An ending reply is not live: its `end` is published (or about to be) before its task is done, and a
+        # socket that joined after that `end` must not get a `start` that no `end` follows. One that joined
+        # before it gets the `end` anyway, and with it the text (consumers.chat_end).
+        if reply is None or reply.ending:
+            return None
+        return reply.message_id, reply.record.text
 
     def watch(self, conversation_id: str) -> None:
         self.watchers[conversation_id] = self.watchers.get(conversation_id, 0) + 1
