@@ -155,6 +155,17 @@ def settle_reply(page: Page) -> None:
     expect(page.locator(LAST_REPLY).locator(".msg-meta")).to_contain_text(re.compile(r"tokens?|Stopped"))
 
 
+def new_chat(page: Page, text: str, max_new_tokens: int = 4) -> str:
+    """From the welcome page: a chat whose first message is `text`, its short reply ended; returns its URL."""
+    set_settings(page, max_new_tokens=max_new_tokens)
+    box = page.get_by_label("Message", exact=True)
+    box.fill(text)
+    box.press("Enter")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    settle_reply(page)
+    return page.url
+
+
 def audit(page: Page, label: str) -> list[str]:
     """axe-core's violations on the page (its context must bypass the CSP for the injection)."""
     page.evaluate(AXE)

@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import LAST_REPLY, audit, new_chat, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -30,13 +30,7 @@ def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
     context, page, problems = new_page(browser, bypass_csp=True)
     sign_up(page, base, "axe-user")
     # A chat whose messages have code, math, a table and a link in them.
-    set_settings(page, max_new_tokens=12)
-    box = page.get_by_label("Message", exact=True)
-    box.fill(RICH)
-    box.press("Enter")
-    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
-    settle_reply(page)
-    chat_url = page.url
+    chat_url = new_chat(page, RICH, max_new_tokens=12)
     expect(page.locator("#transcript li.msg-user .katex")).to_have_count(1)
     expect(page.locator("#transcript li.msg-user code.hljs")).to_have_count(1)
 

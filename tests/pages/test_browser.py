@@ -17,7 +17,7 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import new_chat, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -267,13 +267,7 @@ def test_the_list_keeps_the_servers_order_as_chats_are_opened_and_used(browser, 
     for text in ("First chat", "Second chat", "Third chat"):
         page.goto(base + "/")
         ready(page)
-        set_settings(page, max_new_tokens=4)
-        box = page.get_by_label("Message", exact=True)
-        box.fill(text)
-        box.press("Enter")
-        expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
-        settle_reply(page)
-        chats.append(page.url)
+        chats.append(new_chat(page, text))
     page.goto(chats[0])
     ready(page)
     page.locator("details.menu summary").click()
@@ -312,11 +306,7 @@ def test_the_sidebar_gives_titles_and_the_user_name_their_room(browser, daphne_s
     base = daphne_server.url
     context, page, problems = new_page(browser)
     sign_up(page, base, "margaret-hamilton")
-    set_settings(page, max_new_tokens=4)
-    box = page.get_by_label("Message", exact=True)
-    box.fill("Explain how the Apollo guidance computer scheduled its jobs")
-    box.press("Enter")
-    settle_reply(page)
+    new_chat(page, "Explain how the Apollo guidance computer scheduled its jobs")
     page.goto(base + "/")
     ready(page)
     page.mouse.move(900, 400)  # nothing in the list hovered

@@ -16,7 +16,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import LAST_REPLY, audit, new_chat, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -125,12 +125,7 @@ def test_editing_has_visible_send_and_cancel_and_latest_covers_no_text(browser, 
     base = daphne_server.url
     context, page, problems = new_page(browser)
     sign_up(page, base, "edit-buttons-user")
-    short_replies(page)
-    box = page.get_by_label("Message", exact=True)
-    box.fill("\n".join(f"Line {n} of a long message" for n in range(60)))
-    box.press("Enter")
-    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
-    settle_reply(page)
+    new_chat(page, "\n".join(f"Line {n} of a long message" for n in range(60)), max_new_tokens=6)
 
     # Scrolled up, the Latest button sits beside the text, over none of it.
     page.mouse.move(640, 400)
