@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
 
-from conversations.api.openai_format import error as openai_error
+from conversations.api.openai_format import status_error
 
 PAGES = {
     400: ("Bad request", "The request could not be read."),
@@ -36,8 +36,7 @@ def answer(request: HttpRequest, status: int, message: str = "") -> HttpResponse
     title, default = PAGES[status]
     message = message or default
     if request.path.startswith("/v1/"):
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        return JsonResponse(openai_error(message, kind), status=status)
+        return JsonResponse(status_error(message, status), status=status)
     if wants_json(request):
         return JsonResponse({"error": message}, status=status)
     # No request context: a 500 may come from a context processor or the session, so the page needs neither.

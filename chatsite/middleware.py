@@ -10,7 +10,7 @@ from django.utils.cache import patch_cache_control
 from django.utils.decorators import sync_and_async_middleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from conversations.api.openai_format import error as openai_error
+from conversations.api.openai_format import status_error
 
 
 def _no_store(response):
@@ -174,8 +174,7 @@ async def _answer(send, scope, status: int, message: str) -> None:
     message = message or f"The request failed with HTTP status {status}."
     accept = _header(scope, b"accept")
     if scope["path"].startswith("/v1/"):
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        body, content_type = json.dumps(openai_error(message, kind)).encode(), b"application/json"
+        body, content_type = json.dumps(status_error(message, status)).encode(), b"application/json"
     elif b"application/json" in accept:
         body, content_type = json.dumps({"error": message}).encode(), b"application/json"
     else:

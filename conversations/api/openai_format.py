@@ -187,6 +187,11 @@ def error(message: str, type_: str, code: str | None = None, param: str | None =
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def status_error(message: str, status: int) -> dict:
+    """An error no view shaped (Django's error pages, the body limit), typed by its HTTP status."""
+    return error(message, "server_error" if status >= 500 else "invalid_request_error")
+
+
 def usage(end: dict) -> dict:
     prompt = end["usage"]["prompt_tokens"] or 0
     completion = end["usage"]["completion_tokens"] or 0
