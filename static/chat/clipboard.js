@@ -38,3 +38,12 @@ export function announce(message, regionId = 'sr-announcer') {
   // A change after a tick is announced even when the text repeats.
   setTimeout(() => { region.textContent = message; }, 50);
 }
+
+/** Show `label` on a button for two seconds ("Copied"), then its own text again. */
+export function flashButton(button, label) {
+  const original = button.getAttribute('data-label') || button.textContent;
+  button.setAttribute('data-label', original);
+  button.textContent = label;
+  clearTimeout(button._restore);
+  button._restore = setTimeout(() => { button.textContent = original; }, 2000);
+}

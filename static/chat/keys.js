@@ -1,13 +1,12 @@
 /* The API-keys page: a Copy button for the new key, which is shown this once. */
-import { announce, copyText } from './clipboard.js';
+import { announce, copyText, flashButton } from './clipboard.js';
 
 const button = document.getElementById('copy-key');
 if (button) {
   button.addEventListener('click', () => {
     copyText(document.getElementById('new-key').textContent).then((ok) => {
-      button.textContent = ok ? 'Copied' : 'Copy failed';
+      flashButton(button, ok ? 'Copied' : 'Copy failed');
       announce(ok ? 'The key is copied to the clipboard' : 'Could not copy: select the key and copy it');
-      setTimeout(() => { button.textContent = 'Copy'; }, 2000);
     });
   });
 }

@@ -16,7 +16,7 @@
 import markdownit from '../vendor/markdown-it/markdown-it.min.mjs';
 import '../vendor/dompurify/purify.min.js';
 import { mathPlugin } from './math.js';
-import { announce, copyText } from './clipboard.js';
+import { announce, copyText, flashButton } from './clipboard.js';
 
 // The minified UMD build (a third the size of its ES module build) sets the global.
 const DOMPurify = globalThis.DOMPurify;
@@ -260,14 +260,6 @@ function loadKatex() {
 /** Resolves once every library the given text needs has loaded (tests wait on it). */
 export function ready() {
   return Promise.all([hljsLoading, katexLoading]);
-}
-
-function flashButton(button, label) {
-  const original = button.getAttribute('data-label') || button.textContent;
-  button.setAttribute('data-label', original);
-  button.textContent = label;
-  clearTimeout(button._restore);
-  button._restore = setTimeout(() => { button.textContent = original; }, 2000);
 }
 
 // Copy buttons of code blocks, wherever they are rendered (delegated, so a
