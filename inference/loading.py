@@ -18,6 +18,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,8 +211,10 @@ def convert_gguf(gguf_file: Path, target: Path) -> None:
     scratch = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         folder, filename = str(gguf_file.parent), gguf_file.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, local_files_only=True)
+        with _one_gguf_reader() as reader:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, local_files_only=True)
+            _record_low_bit(scratch, _low_bit_types(reader(gguf_file).tensors))
         _forget_gguf_quantizer(model)
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
@@ -220,6 +224,32 @@ def convert_gguf(gguf_file: Path, target: Path) -> None:
         raise ModelLoadError(f"cannot convert {gguf_file}: {exc}") from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _one_gguf_reader() -> Iterator[Callable[[Any], Any]]:
+    """While inside, every `gguf.GGUFReader(path)` of one path is the same reader; yields that factory.
+
+    transformers opens the GGUF anew for the tokenizer, the config and the
+    weights, and each open parses the whole header (49k vocabulary strings:
+    5 s here), which made a conversion three parses slower than it needs to
+    be. A reader only reads its memory-mapped file, so sharing it is safe.
+    """
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield reader
+    finally:
+        gguf.GGUFReader = original
 
 
 def _forget_gguf_quantizer(model: Any) -> None:
@@ -337,13 +367,22 @@ def gguf_is_low_bit(gguf_file: Path, folder: Path) -> bool:
     try:
         from gguf import GGUFReader
 
-        types = {tensor.tensor_type.name for tensor in GGUFReader(gguf_file).tensors if len(tensor.shape) > 1}
+        low_bit = _low_bit_types(GGUFReader(gguf_file).tensors)
     except (ImportError, OSError, ValueError) as exc:
         logger.warning("cannot read the tensor types of %s: %s", gguf_file, exc)
         return False
-    low_bit = bool(types) and not types & {"F32", "F16", "BF16", "F64"}
-    _write_atomically(recorded, f"{str(low_bit).lower()}\n")
+    _record_low_bit(folder, low_bit)
     return low_bit
+
+
+def _low_bit_types(tensors: Any) -> bool:
+    types = {tensor.tensor_type.name for tensor in tensors if len(tensor.shape) > 1}
+    return bool(types) and not types & {"F32", "F16", "BF16", "F64"}
+
+
+def _record_low_bit(folder: Path, low_bit: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomically(folder / _LOW_BIT_FILE, f"{str(low_bit).lower()}\n")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -203,3 +203,24 @@ def test_whether_a_gguf_is_low_bit_is_read_once_and_recorded(tmp_path, monkeypat
 
     monkeypatch.setattr(gguf, "GGUFReader", read_again)
     assert loading.gguf_is_low_bit(gguf_file, tmp_path) is True
+
+
+def test_a_conversion_parses_its_gguf_once(tmp_path):
+    # transformers opens the GGUF for the tokenizer, the config and the weights: one parse serves all three.
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with loading._one_gguf_reader():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert [tensor.name for tensor in first.tensors] == ["token_embd.weight"]
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first
