@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 
@@ -245,11 +246,8 @@ def _one_gguf_reader() -> Iterator[Callable[[Any], Any]]:
             readers[key] = original(path, *args, **kwargs)
         return readers[key]
 
-    gguf.GGUFReader = reader
-    try:
+    with patch.object(gguf, "GGUFReader", reader):
         yield reader
-    finally:
-        gguf.GGUFReader = original
 
 
 def _forget_gguf_quantizer(model: Any) -> None:
