@@ -220,7 +220,9 @@ class TransformersEngine(Engine):
         """
         messages = with_system(check_messages(request.messages), self.config.default_system_prompt)
         with self._tokenizer_lock:
-            return fit_prompt(self.tokenizer, messages, request.params.max_new_tokens, self.info.context_length)
+            return fit_prompt(
+                self.tokenizer, messages, request.params.max_new_tokens, self.info.context_length, request.prefill
+            )
 
     def count_tokens(self, messages: list[dict]) -> int:
         """The untrimmed prompt length of ``messages`` (default system prompt included)."""

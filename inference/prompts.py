@@ -76,33 +76,39 @@ def with_system(messages: list[dict[str, str]], default_system_prompt: str) -> l
     return [{"role": "system", "content": default_system_prompt}, *messages]
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+def render(tokenizer: Any, messages: list[dict[str, str]], prefill: str = "") -> list[int]:
     """Token ids for ``messages`` followed by the assistant's header, ready to generate.
 
-    Control tokens typed by users (``<|im_end|>``) are encoded as plain text,
-    so a message cannot forge turns.
+    With ``prefill``, the reply has begun with that text (a Continue): the
+    ids end inside the assistant's turn, after it, so the model goes on from
+    there. Control tokens typed by users (``<|im_end|>``) are encoded as plain
+    text, so a message cannot forge turns.
     """
     if getattr(tokenizer, "chat_template", None):
+        reply = [{"role": "assistant", "content": prefill}] if prefill else []
         encoded = tokenizer.apply_chat_template(
-            messages,
-            add_generation_prompt=True,
+            [*messages, *reply],
+            add_generation_prompt=not prefill,
+            continue_final_message=bool(prefill),
             tokenize=True,
             return_dict=True,
             sanitize_control_tokens=True,
         )
         return list(encoded["input_ids"])
-    encoded = tokenizer(fallback_text(messages), add_special_tokens=True, split_special_tokens=True)
+    encoded = tokenizer(fallback_text(messages, prefill), add_special_tokens=True, split_special_tokens=True)
     return list(encoded["input_ids"])
 
 
-def fallback_text(messages: list[dict[str, str]]) -> str:
+def fallback_text(messages: list[dict[str, str]], prefill: str = "") -> str:
     """The plain prompt format for tokenizers without a chat template (see the module doc)."""
     lines = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]
-    return "\n".join(lines) + "\nAssistant:"
+    return "\n".join(lines) + "\nAssistant:" + (f" {prefill}" if prefill else "")
 
 
-def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int, context_length: int) -> Prompt:
-    """Render ``messages`` (already checked), dropping the oldest turns until it fits.
+def fit_prompt(
+    tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int, context_length: int, prefill: str = ""
+) -> Prompt:
+    """Render ``messages`` (already checked; ``prefill`` as in render()), dropping the oldest turns until it fits.
 
     Room for ``max_new_tokens`` is reserved first; when the system prompt and
     the newest user turn alone leave less, ``max_new_tokens`` shrinks to what
@@ -115,7 +121,7 @@ def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: i
 
     def build(dropped_groups: int) -> list[int]:
         kept = [message for group in groups[dropped_groups:] for message in group]
-        return render(tokenizer, [*head, *kept, newest])
+        return render(tokenizer, [*head, *kept, newest], prefill)
 
     ids = build(0)
     if len(ids) + max_new_tokens <= context_length or not groups:

@@ -111,13 +111,16 @@ class Request:
     decoding step; it then ends as "cancelled" with the text so far.
     ``affinity``: requests with the same key (a conversation) go to the same
     server where an engine has several (its prompt cache stays warm); the
-    local engine has one and ignores it.
+    local engine has one and ignores it. ``prefill``: the text the reply
+    already has (a Continue): the model goes on from its end, and the events
+    carry only what follows it.
     """
 
     messages: list[dict]
     params: GenerationParams = field(default_factory=GenerationParams)
     cancel: threading.Event = field(default_factory=threading.Event)
     affinity: str = ""
+    prefill: str = ""
 
 
 @dataclass

@@ -49,6 +49,8 @@ NEUTRAL = {
 }
 HANDLED = {"messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "stream"}
 HANDLED |= {"stream_options", "response_format", "repetition_penalty"}  # the last: an extension, as vLLM's
+# vLLM's extensions for going on with a final assistant message (Continue, through an endpoint: docs/api.md).
+HANDLED |= {"continue_final_message", "add_generation_prompt"}
 
 
 class BadRequest(Exception):
@@ -65,11 +67,12 @@ class Completion:
     """A checked request: the conversation to store and how to answer."""
 
     system_prompt: str
-    history: list[dict]  # user/assistant messages before the last one
-    prompt: str  # the last user message: the turn's text
+    history: list[dict]  # user/assistant messages before the last one (with `continued`: all of them)
+    prompt: str  # the last user message: the turn's text ("" with `continued`)
     params: GenerationParams
     stream: bool
     include_usage: bool
+    continued: bool = False  # the reply goes on from the last message, an assistant's
 
 
 def parse(body: object, max_chars: int | None = None) -> Completion:
@@ -88,11 +91,25 @@ def parse(body: object, max_chars: int | None = None) -> Completion:
     response_format = body.get("response_format") or {}
     if not isinstance(response_format, dict) or response_format.get("type", "text") != "text":
         raise BadRequest("response_format", "Only response_format type 'text' is supported.")
-    system_prompt, history, prompt = _messages(body.get("messages"), max_chars)
+    continued = _continued(body)
+    system_prompt, history, prompt = _messages(body.get("messages"), max_chars, continued)
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):  # as the socket: 1 is not true
         raise BadRequest("stream", "stream must be a boolean.")
-    return Completion(system_prompt, history, prompt, _params(body), bool(stream), _include_usage(body))
+    return Completion(system_prompt, history, prompt, _params(body), bool(stream), _include_usage(body), continued)
+
+
+def _continued(body: dict) -> bool:
+    """vLLM's `continue_final_message` (with `add_generation_prompt` false, if given): go on with the last
+    message, an assistant's, rather than answer it."""
+    continued = body.get("continue_final_message", False)
+    if not isinstance(continued, bool):
+        raise BadRequest("continue_final_message", "continue_final_message must be a boolean.")
+    header = body.get("add_generation_prompt", not continued)
+    if not isinstance(header, bool) or header == continued:
+        message = "add_generation_prompt must be the opposite of continue_final_message."
+        raise BadRequest("add_generation_prompt", message)
+    return continued
 
 
 def _neutral(value: object, allowed: tuple) -> bool:
@@ -100,7 +117,7 @@ def _neutral(value: object, allowed: tuple) -> bool:
     return any(isinstance(value, bool) == isinstance(v, bool) and value == v for v in allowed)
 
 
-def _messages(messages: object, max_chars: int | None) -> tuple[str, list[dict], str]:
+def _messages(messages: object, max_chars: int | None, continued: bool = False) -> tuple[str, list[dict], str]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", "messages must be a non-empty array.")
     system, turns = [], []
@@ -121,6 +138,10 @@ def _messages(messages: object, max_chars: int | None) -> tuple[str, list[dict],
             system.append(text)
         else:
             turns.append({"role": role, "content": text})
+    if continued:
+        if not turns or turns[-1]["role"] != "assistant" or not turns[-1]["content"]:
+            raise BadRequest("messages", "With continue_final_message, the last message must be an assistant's.")
+        return "\n\n".join(system), turns, ""
     if not turns or turns[-1]["role"] != "user":
         raise BadRequest("messages", "The last message (other than system ones) must be from the user.")
     return "\n\n".join(system), turns[:-1], turns[-1]["content"]

@@ -143,7 +143,8 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     handed_over = False  # to the stream's generator, which stops the reply and closes the stack itself
     try:
         try:
-            turn = await turns.start(answer.conversation_id, "send", call.params, call.prompt, model=model)
+            kind = "continue" if call.continued else "send"
+            turn = await turns.start(answer.conversation_id, kind, call.params, call.prompt, model=model)
             frames = follower.until_end(turn.message_id)
             head = await _head(frames)
         except turns.Refused as exc:

@@ -91,9 +91,11 @@ class EndpointEngine(Engine):
     async def _stream_from(self, replica: EndpointState, request: Request) -> AsyncIterator[Any]:
         params = request.params
         context = self.registry.context_length(self.model_id)
-        messages, dropped = fit_messages(request.messages, context - params.max_new_tokens)
+        reply = [{"role": "assistant", "content": request.prefill}] if request.prefill else []
+        messages, dropped = fit_messages(request.messages, context - params.max_new_tokens - self.count_tokens(reply))
         if not messages:
             raise PromptTooLong(f"the newest message alone does not fit in {self.model_id}'s context")
+        messages += reply
         submitted = time.monotonic()
         stream = await self._open(replica, messages, params)
         counting: asyncio.Future | None = None
@@ -143,6 +145,10 @@ class EndpointEngine(Engine):
         }
         if params.stop:
             body["stop"] = list(params.stop)
+        if messages[-1]["role"] == "assistant":
+            # A Continue: vLLM's and Chatsite's names for going on with the last message; llama.cpp's
+            # server and Ollama do so unasked (docs/models.md).
+            body["extra_body"] |= {"continue_final_message": True, "add_generation_prompt": False}
         try:
             return await self.registry.client(replica).chat.completions.create(**body)
         except (openai.APIError, httpx2.HTTPError) as exc:

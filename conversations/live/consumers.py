@@ -36,7 +36,7 @@ CLOSE_LAYER_DOWN = 1011
 # The server is going away (the `end` of every reply this socket watched went out first).
 CLOSE_RESTART = 4503  # WebSocket servers may only close with 1000 or 4000-4999; the page reconnects
 LAYER_DOWN = "The message service is unreachable; try again in a moment."
-FRAME_TYPES = "send, stop, regenerate, edit or switch"
+FRAME_TYPES = "send, stop, regenerate, continue, edit or switch"
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -126,6 +126,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "send": self.handle_send,
             "stop": self.handle_stop,
             "regenerate": self.handle_regenerate,
+            "continue": self.handle_continue,
             "edit": self.handle_edit,
             "switch": self.handle_switch,
         }
@@ -160,6 +161,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def handle_regenerate(self, content: dict) -> None:
         params, model = self._params(content.get("params"))
         await turns.start(self.key, "regenerate", params, model=model)
+
+    async def handle_continue(self, content: dict) -> None:
+        params, model = self._params(content.get("params"))
+        if model is not None:
+            raise Refused("invalid", "A reply is continued by the model that wrote it.")
+        await turns.start(self.key, "continue", params)
 
     async def handle_stop(self, content: dict) -> None:
         if not await turns.stop(self.key):
@@ -198,7 +205,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_start(self, event: dict) -> None:
         if event["message_id"] in self.sent:
             return  # the snapshot on connect already started it here
-        self.sent[event["message_id"]] = 0
+        # A continued reply's tokens extend the text its `start` carries.
+        self.sent[event["message_id"]] = len(event.get("content", ""))
         await self.send_json(client_frame(event))
 
     async def chat_path(self, event: dict) -> None:

@@ -98,7 +98,7 @@ def client_frame(event: dict) -> dict | None:
         return frame | ({"title": event["title"]} if "title" in event else {})
     if kind == "chat.start":
         frame = {"type": "start", "message_id": event["message_id"]}
-        frame |= {name: event[name] for name in ("model", "parent", "siblings") if name in event}
+        frame |= {name: event[name] for name in ("model", "parent", "siblings", "content") if name in event}
         return frame | ({"replaces": event["replaces"]} if event.get("replaces") else {})
     if kind == "chat.token":
         return {"type": "token", "message_id": event["message_id"], "text": event["text"]}

@@ -55,7 +55,8 @@ class Record:
 
     This base keeps it in memory (local mode: the process generating is the
     one holding the sockets). conversations.live.leases keeps it in a
-    Redis stream, so a dead worker's text is not lost.
+    Redis stream, so a dead worker's text is not lost. A continued reply's
+    record starts with the text it had.
     """
 
     def __init__(self) -> None:
@@ -69,6 +70,11 @@ class Record:
 class LiveReply:
     turn: Turn
     record: Record = field(default_factory=Record)
+
+    def __post_init__(self) -> None:
+        # A continued reply's record holds its text already (the worker's stream was seeded with it).
+        self.record.text = self.turn.prefill
+
     cancel: Event = field(default_factory=Event)
     task: asyncio.Task | None = None
     # Set with `cancel` when the process stops: the reply then ends as
@@ -107,7 +113,13 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
             await publish(turn.conversation_id, event)
 
     try:
-        request = Request(messages=turn.history, params=turn.params, cancel=reply.cancel, affinity=turn.conversation_id)
+        request = Request(
+            messages=turn.history,
+            params=turn.params,
+            cancel=reply.cancel,
+            affinity=turn.conversation_id,
+            prefill=turn.prefill,
+        )
         async for event in engine.stream(request):
             if isinstance(event, Chunk):
                 pending += event.text
@@ -117,7 +129,7 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
                     await flush()
                 if now - saved_at >= settings.CHAT_SAVE_INTERVAL:
                     saved_at = now
-                    await save_partial(turn.message_id, reply.record.text, spent)
+                    await save_partial(turn.message_id, reply.record.text, turn.grown(spent))
             elif isinstance(event, Queued):
                 await publish(
                     turn.conversation_id,
@@ -157,7 +169,7 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
         # Whatever was published is the text, whatever the engine said.
         ending.text = reply.record.text
         if not ending.usage and spent["prompt_tokens"] is not None:
-            ending.usage = dict(spent)  # no Finished: what it cost up to where it stopped
+            ending.usage = turn.grown(spent)  # no Finished: what it cost up to where it stopped
         reply.ending = True
         # Shielded so a cancelled task still stores and announces its end.
         await asyncio.shield(finish(turn.conversation_id, turn.message_id, ending))
@@ -171,4 +183,5 @@ def _ending(result: Result, reply: LiveReply) -> Ending:
         error = ("generation_failed", FAILED)
     if reason in ("cancelled", "error") and reply.interrupted:
         reason, error = "interrupted", ("generation_failed", SHUTTING_DOWN)
-    return Ending(reason, result.text, usage_of(result), error)
+    turn = reply.turn
+    return Ending(reason, turn.prefill + result.text, turn.grown(usage_of(result)), error)

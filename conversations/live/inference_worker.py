@@ -106,7 +106,15 @@ class ReplyConsumer(AsyncConsumer):
             return False
         await worker.leases.renew([message_id])
         model = message.get("model") or worker.models.local_model or ""
-        turn = Turn(conversation_id, message_id, message["history"], params, model=model)
+        turn = Turn(
+            conversation_id,
+            message_id,
+            message["history"],
+            params,
+            model=model,
+            prefill=message.get("prefill", ""),
+            before=message.get("before") or {},
+        )
         record = worker.leases.record(message_id)
         try:
             await record.open()

@@ -110,14 +110,25 @@ class Leases:
         return StreamRecord(self.client(), message_id)
 
     async def read_stream(self, message_id: int) -> tuple[bool, str]:
-        """Whether a worker accepted the reply, and the text it published."""
+        """Whether a worker accepted the reply, and its text (a continued reply's earlier text included)."""
         # The client decodes (decode_responses), so every id and field is a str.
         entries = cast(list[tuple[str, dict[str, str]]], await self.client().xrange(stream_key(message_id)))
-        return bool(entries), "".join(fields["t"] for _, fields in entries)
+        accepted = any("before" not in fields for _, fields in entries)
+        return accepted, "".join(fields["t"] for _, fields in entries)
 
-    async def hand_over(self, message_id: int) -> None:
-        """The reply's request is about to go to the workers: it is given up if none takes it in time."""
-        await self.client().set(lease_key(message_id), "queued", px=lease_ms())
+    async def hand_over(self, message_id: int, before: str = "") -> None:
+        """The reply's request is about to go to the workers: it is given up if none takes it in time.
+
+        A continued reply's last turn may have left its stream and seal (they
+        linger a minute): they go, and the new stream starts with the text the
+        reply had, `before`, so whoever ends it keeps that text.
+        """
+        client = self.client()
+        await client.delete(stream_key(message_id), sealed_key(message_id))
+        if before:
+            await client.xadd(stream_key(message_id), {"t": before, "before": "1"})
+            await client.expire(stream_key(message_id), LIVE_STREAM_TTL_SECONDS)
+        await client.set(lease_key(message_id), "queued", px=lease_ms())
 
     async def renew(self, message_ids) -> None:
         """The holder of these replies is alive (a worker's heartbeat)."""
@@ -214,9 +225,14 @@ class StreamRecord(Record):
 
 @database_sync_to_async
 def _streaming_before(seconds: float) -> list[tuple[int, str]]:
-    """Streaming replies created more than `seconds` ago (younger ones may not have a lease yet)."""
+    """Streaming replies whose turn started more than `seconds` ago (younger ones may not have a lease yet).
+
+    A turn's start also moves its conversation's updated_at: a continued reply was created long before.
+    """
     since = timezone.now() - timedelta(seconds=seconds)
-    rows = Message.objects.filter(status=Message.Status.STREAMING, created_at__lt=since)
+    rows = Message.objects.filter(
+        status=Message.Status.STREAMING, created_at__lt=since, conversation__updated_at__lt=since
+    )
     return list(rows.values_list("id", "conversation_id"))
 
 

@@ -60,6 +60,21 @@ class Turn:
     user_message: dict | None = None
     place: dict = field(default_factory=dict)  # the reply's `parent` and `siblings`, for the `start` frame
     title: str | None = None  # the conversation's new title, when this turn's message gave it one
+    # A Continue: the reply's text and usage before this turn, which the new text and usage extend.
+    prefill: str = ""
+    before: dict = field(default_factory=dict)
+
+    def grown(self, usage: dict) -> dict:
+        """The reply's usage: this turn's `usage` added to what it had before (Message.USAGE_FIELDS)."""
+        if not self.before:
+            return usage
+        total = dict(usage)
+        for name in ("prompt_tokens", "completion_tokens", "duration_ms"):
+            if usage.get(name) is not None or self.before.get(name) is not None:
+                total[name] = (self.before.get(name) or 0) + (usage.get(name) or 0)
+        first_token = self.before.get("ttft_ms")  # its first token came in the first turn
+        total["ttft_ms"] = first_token if first_token is not None else usage.get("ttft_ms")
+        return total
 
 
 @dataclass

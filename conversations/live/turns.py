@@ -45,7 +45,8 @@ async def start(
     model: str | None = None,
 ) -> Turn:
     """Start a turn: `send` (a user message `text` and a reply), `edit` (a user message `text` beside
-    message `message_id`, and a reply) or `regenerate` (a variant of the last reply, which stays).
+    message `message_id`, and a reply), `regenerate` (a variant of the last reply, which stays) or
+    `continue` (the last reply goes on from where it ended, in place, on the model that wrote it).
 
     `model` becomes the conversation's model from this turn on (None: it keeps
     its own). The new reply ends the active path. Returns once the reply is
@@ -57,7 +58,10 @@ async def start(
     if not live.accepting:
         raise Refused("busy", RESTARTING)
     try:
-        turn = await _create(str(conversation_id), kind, params, text, message_id, model)
+        if kind == "continue":
+            turn = await _continued(str(conversation_id), params)
+        else:
+            turn = await _create(str(conversation_id), kind, params, text, message_id, model)
     except DatabaseError as exc:
         logger.warning("cannot store a turn of %s: %s", conversation_id, exc)
         raise Refused("busy", DB_BUSY) from None
@@ -65,6 +69,8 @@ async def start(
         event = {"type": "chat.message", "message": turn.user_message}
         await publish(turn.conversation_id, event | ({"title": turn.title} if turn.title else {}))
     start_event = {"type": "chat.start", "message_id": turn.message_id, "model": turn.model, "replaces": turn.replaces}
+    if turn.prefill:
+        start_event["content"] = turn.prefill  # a Continue: the text its tokens extend
     await publish(turn.conversation_id, start_event | turn.place)
     try:
         await live.runner.start(turn)
@@ -124,6 +130,34 @@ def _create(
     )
 
 
+@database_sync_to_async
+def _continued(conversation_id: str, params: GenerationParams) -> Turn:
+    """The last reply of the active path, streaming again with its text as the start of what comes next."""
+    with transaction.atomic():
+        conversation = _locked_idle(conversation_id)
+        tree = Tree.of(conversation)
+        reply = tree.leaf()
+        if reply is None or reply.role != Message.Role.ASSISTANT or reply.finish_reason == "stop":
+            raise Refused("invalid", "There is no reply to continue: only one cut short (by its length or a stop) can.")
+        model = _model(conversation, reply.model_name or None)
+        history = conversation.prompt_history(until=reply)  # the path above it
+        before = {name: getattr(reply, name) for name in Message.USAGE_FIELDS}
+        Message.objects.filter(id=reply.id).update(status=Message.Status.STREAMING, finish_reason="", model_name=model)
+        prompt = [*history, {"role": "assistant", "content": reply.content}]
+        capped = _reserve_tokens(conversation, reply, prompt, params, model, charged=quotas.spent(reply))
+        conversation.start_turn(params.to_dict(), model=model)
+    return Turn(
+        conversation_id=conversation_id,
+        message_id=reply.id,
+        history=history,
+        params=capped,
+        model=model,
+        place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
+        prefill=reply.content,
+        before=before,
+    )
+
+
 def _locked_idle(conversation_id: str) -> Conversation:
     """The conversation, locked for this transaction; Refused while one of its replies streams."""
     conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
@@ -176,14 +210,21 @@ def _switch(conversation_id: str, message_id: int) -> list[dict]:
 
 
 def _reserve_tokens(
-    conversation: Conversation, reply: Message, history: list[dict], params: GenerationParams, model: str
+    conversation: Conversation,
+    reply: Message,
+    history: list[dict],
+    params: GenerationParams,
+    model: str,
+    charged: int = 0,
 ) -> GenerationParams:
     """Hold the reply's most tokens on the user's quota, or refuse the turn (its rows roll back).
 
-    Returns the turn's parameters with max_new_tokens capped at what is left of the user's day.
+    `charged`: what a continued reply was charged already. Returns the turn's
+    parameters with max_new_tokens capped at what is left of the user's day.
     """
     try:
-        hold = quotas.reserve(conversation.user_id, _prompt_tokens(history, model), params.max_new_tokens, reply.id)
+        prompt = _prompt_tokens(history, model)
+        hold = quotas.reserve(conversation.user_id, prompt, params.max_new_tokens, reply.id, charged=charged)
     except quotas.QuotaExceeded as exc:
         raise Refused("rate_limited", exc.message) from None
     return replace(params, max_new_tokens=hold.max_new_tokens)

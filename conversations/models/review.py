@@ -90,6 +90,8 @@ class Reservation(models.Model):
     message = models.OneToOneField(Message, models.SET_NULL, null=True, related_name="reservation")
     usage = models.ForeignKey(DailyUsage, models.CASCADE, related_name="reservations")
     tokens = models.PositiveIntegerField()
+    # What the reply was charged before this hold (a Continue): its end charges only what comes on top.
+    charged = models.PositiveIntegerField(default=0)
 
 
 class StaffRead(models.Model):

@@ -95,13 +95,14 @@ def prompt_bound(history: list[dict]) -> int:
     return text_bytes + TEMPLATE_TOKENS + TOKENS_PER_MESSAGE * len(history)
 
 
-def reserve(user_id, prompt: int, max_new_tokens: int, message_id: int | None = None) -> Hold:
+def reserve(user_id, prompt: int, max_new_tokens: int, message_id: int | None = None, charged: int = 0) -> Hold:
     """Hold a reply's most cost (`prompt` tokens at most, and `max_new_tokens`) on the user's row of today,
     with max_new_tokens capped at what is left; raise QuotaExceeded when not one token is.
 
     With `message_id`, the hold is recorded for that reply, so whoever
-    finishes it (possibly another process) settles it. Call inside the
-    transaction that creates the reply.
+    finishes it (possibly another process) settles it; `charged` is what a
+    continued reply was charged already. Call inside the transaction that
+    creates (or continues) the reply.
     """
     with transaction.atomic():
         DailyUsage.objects.get_or_create(user_id=user_id, day=today())
@@ -114,10 +115,13 @@ def reserve(user_id, prompt: int, max_new_tokens: int, message_id: int | None = 
             if left - prompt < 1:
                 raise QuotaExceeded(usage.tokens + usage.reserved, limit)
             max_new_tokens = min(max_new_tokens, left - prompt)
+        leftover = Reservation.objects.filter(message_id=message_id).first() if message_id is not None else None
+        if leftover is not None:  # a continued reply whose last end was never settled (a killed server)
+            _release_hold(leftover, charged)
         hold = Hold(usage.pk, prompt + max_new_tokens, max_new_tokens)
         DailyUsage.objects.filter(pk=usage.pk).update(reserved=F("reserved") + hold.tokens)
         if message_id is not None:
-            Reservation.objects.create(message_id=message_id, usage=usage, tokens=hold.tokens)
+            Reservation.objects.create(message_id=message_id, usage=usage, tokens=hold.tokens, charged=charged)
     return hold
 
 
@@ -129,11 +133,17 @@ def release(usage_id: int, held: int, spent: int, replies: int = 1) -> None:
 
 
 def settle(message_id: int, spent: int) -> None:
-    """The reply ended having spent `spent` tokens: release its hold (if it had one)."""
+    """The reply ended having spent `spent` tokens in all: release its hold (if it had one)."""
     hold = Reservation.objects.filter(message_id=message_id).first()
     if hold is None:
         return
-    release(hold.usage_id, hold.tokens, spent)
+    _release_hold(hold, spent)
+
+
+def _release_hold(hold: Reservation, spent: int) -> None:
+    """A continued reply's `spent` includes what it was charged before: that part is not charged twice,
+    nor counted as another reply."""
+    release(hold.usage_id, hold.tokens, max(spent - hold.charged, 0), replies=0 if hold.charged else 1)
     hold.delete()
 
 
@@ -148,5 +158,4 @@ def _settle_ended(usage: DailyUsage) -> None:
     at its next start; a conversation deleted mid-reply), so neither eats a user's budget."""
     ended = Reservation.objects.filter(usage=usage).exclude(message__status=Message.Status.STREAMING)
     for hold in ended.select_related("message"):
-        release(usage.pk, hold.tokens, spent(hold.message))
-        hold.delete()
+        _release_hold(hold, spent(hold.message))

@@ -203,6 +203,18 @@ export function regenerate() {
   }
 }
 
+/** Extend the last reply from where it was cut short, on the model that wrote it. */
+export function continueReply() {
+  if (state.live) return;
+  const params = readParams();
+  if (!params) return;
+  delete params.model;
+  if (state.send({ type: 'continue', params })) {
+    clearErrors();
+    sendButton.focus();
+  }
+}
+
 /** The server caps a new chat's system prompt too; saying so here keeps the text on the page. */
 function systemPromptFits() {
   const field = $('#set-system');

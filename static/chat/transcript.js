@@ -156,18 +156,29 @@ function lastAssistant() {
   return all.length ? all[all.length - 1] : null;
 }
 
+const ACTION_LABELS = {
+  copy: ['Copy', 'Copy reply'],
+  regenerate: ['Regenerate', 'Regenerate this reply'],
+  continue: ['Continue', 'Continue this reply from where it stopped']
+};
+
 function actionButton(li, action) {
   const button = el('button', 'link-btn');
   button.type = 'button';
   button.setAttribute('data-action', action);
-  button.append(svgIcon(action), el('span', null, action === 'copy' ? 'Copy' : 'Regenerate'));
-  button.setAttribute('aria-label', action === 'copy'
-    ? (li.getAttribute('data-role') === 'user' ? 'Copy your message' : 'Copy reply')
-    : 'Regenerate this reply');
+  const [text, label] = ACTION_LABELS[action];
+  button.append(svgIcon(action), el('span', null, text));
+  button.setAttribute('aria-label', action === 'copy' && li.getAttribute('data-role') === 'user' ? 'Copy your message' : label);
   return button;
 }
 
-/** Copy on every finished message; Regenerate on the last reply only. */
+/** Whether a reply was cut short (by its length, a stop or a restart), so Continue can extend it. */
+function cutShort(li) {
+  const status = li.getAttribute('data-status');
+  return Boolean(rawText(li)) && (li.getAttribute('data-finish') === 'length' || status === 'cancelled' || status === 'interrupted');
+}
+
+/** Copy on every finished message; Regenerate on the last reply only, and Continue when it was cut short. */
 export function refreshActions() {
   if (!transcript) return;
   const last = lastAssistant();
@@ -176,11 +187,13 @@ export function refreshActions() {
     const streaming = li.getAttribute('data-status') === 'streaming';
     const wanted = [];
     if (!streaming && rawText(li)) wanted.push('copy');
-    if (li === last && !streaming && !state.live) wanted.push('regenerate');
+    if (li === last && !streaming && !state.live) {
+      if (cutShort(li)) wanted.push('continue');
+      wanted.push('regenerate');
+    }
     const have = $all('button', actions).map((b) => b.getAttribute('data-action'));
     if (have.join() !== wanted.join()) actions.replaceChildren(...wanted.map((action) => actionButton(li, action)));
-    const regen = $('[data-action=regenerate]', actions);
-    if (regen) setUnavailable(regen, !state.connected);
+    for (const button of $all('[data-action=regenerate], [data-action=continue]', actions)) setUnavailable(button, !state.connected);
     for (const hook of refreshHooks) hook(li);
   }
 }

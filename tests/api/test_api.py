@@ -14,6 +14,7 @@ from conversations.api import openai_format as openai_api
 from conversations.api.openai_format import BadRequest
 from conversations.live import process, state
 from conversations.models import Conversation, Message
+from inference import GenerationParams, Request
 
 USER_ASKS = [{"role": "user", "content": "Hello there"}]
 
@@ -246,3 +247,23 @@ async def test_api_conversations_stay_their_owners(engine, key, bob):
     assert (await client.get(f"/api/conversations/{conversation.id}/")).status_code == 404
     listed = (await client.get("/api/conversations/")).json()
     assert str(conversation.id) not in json.dumps(listed)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_continue_final_message_goes_on_with_the_last_reply(engine, key):
+    """vLLM's extension, which Chatsite sends an endpoint for a Continue: the answer is the new text only."""
+    messages = [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon"}]
+    body = {"messages": messages, "temperature": 0, "max_tokens": 6}
+    response = await post(key, body | {"continue_final_message": True, "add_generation_prompt": False})
+    assert response.status_code == 200, response.content
+    text = response.json()["choices"][0]["message"]["content"]
+    reply = await Message.objects.aget(role="assistant")
+    assert reply.content == "Once upon" + text and text and reply.completion_tokens == 6
+    prompt = engine.prepare(Request(messages=messages[:1], params=GenerationParams(), prefill="Once upon")).ids
+    assert reply.prompt_tokens == len(prompt)
+    for bad in ({"continue_final_message": True, "add_generation_prompt": True}, {"continue_final_message": 1}):
+        refused = await post(key, body | bad)
+        assert refused.status_code == 400, bad
+    no_reply = await post(key, body | {"messages": messages[:1], "continue_final_message": True})
+    assert no_reply.status_code == 400 and no_reply.json()["error"]["param"] == "messages"

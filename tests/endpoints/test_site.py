@@ -66,17 +66,23 @@ def test_chats_on_either_endpoint_stream_over_the_socket_and_are_stored(site, ot
     model = "smollm2" if endpoint == "llama" else other_chatsite[2]
     conversation_id = new_conversation(session, site.url)
 
-    async def turn():
+    async def turn(frame: dict):
         async with open_socket(site.ws_url, conversation_id, session, site.url) as tab:
-            params = {"temperature": 0, "max_new_tokens": 12, "model": model}
-            await tab.send(json.dumps({"type": "send", "content": "Hello there", "params": params}))
+            await tab.send(json.dumps(frame))
             return await frames_until_end(tab, timeout=120)
 
-    frames = asyncio.run(turn())
+    params = {"temperature": 0, "max_new_tokens": 12, "model": model}
+    frames = asyncio.run(turn({"type": "send", "content": "Tell me a long story about a dragon", "params": params}))
     assert frames[1]["type"] == "start" and frames[1]["model"] == model
-    assert frames[-1]["status"] == "complete" and frames[-1]["usage"]["completion_tokens"] > 0
+    assert frames[-1]["status"] == "complete" and frames[-1]["finish_reason"] == "length"
     reply = stored(session, site.url, conversation_id)["messages"][-1]
     assert reply["content"] == joined_tokens(frames) != "" and reply["model_name"] == model
+    # Continue: the endpoint is sent the reply so far, last, and the new text extends it in place.
+    more = asyncio.run(turn({"type": "continue", "params": {"temperature": 0, "max_new_tokens": 8}}))
+    assert more[0]["type"] == "start" and more[0]["content"] == reply["content"]
+    grown = stored(session, site.url, conversation_id)["messages"][-1]
+    assert grown["id"] == reply["id"] and grown["content"] == reply["content"] + joined_tokens(more)
+    assert grown["completion_tokens"] > reply["completion_tokens"] and joined_tokens(more)
 
 
 def test_the_api_serves_the_endpoints_models_with_the_openai_client(site, other_chatsite):

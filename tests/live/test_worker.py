@@ -266,6 +266,8 @@ def test_a_web_process_in_worker_mode_says_in_one_line_that_redis_is_down():
 async def test_the_reaper_ends_a_reply_whose_lease_expired_with_the_text_its_stream_holds(worker_mode, chat):
     leases = Leases()
     old = timezone.now() - timedelta(seconds=60)
+    # Its turn started a minute ago too (the start of a turn moves its conversation; a Continue's reply is old).
+    await sync_to_async(type(chat).objects.filter(id=chat.id).update)(updated_at=old)
     reply = await sync_to_async(Message.objects.create)(
         conversation=chat, role="assistant", status="streaming", content="Hel", created_at=old
     )
@@ -280,3 +282,36 @@ async def test_the_reaper_ends_a_reply_whose_lease_expired_with_the_text_its_str
     await sync_to_async(young.refresh_from_db)()
     assert young.status == "streaming"  # too young to have been handed over: left alone
     assert await leases.reap() == 0
+
+
+@sync_to_async
+def cut_short_reply(chat, text: str) -> Message:
+    chat.append("user", "Tell me a story")
+    return chat.append("assistant", text, status="complete", finish_reason="length", completion_tokens=3)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_continues_a_reply_in_place(start_worker, chat, alice):
+    await start_worker()
+    reply = await cut_short_reply(chat, "Once upon a time")
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "continue", "params": GREEDY})
+    frames = await receive_until_end(ws)
+    assert frames[0]["type"] == "start" and frames[0]["content"] == "Once upon a time"
+    await sync_to_async(reply.refresh_from_db)()
+    assert reply.status == "complete" and reply.content == "Once upon a time" + joined_tokens(frames)
+    assert reply.completion_tokens == 3 + 12
+    await ws.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_a_continue_no_worker_takes_keeps_the_text_the_reply_had(worker_mode, chat, alice):
+    reply = await cut_short_reply(chat, "Once upon a time")
+    ws, _, _ = await connect(chat.id, alice)
+    await ws.send_json_to({"type": "continue", "params": GREEDY})
+    frames = [await ws.receive_json_from(timeout=10) for _ in range(3)]
+    assert [f["type"] for f in frames] == ["start", "error", "end"]
+    assert "No inference worker" in frames[1]["message"]
+    await sync_to_async(reply.refresh_from_db)()
+    assert (reply.status, reply.content) == ("error", "Once upon a time")
+    await ws.disconnect()

@@ -154,3 +154,30 @@ def test_editing_has_visible_send_and_cancel_and_latest_covers_no_text(browser, 
     settle_reply(page)
     problems.check()
     context.close()
+
+
+def test_a_reply_cut_short_offers_continue_which_extends_it_in_place(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    sign_up(page, daphne_server.url, "continue-user")
+    url = new_chat(page, "Tell me a long story", max_new_tokens=6)
+    reply = page.locator(LAST_REPLY)
+    expect(reply.locator(".msg-meta")).to_contain_text("hit the token limit")
+    conversation_id = url.rstrip("/").rsplit("/", 1)[-1]
+
+    def stored_reply() -> dict:
+        return page.evaluate(f"fetch('/api/conversations/{conversation_id}/').then(r => r.json())")["messages"][-1]
+
+    before = stored_reply()
+    reply.get_by_role("button", name="Continue this reply from where it stopped").click()
+    expect(reply.locator(".msg-meta")).to_contain_text("12 tokens")
+    # The same reply, grown in place, on the page as in the database.
+    after = stored_reply()
+    assert after["id"] == before["id"] == int(reply.get_attribute("data-id"))
+    assert after["content"].startswith(before["content"]) and len(after["content"]) > len(before["content"])
+    assert page.locator("#transcript li.msg-assistant").count() == 1
+    page.reload()
+    ready(page)
+    expect(reply.locator(".msg-meta")).to_contain_text("12 tokens")
+    expect(reply.get_by_role("button", name="Continue this reply from where it stopped")).to_be_visible()
+    problems.check()
+    context.close()

@@ -56,9 +56,11 @@ class WorkerRunner(Runner):
             "model": turn.model,
             "history": turn.history,
             "params": turn.params.to_dict(),
+            "prefill": turn.prefill,
+            "before": turn.before,
         }
         try:
-            await self.leases.hand_over(turn.message_id)
+            await self.leases.hand_over(turn.message_id, turn.prefill)
             await get_channel_layer().send(REQUESTS_CHANNEL, request)
         except ChannelFull:
             raise Refused("busy", "The server is busy with other chats; try again in a moment.") from None
