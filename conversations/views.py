@@ -9,6 +9,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.db import connections
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .endpoints import catalog
@@ -32,8 +33,11 @@ def _chat_page(request, conversation: Conversation | None):
     messages, earlier = path_page(conversation) if conversation else ([], False)
     # The models as this process last saw them: a page never waits for an endpoint.
     models = catalog.models_for(request.user, state.current().models)
+    view = history.view_of(conversation)
     context = {
-        "sidebar": history.sidebar(request.user),
+        "sidebar": history.sidebar(request.user, view),
+        "sidebar_view": view,
+        "sidebar_views": history.VIEWS,
         "conversation": conversation,
         "messages_list": messages,
         "earlier": earlier,
@@ -135,14 +139,27 @@ def api_conversations(request):
     return JsonResponse(history.as_dict(history.page(request.user, query)))
 
 
+# What a page says after a change of a chat's flags, and the view that undoes it (none: nothing to undo).
+FLAG_CHANGED = {
+    ("archived", True): ("Archived “{}”: it is in the Archived view of the chat list.", "unarchive"),
+    ("archived", False): ("“{}” is back in your chats.", None),
+    ("pinned", True): ("Pinned “{}” to the top of the list.", None),
+    ("pinned", False): ("Unpinned “{}”.", "pin"),
+}
+
+
 def _set_flag(request, conversation_id, name: str, value: bool):
     """Archive, unarchive, pin or unpin. The list's order changes, the
-    conversation's `updated_at` does not."""
+    conversation's `updated_at` does not. A page is told so, with Undo where
+    the change takes the chat out of sight (archive) or out of its place (unpin)."""
     conversation = _get_conversation_for_user(request, conversation_id)
     setattr(conversation, name, value)
     conversation.save(update_fields=[name])
     if _wants_json(request):
         return JsonResponse(conversation.as_dict())
+    text, undo = FLAG_CHANGED[(name, value)]
+    undo_tag = f"undo {reverse(undo, args=[conversation.id])}" if undo else ""
+    flash.success(request, text.format(conversation.display_title), extra_tags=undo_tag)
     return redirect(conversation)
 
 

@@ -85,9 +85,36 @@ def page(user, query: ListQuery) -> Page:
     return Page(rows, next_cursor, found)
 
 
-def sidebar(user) -> Page:
-    """The chat page's sidebar: the first page of web and imported chats, not archived."""
-    return page(user, ListQuery(sources=SIDEBAR_SOURCES))
+@dataclass(frozen=True)
+class View:
+    """One of the sidebar's views: the picker's option (`params`, the list's query string), its heading."""
+
+    params: str
+    label: str
+    heading: str
+    query: ListQuery
+
+
+VIEWS = (
+    View("source=web,import", "Chats", "Your chats", ListQuery(sources=SIDEBAR_SOURCES)),
+    View("archived=1", "Archived", "Archived chats", ListQuery(archived=True)),
+    View("source=api", "API calls", "API calls", ListQuery(sources=(Conversation.Source.API,))),
+    View("source=batch", "Batch runs", "Batch runs", ListQuery(sources=(Conversation.Source.BATCH,))),
+)
+
+
+def view_of(conversation: Conversation | None) -> View:
+    """The view that lists `conversation` (the chats' for none), so an open chat is always in the list."""
+    if conversation is None:
+        return VIEWS[0]
+    if conversation.archived:
+        return VIEWS[1]
+    return next((view for view in VIEWS[2:] if conversation.source in view.query.sources), VIEWS[0])
+
+
+def sidebar(user, view: View = VIEWS[0]) -> Page:
+    """The chat page's sidebar: the first page of the view's chats (web and imported ones, not archived)."""
+    return page(user, view.query)
 
 
 def message_counts(conversations: list[Conversation]) -> dict[uuid.UUID, int]:

@@ -276,3 +276,25 @@ def test_the_chat_page_costs_the_same_queries_however_many_chats(alice_client, a
         return len(captured)
 
     assert queries_for(3) == queries_for(120)
+
+
+@pytest.mark.parametrize(
+    ("fields", "view", "heading"),
+    [
+        ({}, "source=web,import", "Your chats"),
+        ({"archived": True}, "archived=1", "Archived chats"),
+        ({"source": "api"}, "source=api", "API calls"),
+        ({"source": "batch", "archived": True}, "archived=1", "Archived chats"),
+        ({"source": "batch"}, "source=batch", "Batch runs"),
+    ],
+)
+def test_a_chat_page_opens_the_list_on_the_view_that_holds_the_chat(
+    alice_client, alice, conversation, fields, view, heading
+):
+    conversation(alice, title="Another chat")
+    chat = conversation(alice, title="The open chat", **fields)
+    page = alice_client.get(f"/c/{chat.id}/").content.decode()
+    assert f'<option value="{view}" selected>' in page and page.count(" selected>") == 1
+    assert f'<h2 id="chats-heading">{heading}</h2>' in page
+    assert 'aria-current="page" title="The open chat"' in page
+    assert ("Another chat" in page) == (view == "source=web,import")  # the list is that view's

@@ -181,3 +181,40 @@ def test_a_reply_cut_short_offers_continue_which_extends_it_in_place(browser, da
     expect(reply.get_by_role("button", name="Continue this reply from where it stopped")).to_be_visible()
     problems.check()
     context.close()
+
+
+def test_archive_and_unpin_say_so_with_undo_and_an_archived_chat_opens_in_its_view(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    sign_up(page, daphne_server.url, "undo-user")
+    url = new_chat(page, "A chat to put away")
+    toast = page.locator(".flashes .alert")
+
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Pin to the top").click()
+    ready(page)
+    expect(toast).to_contain_text("Pinned “A chat to put away”")
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Unpin").click()
+    ready(page)
+    expect(toast).to_contain_text("Unpinned “A chat to put away”.")
+    toast.get_by_role("button", name="Undo").click()
+    ready(page)
+    expect(page.locator(".conv-list .conv.pinned")).to_have_count(1)
+
+    # Archived, it leaves the list: the page says where it went, and Undo brings it back.
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Archive").click()
+    ready(page)
+    expect(toast).to_contain_text("it is in the Archived view of the chat list")
+    # The open chat's view is the one that lists it, with the chat marked as the current one.
+    expect(page.get_by_label("Which chats to list")).to_have_value("archived=1")
+    expect(page.locator(".sidebar-nav h2")).to_have_text("Archived chats")
+    expect(page.locator(".conv-list .conv.current a")).to_have_attribute("aria-current", "page")
+    toast.get_by_role("button", name="Undo").click()
+    ready(page)
+    expect(toast).to_contain_text("“A chat to put away” is back in your chats.")
+    expect(page.get_by_label("Which chats to list")).to_have_value("source=web,import")
+    expect(page.locator(".conv-list .conv.current")).to_have_count(1)
+    assert page.url == url
+    problems.check()
+    context.close()
