@@ -56,19 +56,29 @@ def browser():
 
 
 class PageProblems:
-    """Dialogs, script errors and CSP violations seen on a page: any of them fails the test."""
+    """Dialogs, script errors, console errors and CSP violations seen on a page: any of them fails the test."""
 
     def __init__(self, page: Page) -> None:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
+        self.expected: list[str] = []  # console errors a test causes on purpose (see expect_error)
         page.on("dialog", self._on_dialog)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         # A Content-Security-Policy violation is reported on the console.
         page.on("console", self._on_console)
 
+    def expect_error(self, text: str) -> None:
+        """The page is meant to log this console error once (a 404 page's own status, say)."""
+        self.expected.append(text)
+
     def _on_console(self, message) -> None:
-        if "Content Security Policy" in message.text or "Content-Security-Policy" in message.text:
-            self.errors.append(message.text)
+        if message.type != "error" and "Content Security Policy" not in message.text:
+            return
+        expected = next((text for text in self.expected if text in message.text), None)
+        if expected is not None:
+            self.expected.remove(expected)
+            return
+        self.errors.append(message.text)
 
     def _on_dialog(self, dialog) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -89,16 +99,25 @@ def _serve_static(route) -> None:
     route.fulfill(status=200, body=file.read_bytes(), headers={"Content-Type": kind})
 
 
+def site_policy() -> str:
+    """The Content-Security-Policy header the site sends (django-csp, from settings)."""
+    from csp.utils import build_policy
+
+    return build_policy()
+
+
 def static_page(browser, body: str = '<div id="out" class="md"></div>'):
-    """A page at ORIGIN with the renderer imported as window.Markdown; returns (context, page, problems)."""
+    """A page at ORIGIN, under the site's own Content-Security-Policy, with the renderer imported as
+    window.Markdown; returns (context, page, problems)."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.route(ORIGIN + "/static/**", _serve_static)
+    headers = {"Content-Type": "text/html", "Content-Security-Policy": site_policy()}
     context.route(
         ORIGIN + "/",
         lambda route: route.fulfill(
             status=200,
             body=f"<!doctype html><html><head><meta charset=utf-8></head><body>{body}</body></html>",
-            headers={"Content-Type": "text/html"},
+            headers=headers,
         ),
     )
     page = context.new_page()
@@ -167,7 +186,8 @@ def new_chat(page: Page, text: str, max_new_tokens: int = 4) -> str:
 
 
 def audit(page: Page, label: str) -> list[str]:
-    """axe-core's violations on the page (its context must bypass the CSP for the injection)."""
+    """axe-core's violations on the page. Evaluated through the DevTools protocol, which the page's
+    Content-Security-Policy does not govern, so the page keeps its policy while axe runs."""
     page.evaluate(AXE)
     violations = page.evaluate(
         """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations

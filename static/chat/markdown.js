@@ -239,7 +239,16 @@ function typeset(node) {
   node.setAttribute('data-tex', tex);
   node.setAttribute('role', 'math');
   node.setAttribute('aria-label', tex);
-  katex.render(tex, node, { displayMode: node.classList.contains('math-block'), throwOnError: false, trust: false });
+  try {
+    katex.render(tex, node, { displayMode: node.classList.contains('math-block'), throwOnError: true, trust: false });
+  } catch (error) {
+    if (!(error instanceof katex.ParseError)) throw error;
+    // KaTeX's own error output (throwOnError: false) colours it with a style attribute, which the
+    // Content-Security-Policy blocks; half-streamed maths fails to parse on nearly every frame.
+    const shown = el('span', 'katex-error', tex);
+    shown.title = error.message;
+    node.replaceChildren(shown);
+  }
 }
 
 function loadKatex() {

@@ -151,4 +151,3 @@ def test_a_locked_database_ends_the_reply_keeps_the_text_and_the_chat_usable(tin
     assert status == "error" and content == joined_tokens(frames) != ""
     assert after[-1]["type"] == "end" and after[-1]["finish_reason"] == "length"
     assert streaming_count(server) == 0
-

@@ -1,9 +1,9 @@
 """Accessibility in chromium against a real daphne: axe-core on every page in both
 themes, a keyboard-only walkthrough that keeps focus, and one announcement per reply.
 
-axe-core is vendored in tests/vendor/ (make vendor) and injected by Playwright;
-that context bypasses the CSP only so the injection works. The walkthrough's
-context does not, and fails on any CSP violation (tests/browser_support.py).
+axe-core is vendored in tests/vendor/ (make vendor) and injected by Playwright.
+Every page keeps the site's real Content-Security-Policy, and any CSP
+violation or console error fails the test (tests/browser_support.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ENDED = re.compile(r"^(cancelled|complete)$")
 
 def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
     base = daphne_server.url
-    context, page, problems = new_page(browser, bypass_csp=True)
+    context, page, problems = new_page(browser)
     sign_up(page, base, "axe-user")
     # A chat whose messages have code, math, a table and a link in them.
     chat_url = new_chat(page, RICH, max_new_tokens=12)
@@ -61,7 +61,7 @@ def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
         page.keyboard.press("Escape")
         page.set_viewport_size({"width": 1280, "height": 860})
 
-    anonymous, anon_page, _ = new_page(browser, bypass_csp=True)
+    anonymous, anon_page, anon_problems = new_page(browser)
     for scheme in ("light", "dark"):
         anon_page.emulate_media(color_scheme=scheme)
         for path, label in (("/accounts/login/", "login"), ("/accounts/signup/", "signup")):
@@ -75,6 +75,7 @@ def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
         found += audit(anon_page, f"signup with errors ({scheme})")
     anonymous.close()
     assert found == [], "\n".join(found)
+    anon_problems.check()
     problems.check()
     context.close()
 

@@ -215,6 +215,7 @@ def test_a_missing_chat_is_the_sites_own_page_with_a_way_back(browser, daphne_se
     base = daphne_server.url
     context, page, problems = new_page(browser)
     sign_up(page, base, "lost-user")
+    problems.expect_error("status of 404")  # chromium logs the page's own status
     answer = page.goto(f"{base}/c/{uuid.uuid4()}/")
     assert answer is not None and answer.status == 404
     expect(page.get_by_role("heading", name="Page not found")).to_be_visible()

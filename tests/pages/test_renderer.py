@@ -269,3 +269,23 @@ def test_a_20_kb_single_line_reply_streams_without_freezing(browser):
     assert result["eightfold"] < 24, result
     problems.check()
     context.close()
+
+
+def test_maths_typeset_as_it_streams_keeps_to_the_content_security_policy(browser):
+    """Half-streamed TeX fails to parse on nearly every frame: it shows as written, without the style
+    attribute KaTeX's own error output carries (which the policy blocks: a console error here)."""
+    context, page, problems = static_page(browser)
+    page.evaluate(RENDER, "$x$")
+    page.evaluate("() => Markdown.ready()")
+    text = "Sum: $$\\frac{a}{b}\n\\sum_{i=1}^n x_i\\color{red}{y}$$ and $\\badcommand{x}$"
+    page.evaluate(
+        "text => { const out = document.getElementById('out'); "
+        "for (let i = 1; i <= text.length; i++) Markdown.renderStreaming(text.slice(0, i), out); }",
+        text,
+    )
+    assert page.locator("#out .katex").count() == 1
+    error = page.locator("#out .katex-error")
+    assert error.text_content() == "\\badcommand{x}" and "Undefined control sequence" in error.get_attribute("title")
+    assert error.get_attribute("style") is None
+    problems.check()
+    context.close()

@@ -86,7 +86,7 @@ def test_thumbs_by_keyboard_with_a_comment_seen_by_another_tab(browser, daphne_s
 
 
 def test_axe_finds_nothing_on_the_feedback_controls(browser, daphne_server):
-    context, page, problems = new_page(browser, bypass_csp=True)  # only so axe can be injected
+    context, page, problems = new_page(browser)
     chat_with_a_reply(page, daphne_server.url, "axe-rater")
     found: list[str] = []
     for scheme in ("light", "dark"):
