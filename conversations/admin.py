@@ -18,6 +18,14 @@ from .history.tree import Tree
 from .models import ApiKey, Conversation, InferenceWorker, Message
 from .review import audit
 
+# The site's own name on every admin page (Django's says "Django administration").
+admin.site.site_header = "Chatsite administration"
+admin.site.site_title = "Chatsite admin"
+admin.site.index_title = "Transcripts, review and usage"
+# The app list beside every page took 300 px of a 1280 px screen from the review queue and the
+# transcripts, which then scrolled sideways; the breadcrumbs and the index lead back to it.
+admin.site.enable_nav_sidebar = False
+
 
 class MessageInline(admin.TabularInline):
     model = Message

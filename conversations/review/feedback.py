@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from datetime import timezone as dt_timezone
 
-from django.db.models import Count, F, Sum
+from django.db.models import F, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from ..models import Feedback, Message, unstorable
+from ..models import DailyUsage, Feedback, Message, unstorable
 
 MAX_COMMENT_CHARS = 2000
 RATINGS = (1, -1, 0)
@@ -125,24 +125,30 @@ class Day:
 def daily_usage(since) -> list[Day]:
     """Replies, tokens and mean tokens/s per UTC day since `since`, oldest first.
 
-    The mean is over generating time (tokens ÷ time after the first token),
-    the formula of Message.tokens_per_s applied to the day's sums.
+    Replies and tokens are what the quotas counted (DailyUsage), so the chart
+    agrees with the list below it, deleted chats included. The mean is over
+    the generating time of the replies still stored (tokens ÷ time after the
+    first token), the formula of Message.tokens_per_s applied to the day's sums.
     """
+    counted = (
+        DailyUsage.objects.filter(day__gte=since.date())
+        .values("day")
+        .annotate(replies=Sum("replies"), tokens=Sum("tokens"))
+        .order_by("day")
+    )
+    rates = _rates(since)
+    return [Day(row["day"], row["replies"], row["tokens"], rates.get(row["day"])) for row in counted]
+
+
+def _rates(since) -> dict:
     rows = (
         Message.objects.filter(role=Message.Role.ASSISTANT, created_at__gte=since, completion_tokens__isnull=False)
         .annotate(day=TruncDate("created_at", tzinfo=dt_timezone.utc))
         .values("day")
-        .annotate(
-            replies=Count("id"),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            generating_ms=Sum(F("duration_ms") - F("ttft_ms")),
-        )
-        .order_by("day")
+        .annotate(completion=Sum("completion_tokens"), generating_ms=Sum(F("duration_ms") - F("ttft_ms")))
     )
-    days = []
-    for row in rows:
-        ms = row["generating_ms"] or 0
-        rate = round(row["completion"] * 1000 / ms, 1) if ms > 0 else None
-        days.append(Day(row["day"], row["replies"], (row["prompt"] or 0) + row["completion"], rate))
-    return days
+    return {
+        row["day"]: round(row["completion"] * 1000 / row["generating_ms"], 1)
+        for row in rows
+        if row["generating_ms"] and row["generating_ms"] > 0
+    }

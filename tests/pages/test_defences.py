@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -83,6 +84,14 @@ def test_static_files_are_hashed_compressed_and_cached_for_long(client):
     assert re.search(r'from "\./transcript\.[0-9a-f]{12}\.js"', text), text[:400]
     vendor = client.get(staticfiles_storage.url("vendor/markdown-it/markdown-it.min.mjs"))
     assert vendor["Content-Type"].startswith("text/javascript")
+    # KaTeX's stylesheet, added only for maths, and the fonts it names: hashed and cached for long too.
+    renderer = b"".join(client.get(staticfiles_storage.url("chat/markdown.js")).streaming_content).decode()
+    css = re.search(r'new URL\("\.\./(vendor/katex/katex\.min\.[0-9a-f]{12}\.css)", import\.meta\.url\)', renderer)
+    assert css, "markdown.js must name KaTeX's stylesheet by its hashed name"
+    stylesheet = client.get("/static/" + css.group(1))
+    assert "immutable" in stylesheet["Cache-Control"]
+    fonts = re.findall(r'url\("(fonts/[^"]+)"\)', b"".join(stylesheet.streaming_content).decode())
+    assert fonts and all(re.search(r"\.[0-9a-f]{12}\.(woff2?|ttf)$", font) for font in fonts), fonts[:3]
 
 
 def login(client, username, password, **extra):
@@ -262,3 +271,21 @@ def test_daphne_refuses_an_unroutable_websocket_path_without_a_500(path, daphne_
     log = daphne_server.log()
     assert log.count(f"WebSocket refused: no route for {path}") == 1, log[-2000:]
     assert "Traceback" not in log and " 500 " not in log, log[-2000:]
+
+
+def test_the_chat_page_preloads_every_module_it_imports(alice_client):
+    """The modules would otherwise load one import after another: a round trip each, fifteen deep."""
+    static = Path(__file__).resolve().parents[2] / "static"
+    graph, todo = set(), ["chat/main.js"]
+    while todo:
+        module = todo.pop()
+        if module in graph:
+            continue
+        graph.add(module)
+        source = (static / module).read_text()
+        for target in re.findall(r"""(?:from|import)\s*['"](\.{1,2}/[^'"]+)['"]""", source):
+            todo.append(os.path.normpath(os.path.join(os.path.dirname(module), target)))
+    page = alice_client.get("/").content.decode()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/([^"]+)">', page))
+    unhashed = {re.sub(r"\.[0-9a-f]{12}(\.m?js)$", r"\1", path) for path in preloaded}
+    assert unhashed == graph and len(preloaded) == len(graph)

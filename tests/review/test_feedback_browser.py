@@ -7,11 +7,13 @@ On the session's daphne, whose daily token budget makes the page show what is le
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import LAST_REPLY, audit, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import LAST_REPLY, REPO, audit, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -101,5 +103,37 @@ def test_axe_finds_nothing_on_the_feedback_controls(browser, daphne_server):
         bad.click()
         expect(bad).to_have_attribute("aria-pressed", "false")
     assert found == [], "\n".join(found)
+    problems.check()
+    context.close()
+
+
+PROMOTE = """
+from django.contrib.auth import get_user_model
+from conversations.models import Message
+from conversations.review import feedback
+get_user_model().objects.filter(username={username!r}).update(is_staff=True, is_superuser=True)
+reply = Message.objects.filter(conversation__user__username={username!r}, role="assistant").get()
+feedback.rate(reply, -1, {comment!r})
+"""
+
+
+def test_the_admin_is_branded_and_its_review_queue_fits_1280_px(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    chat_with_a_reply(page, daphne_server.url, "review-staff")
+    comment = "The reply ignored the question entirely and " * 8 + "https://example.com/" + "a" * 120
+    script = PROMOTE.format(username="review-staff", comment=comment)
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script], cwd=REPO, env=daphne_server.env, check=True, timeout=120
+    )
+    page.goto(daphne_server.url + "/admin/conversations/feedback/")
+    expect(page.locator("#site-name")).to_have_text("Chatsite administration")
+    expect(page).to_have_title(re.compile("Chatsite"))
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    # Neither the page nor the table's own box scrolls sideways: long comments and replies wrap.
+    overflow = page.evaluate(
+        """() => [document.documentElement, document.querySelector('#changelist .results')]
+                 .map(box => box.scrollWidth - box.clientWidth)"""
+    )
+    assert overflow == [0, 0], f"scrolls sideways by {overflow} px (page, table)"
     problems.check()
     context.close()
