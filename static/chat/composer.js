@@ -122,7 +122,7 @@ export function updateComposer() {
     setText(sendLabel, state.stopping ? 'Stopping…' : 'Stop');
     sendButton.setAttribute('aria-label', 'Stop generating');
     setUnavailable(sendButton, !state.connected || state.stopping);
-    setText(hint, 'A reply is being written. Stop it, or wait to send your next message.');
+    setText(hint, 'Writing a reply: stop it, or wait to send your next message.');
   } else {
     sendButton.type = 'submit';
     setText(sendLabel, state.unacked !== null ? 'Sending…' : 'Send');

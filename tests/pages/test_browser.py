@@ -348,3 +348,22 @@ def test_the_composers_errors_and_settings_follow_what_is_typed(browser, daphne_
     expect(number).to_have_attribute("aria-invalid", "false")
     problems.check()
     context.close()
+
+
+def test_the_composer_stays_put_while_a_reply_streams(browser, daphne_server):
+    context, page, problems = new_page(browser, width=1024)
+    sign_up(page, daphne_server.url, "steady-user")
+    new_chat(page, "Hello")
+    box = "() => { const r = document.querySelector('.composer').getBoundingClientRect(); return [r.top, r.height]; }"
+    idle = page.evaluate(box)
+    set_settings(page, max_new_tokens=600)
+    message = page.get_by_label("Message", exact=True)
+    message.fill("Tell me a long story")
+    message.press("Enter")
+    expect(page.locator("#composer-status")).to_contain_text("Writing a reply")
+    assert page.evaluate(box) == idle  # the status line did not wrap the hint onto a second line
+    page.get_by_role("button", name="Stop generating").click()
+    settle_reply(page)
+    assert page.evaluate(box) == idle
+    problems.check()
+    context.close()
