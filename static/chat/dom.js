@@ -30,6 +30,12 @@ export function setUnavailable(button, unavailable) {
 
 export function isUnavailable(button) { return button.getAttribute('aria-disabled') === 'true'; }
 
+/** The page's CSRF token (from any of its forms), for a fetch that changes something. */
+export function csrfToken() {
+  const input = document.querySelector('input[name=csrfmiddlewaretoken]');
+  return input ? input.value : '';
+}
+
 export function isNarrow() { return window.matchMedia('(max-width: 820px)').matches; }
 
 // Live regions stay out of reach of inert, or their announcements would be lost.

@@ -5,7 +5,7 @@
  * and the buttons show it with aria-pressed. Pressing the pressed thumb again
  * clears the rating. Endpoint: POST /api/messages/<id>/feedback/ (docs/protocol.md).
  */
-import { $, $all, el, setText } from './dom.js';
+import { $, $all, csrfToken, el, setText } from './dom.js';
 import { announce } from './clipboard.js';
 import { showError } from './composer.js';
 import { onFrame } from './socket.js';
@@ -88,11 +88,6 @@ function apply(li, feedback) {
     li.removeAttribute('data-comment');
   }
   show(li);
-}
-
-function csrfToken() {
-  const input = document.querySelector('input[name=csrfmiddlewaretoken]');
-  return input ? input.value : '';
 }
 
 async function save(li, rating, comment) {

@@ -15,7 +15,8 @@
  */
 import { isNarrow } from './dom.js';
 import { initPanels } from './panels.js';
-import { initSidebar, closeSidebar } from './sidebar.js';
+import { initSidebar, closeSidebar, reloadList } from './sidebar.js';
+import { initRows } from './rows.js';
 import { initTranscript, onAction } from './transcript.js';
 import { continueReply, initComposer, input, regenerate, updateComposer } from './composer.js';
 import { initSocket, onFrame } from './socket.js';
@@ -26,6 +27,7 @@ import { initUsage } from './usage.js';
 import { onChange } from './state.js';
 
 initSidebar();
+initRows({ reload: reloadList });
 initPanels({ closeSidebar });
 initTranscript();
 initComposer();

@@ -10,6 +10,7 @@
  */
 import { $, $all, el, holdFocus, svgIcon } from './dom.js';
 import { page } from './state.js';
+import { regroup } from './rows.js';
 
 const LIST_URL = '/api/conversations/';
 const SEARCH_DELAY_MS = 250;
@@ -54,6 +55,7 @@ export function showTitle(title) {
   if (current) {
     current.textContent = title;
     current.title = title;
+    current.closest('.conv').setAttribute('data-title', title);
   }
   for (const button of $all('[data-rename-url], [data-delete-url]')) {
     const url = button.getAttribute('data-rename-url') || button.getAttribute('data-delete-url');
@@ -83,12 +85,18 @@ export function isTitled() { return titled; }
 export function moveCurrentUp() {
   const current = $('.conv.current');
   if (!current) return;
-  let before = current.parentNode.firstElementChild;
+  const rows = $all(':scope > .conv', current.parentNode);
+  let at = 0;
   if (!current.classList.contains('pinned')) {
-    while (before && before !== current && before.classList.contains('pinned')) before = before.nextElementSibling;
+    while (rows[at] !== current && rows[at].classList.contains('pinned')) at += 1;
   }
-  if (before !== current) current.parentNode.insertBefore(current, before);
+  if (rows[at] !== current) current.parentNode.insertBefore(current, rows[at]);
+  current.setAttribute('data-updated', new Date().toISOString());  // it is Today's now
+  regroup(current.parentNode);
 }
+
+/** Fetch the list again for its view and search (a row's flags changed). */
+export function reloadList() { load(true); }
 
 export function initSidebar() {
   initList();
@@ -131,6 +139,10 @@ function actionButton(kind, label, url, title) {
 function convItem(c) {
   const current = c.id === page.conversationId;
   const li = el('li', 'conv' + (current ? ' current' : '') + (c.pinned ? ' pinned' : ''));
+  li.setAttribute('data-id', c.id);
+  li.setAttribute('data-title', c.title);
+  li.setAttribute('data-updated', c.updated_at);
+  li.setAttribute('data-archived', c.archived ? '1' : '0');
   const link = el('a');
   link.href = '/c/' + encodeURIComponent(c.id) + '/';
   link.title = c.title;
@@ -175,6 +187,7 @@ function load(replace) {
       const items = data.conversations.map(convItem);
       if (replace) list.ul.replaceChildren(...items);
       else list.ul.append(...items);
+      regroup(list.ul);
       showMore(data.next_cursor ? listUrl(data.next_cursor) : null);
       const empty = $('.sidebar-empty', list.nav);
       if (empty) empty.hidden = list.ul.childElementCount > 0;

@@ -278,7 +278,7 @@ def test_the_list_keeps_the_servers_order_as_chats_are_opened_and_used(browser, 
     assert listed_titles(page) == server_order
     # A pinned chat looks pinned, as the list comes from the page and as the list's API gives it.
     pinned = page.locator(".conv-list .conv.pinned")
-    expect(pinned.locator("svg.icon-pin")).to_have_count(1)
+    expect(pinned.locator("a svg.icon-pin")).to_have_count(1)
     page.get_by_label("Which chats to list").select_option(label="Archived")
     page.get_by_label("Which chats to list").select_option(label="Chats")
     expect(pinned.locator(".conv-title svg.icon-pin")).to_have_count(1)

@@ -12,11 +12,23 @@ the site's Content-Security-Policy and fails on any violation or console error.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import LAST_REPLY, audit, new_chat, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import (
+    LAST_REPLY,
+    REPO,
+    audit,
+    new_chat,
+    new_page,
+    ready,
+    set_settings,
+    settle_reply,
+    sign_up,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -106,7 +118,7 @@ def test_edit_variants_search_and_archive(browser, daphne_server):
 
     # Archive from the ⋯ menu: the open chat is now listed in the Archived view, and gone from the chats.
     page.locator("details.menu summary").click()
-    page.get_by_role("button", name="Archive").click()
+    page.get_by_role("button", name="Archive", exact=True).click()
     expect(page).to_have_url(chat_url)
     ready(page)
     expect(page.locator(".sidebar-nav h2")).to_have_text("Archived chats")
@@ -194,7 +206,7 @@ def test_archive_and_unpin_say_so_with_undo_and_an_archived_chat_opens_in_its_vi
     ready(page)
     expect(toast).to_contain_text("Pinned “A chat to put away”")
     page.locator("details.menu summary").click()
-    page.get_by_role("button", name="Unpin").click()
+    page.get_by_role("button", name="Unpin", exact=True).click()
     ready(page)
     expect(toast).to_contain_text("Unpinned “A chat to put away”.")
     toast.get_by_role("button", name="Undo").click()
@@ -203,7 +215,7 @@ def test_archive_and_unpin_say_so_with_undo_and_an_archived_chat_opens_in_its_vi
 
     # Archived, it leaves the list: the page says where it went, and Undo brings it back.
     page.locator("details.menu summary").click()
-    page.get_by_role("button", name="Archive").click()
+    page.get_by_role("button", name="Archive", exact=True).click()
     ready(page)
     expect(toast).to_contain_text("it is in the Archived view of the chat list")
     # The open chat's view is the one that lists it, with the chat marked as the current one.
@@ -216,5 +228,59 @@ def test_archive_and_unpin_say_so_with_undo_and_an_archived_chat_opens_in_its_vi
     expect(page.get_by_label("Which chats to list")).to_have_value("source=web,import")
     expect(page.locator(".conv-list .conv.current")).to_have_count(1)
     assert page.url == url
+    problems.check()
+    context.close()
+
+
+AGE = """
+from datetime import timedelta
+from django.utils import timezone
+from conversations.models import Conversation
+for title, days in {ages!r}:
+    Conversation.objects.filter(user__username={username!r}, title=title).update(
+        updated_at=timezone.now() - timedelta(days=days))
+"""
+
+
+def test_the_list_has_date_groups_and_pin_and_archive_on_each_row_with_undo(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    base = daphne_server.url
+    sign_up(page, base, "rows-user")
+    for title in ("An old chat", "Yesterday's chat", "Today's chat"):
+        page.goto(base + "/")
+        ready(page)
+        new_chat(page, title)
+    ages = [("An old chat", 40), ("Yesterday's chat", 1)]
+    script = AGE.format(ages=ages, username="rows-user")
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script], cwd=REPO, env=daphne_server.env, check=True, timeout=120
+    )
+    page.reload()
+    ready(page)
+    groups = page.locator(".conv-list .conv-group h3")
+    expect(groups).to_have_text(["Today", "Yesterday", "Older"])
+    rows = page.locator(".conv-list .conv")
+    expect(rows).to_have_count(3)
+
+    toast = page.locator("#toasts .alert")
+
+    def row_button(title: str, name: str):
+        rows.filter(has_text=title).hover()  # a row's buttons show on hover and focus
+        return page.get_by_role("button", name=name)
+
+    row_button("An old chat", "Pin An old chat").click()
+    expect(toast).to_contain_text("Pinned “An old chat”.")
+    expect(groups).to_have_text(["Pinned", "Today", "Yesterday"])
+    expect(rows.first).to_contain_text("An old chat")
+
+    row_button("Yesterday's chat", "Archive Yesterday's chat").click()
+    expect(toast).to_contain_text("Archived “Yesterday's chat”: it is in the Archived view of the list.")
+    expect(rows).to_have_count(2)
+    toast.get_by_role("button", name="Undo").click()
+    expect(rows).to_have_count(3)
+    expect(groups).to_have_text(["Pinned", "Today", "Yesterday"])
+    row_button("An old chat", "Unpin An old chat").click()
+    expect(toast).to_contain_text("Unpinned “An old chat”.")
+    expect(groups).to_have_text(["Today", "Yesterday", "Older"])
     problems.check()
     context.close()
