@@ -13,7 +13,7 @@
 #   make soak            random users against real servers: local, worker and endpoint mode (SOAK_ARGS="--minutes 1")
 #   make fuzz            the fuzz suite with many more examples than make test runs (FUZZ_EXAMPLES=400)
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
-#   make screenshots     retake docs/screenshot-{light,dark}.png and the admin's review/usage pages
+#   make screenshots     retake docs/screenshot-{light,dark}.png, the admin's review/usage pages and docs/feel/*-after.png
 #   make clean           remove the virtual environment and test output
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
@@ -99,6 +99,7 @@ vendor:
 screenshots: $(INSTALLED) system-packages
 	$(VENV_PYTHON) scripts/screenshots.py
 	$(VENV_PYTHON) scripts/review_screenshots.py
+	$(VENV_PYTHON) scripts/feel_screenshots.py
 
 bench: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
