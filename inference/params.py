@@ -31,7 +31,8 @@ class GenerationParams:
 
     temperature: float = 0.7
     top_p: float = 0.9
-    max_new_tokens: int = 256
+    # Room for a whole chat answer (a story, a page of code); 256 cut replies off mid-sentence.
+    max_new_tokens: int = 1024
     repetition_penalty: float = 1.05
     stop: tuple[str, ...] = ()
 

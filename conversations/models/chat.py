@@ -55,7 +55,7 @@ class Conversation(models.Model):
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(default=0.7)
     top_p = models.FloatField(default=0.9)
-    max_new_tokens = models.PositiveIntegerField(default=256)
+    max_new_tokens = models.PositiveIntegerField(default=1024)
     repetition_penalty = models.FloatField(default=1.05)
     model_name = models.CharField(max_length=200, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)

@@ -7,7 +7,7 @@ from inference import GenerationParams, InferenceError, InvalidParams
 
 def test_it_has_the_documented_defaults():
     params = GenerationParams()
-    assert params.to_dict() == {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "repetition_penalty": 1.05}
+    assert params.to_dict() == {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 1024, "repetition_penalty": 1.05}
 
 
 def test_it_round_trips_through_a_dict():
