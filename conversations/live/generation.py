@@ -70,11 +70,6 @@ class Record:
 class LiveReply:
     turn: Turn
     record: Record = field(default_factory=Record)
-
-    def __post_init__(self) -> None:
-        # A continued reply's record holds its text already (the worker's stream was seeded with it).
-        self.record.text = self.turn.prefill
-
     cancel: Event = field(default_factory=Event)
     task: asyncio.Task | None = None
     # Set with `cancel` when the process stops: the reply then ends as
@@ -84,6 +79,10 @@ class LiveReply:
     # the conversation is busy, so a client that got `end` can send at once,
     # before this task has wound down.
     ending: bool = False
+
+    def __post_init__(self) -> None:
+        # A continued reply's record holds its text already (the worker's stream was seeded with it).
+        self.record.text = self.turn.prefill
 
     @property
     def conversation_id(self) -> str:

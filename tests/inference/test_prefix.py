@@ -99,11 +99,11 @@ def test_the_next_turn_of_a_conversation_reads_only_what_is_new(make_engine):
 
     assert from_prefix == from_scratch
     # Everything the follow-up shares with the first prompt and reply was reused.
-    ids = engine.prepare(Request(messages=follow_up)).ids
+    ids = engine.prepare(Request(messages=follow_up, params=params)).ids
     shared = 0
     while shared < len(kept.ids) and kept.ids[shared] == ids[shared]:
         shared += 1
-    assert saved == shared > len(engine.prepare(Request(messages=opening)).ids)
+    assert saved == shared > len(engine.prepare(Request(messages=opening, params=greedy(20))).ids)
 
 
 def test_a_stopped_reply_is_kept_too(make_engine):
