@@ -94,13 +94,15 @@ class LiveReply:
 
 
 async def run_reply(reply: LiveReply, engine: Engine) -> None:
-    """Generate one reply, publishing its frames; it always ends through replies.finish()."""
+    """Generate one reply, publishing its frames; it always ends through replies.finish() (here, or by
+    whoever sealed its record)."""
     turn = reply.turn
     ending = Ending("error", "")
     pending, flushed_at, saved_at = "", 0.0, time.monotonic()
     # What the reply has cost so far, saved with its text: a reply cut off
     # before its Finished (a stop, a crash, a SIGKILL) is still charged for it.
     spent = {"prompt_tokens": None, "completion_tokens": 0}
+    sealed = False
 
     async def flush() -> None:
         nonlocal pending, flushed_at
@@ -145,9 +147,11 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
                 spent["prompt_tokens"] = event.prompt_tokens
         await flush()
     except Sealed:
-        # Its end is stored and announced already, with the text recorded up to here.
+        # Whoever sealed its record ends it, with the text recorded up to here (leases.Leases.reap_one,
+        # WorkerRunner.drain). Ending it here as well raced them: the first end stored wins.
         logger.warning("reply %s was ended elsewhere; it stops here", turn.message_id)
         reply.cancel.set()
+        sealed = True
     except QueueFull:
         ending.error = ("busy", "The server is busy with other chats; try again in a moment.")
     except EngineClosed:
@@ -165,13 +169,14 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
         ending.reason = "interrupted"
         raise
     finally:
-        # Whatever was published is the text, whatever the engine said.
-        ending.text = reply.record.text
-        if not ending.usage and spent["prompt_tokens"] is not None:
-            ending.usage = turn.grown(spent)  # no Finished: what it cost up to where it stopped
         reply.ending = True
-        # Shielded so a cancelled task still stores and announces its end.
-        await asyncio.shield(finish(turn.conversation_id, turn.message_id, ending))
+        if not sealed:
+            # Whatever was published is the text, whatever the engine said.
+            ending.text = reply.record.text
+            if not ending.usage and spent["prompt_tokens"] is not None:
+                ending.usage = turn.grown(spent)  # no Finished: what it cost up to where it stopped
+            # Shielded so a cancelled task still stores and announces its end.
+            await asyncio.shield(finish(turn.conversation_id, turn.message_id, ending))
 
 
 def _ending(result: Result, reply: LiveReply) -> Ending:

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
+from conversations.live import leases
 from conversations.live.generation import Sealed
 from conversations.live.leases import Leases
 from conversations.models import Message
@@ -51,4 +52,35 @@ async def test_a_reply_reaped_while_its_worker_still_writes_ends_with_what_the_s
         while message_id in server.held:  # the worker gives the reply up at its next chunk
             server.changed.clear()
             await asyncio.wait_for(server.changed.wait(), 30)
+    await ws.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_meets_the_seal_leaves_the_end_to_whoever_sealed(
+    start_worker,  # noqa: F811
+    chat,  # noqa: F811
+    alice,
+    monkeypatch,
+):
+    """The reaper seals, then stores the end. A worker that met the seal in between used to store an end of
+    its own ("error"), and the reaper's then lost (a loaded CI run failed the test above on it)."""
+    server, _ = await start_worker()
+    ws, connected, _ = await connect(chat.id, alice)
+    assert connected
+    frames = await send_long(ws, "Tell me a long story")
+    message_id = next(f["message_id"] for f in frames if f["type"] == "start")
+    store_end = leases.finish
+
+    async def slow_to_store(*args):
+        # The reaper is slow to store the end: the worker meets the seal first, and gives the reply up.
+        while message_id in server.held:
+            server.changed.clear()
+            await asyncio.wait_for(server.changed.wait(), 30)
+        return await store_end(*args)
+
+    monkeypatch.setattr(leases, "finish", slow_to_store)
+    assert await Leases().reap_one(str(chat.id), message_id)
+    frames += await receive_until_end(ws)
+    stored = await Message.objects.aget(id=message_id)
+    assert stored.status == "interrupted" and stored.content == joined_tokens(frames)
     await ws.disconnect()
