@@ -57,9 +57,9 @@ def resolve(user, model_id: str | None, registry: Registry) -> str:
 
     Raises UnknownModel.
     """
-    # Every turn asks: the rows of models seen are made only when one is missing.
-    usable = list(ModelOption.objects.usable_by(user))
-    if model_id is None or not any(option.model_id == model_id for option in usable):
+    # Every turn asks: the rows of models seen are made only for a model missing from them, or a default.
+    usable = list(ModelOption.objects.usable_by(user)) if model_id is not None else []
+    if not any(option.model_id == model_id for option in usable):
         usable = options(user, registry)
     if model_id is None:
         default = _default(usable, registry)

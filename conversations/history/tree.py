@@ -29,6 +29,17 @@ class Tree:
     def of(cls, conversation: Conversation) -> Tree:
         return cls(list(conversation.messages.all()), conversation.active_leaf_id)
 
+    def add(self, message: Message) -> Message:
+        """A message just created in the conversation (the newest), added without loading the tree again."""
+        self.messages.append(message)
+        self.by_id[message.id] = message
+        self.children[message.parent_id].append(message)
+        return message
+
+    def streaming(self) -> bool:
+        """Whether one of the conversation's replies is streaming."""
+        return any(message.status == message.Status.STREAMING for message in self.messages)
+
     def leaf(self) -> Message | None:
         """The end of the active path (the newest message if none is recorded)."""
         leaf = self.by_id.get(self.active_leaf_id) if self.active_leaf_id else None

@@ -89,9 +89,8 @@ def _create(
     conversation_id: str, kind: str, params: GenerationParams, text: str, message_id: int | None, model: str | None
 ) -> Turn:
     with transaction.atomic():
-        conversation = _locked_idle(conversation_id)
+        conversation, tree = _locked_idle(conversation_id)
         model = _model(conversation, model)
-        tree = Tree.of(conversation)
         user_message, replaces = None, None
         if kind == "regenerate":
             last = tree.leaf()
@@ -100,23 +99,23 @@ def _create(
             replaces, parent = last.id, tree.by_id.get(last.parent_id)
         else:
             parent = tree.leaf() if kind == "send" else _edited(tree, message_id)
-            user_message = Message.objects.create(
-                conversation=conversation, role=Message.Role.USER, content=text, parent=parent
+            user_message = tree.add(
+                Message.objects.create(conversation=conversation, role=Message.Role.USER, content=text, parent=parent)
             )
             parent = user_message
-        reply = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.STREAMING,
-            model_name=model,
-            parent=parent,
+        reply = tree.add(
+            Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model_name=model,
+                parent=parent,
+            )
         )
-        conversation.activate(reply)
-        history = conversation.prompt_history(until=reply)
+        history = conversation.prompt_history(until=reply, tree=tree)
         capped = _reserve_tokens(conversation, reply, history, params, model)
         untitled = not conversation.title
-        conversation.start_turn(params.to_dict(), first_text=text or None, model=model)
-        tree = Tree.of(conversation)
+        conversation.start_turn(params.to_dict(), first_text=text or None, model=model, leaf=reply)
     return Turn(
         conversation_id=conversation_id,
         message_id=reply.id,
@@ -124,7 +123,7 @@ def _create(
         params=capped,
         model=model,
         replaces=replaces,
-        user_message=tree.as_dict(tree.by_id[user_message.id]) if user_message else None,
+        user_message=tree.as_dict(user_message) if user_message else None,
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
         title=conversation.title if untitled and conversation.title else None,
     )
@@ -134,14 +133,14 @@ def _create(
 def _continued(conversation_id: str, params: GenerationParams) -> Turn:
     """The last reply of the active path, streaming again with its text as the start of what comes next."""
     with transaction.atomic():
-        conversation = _locked_idle(conversation_id)
-        tree = Tree.of(conversation)
+        conversation, tree = _locked_idle(conversation_id)
         reply = tree.leaf()
         if reply is None or reply.role != Message.Role.ASSISTANT or reply.finish_reason == "stop":
             raise Refused("invalid", "There is no reply to continue: only one cut short (by its length or a stop) can.")
         model = _model(conversation, reply.model_name or None)
-        history = conversation.prompt_history(until=reply)  # the path above it
+        history = conversation.prompt_history(until=reply, tree=tree)  # the path above it
         before = {name: getattr(reply, name) for name in Message.USAGE_FIELDS}
+        quotas.settle(reply.id, quotas.spent(reply))  # a hold its last end never settled (a killed server)
         Message.objects.filter(id=reply.id).update(status=Message.Status.STREAMING, finish_reason="", model_name=model)
         prompt = [*history, {"role": "assistant", "content": reply.content}]
         capped = _reserve_tokens(conversation, reply, prompt, params, model, charged=quotas.spent(reply))
@@ -158,14 +157,19 @@ def _continued(conversation_id: str, params: GenerationParams) -> Turn:
     )
 
 
-def _locked_idle(conversation_id: str) -> Conversation:
-    """The conversation, locked for this transaction; Refused while one of its replies streams."""
-    conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
+def _locked_idle(conversation_id: str) -> tuple[Conversation, Tree]:
+    """The conversation, locked for this transaction, and its messages; Refused while one of its replies streams.
+
+    Its user comes in the same query (every turn checks which models they may use).
+    """
+    locked = Conversation.objects.select_for_update(of=("self",)).select_related("user")
+    conversation = locked.filter(id=conversation_id).first()
     if conversation is None:
         raise Gone
-    if state.current().runner.in_progress(conversation_id) or conversation.live_reply():
+    tree = Tree.of(conversation)
+    if state.current().runner.in_progress(conversation_id) or tree.streaming():
         raise Refused("busy", BUSY)
-    return conversation
+    return conversation, tree
 
 
 def _model(conversation: Conversation, wanted: str | None) -> str:
@@ -198,8 +202,7 @@ async def switch(conversation_id, message_id: int) -> list[dict]:
 @database_sync_to_async
 def _switch(conversation_id: str, message_id: int) -> list[dict]:
     with transaction.atomic():
-        conversation = _locked_idle(conversation_id)
-        tree = Tree.of(conversation)
+        conversation, tree = _locked_idle(conversation_id)
         target = tree.by_id.get(message_id)
         if target is None:
             raise Refused("invalid", "There is no such message in this conversation.")

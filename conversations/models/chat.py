@@ -106,17 +106,18 @@ class Conversation(models.Model):
             if name in params:
                 setattr(self, name, params[name])
 
-    def prompt_history(self, until: Message | None = None) -> list[dict]:
+    def prompt_history(self, until: Message | None = None, tree: Tree | None = None) -> list[dict]:
         """The transcript as chat messages for the model, oldest first.
 
         Only finished text counts: empty or failed replies are left out, so a
         failure does not teach the model to answer with nothing. With `until`,
         the history is the path down to that message (included); else the active path.
+        `tree`: the conversation's messages, where the caller has them loaded.
         """
         history = []
         if self.system_prompt:
             history.append({"role": "system", "content": self.system_prompt})
-        for message in Tree.of(self).path(until):
+        for message in (tree or Tree.of(self)).path(until):
             if message.role == Message.Role.SYSTEM:
                 continue
             if message.role == Message.Role.ASSISTANT and (
@@ -134,16 +135,22 @@ class Conversation(models.Model):
         cut = line[:TITLE_LENGTH].rsplit(" ", 1)[0] or line[:TITLE_LENGTH]
         return cut.rstrip(",.;:") + "…"
 
-    def start_turn(self, params: dict, first_text: str | None = None, model: str | None = None) -> None:
+    def start_turn(
+        self, params: dict, first_text: str | None = None, model: str | None = None, leaf: Message | None = None
+    ) -> None:
         """Record a new turn: the parameters and the model it used become the
         conversation's (so a reload shows them), the first message names it,
-        and it moves to the top of the list."""
+        it moves to the top of the list, and its reply (`leaf`) ends the active path."""
         self.set_params(params)
         if first_text and not self.title:
             self.title = self.title_from(first_text)
         self.model_name = model or self.model_name
         self.updated_at = timezone.now()
-        self.save(update_fields=["updated_at", "title", "model_name", *PARAM_FIELDS])
+        fields = ["updated_at", "title", "model_name", *PARAM_FIELDS]
+        if leaf is not None:
+            self.active_leaf = leaf
+            fields.append("active_leaf")
+        self.save(update_fields=fields)
 
     def append(self, role: str, content: str = "", **fields) -> Message:
         """A new message at the end of the active path, which it then ends."""

@@ -105,19 +105,15 @@ def reserve(user_id, prompt: int, max_new_tokens: int, message_id: int | None = 
     creates (or continues) the reply.
     """
     with transaction.atomic():
-        DailyUsage.objects.get_or_create(user_id=user_id, day=today())
-        usage = DailyUsage.objects.select_for_update().get(user_id=user_id, day=today())
-        _settle_ended(usage)
-        usage.refresh_from_db()
+        usage, _ = DailyUsage.objects.select_for_update().get_or_create(user_id=user_id, day=today())
+        if _settle_ended(usage):
+            usage.refresh_from_db()
         limit = daily_limit(user_id)
         if limit:
             left = limit - usage.tokens - usage.reserved
             if left - prompt < 1:
                 raise QuotaExceeded(usage.tokens + usage.reserved, limit)
             max_new_tokens = min(max_new_tokens, left - prompt)
-        leftover = Reservation.objects.filter(message_id=message_id).first() if message_id is not None else None
-        if leftover is not None:  # a continued reply whose last end was never settled (a killed server)
-            _release_hold(leftover, charged)
         hold = Hold(usage.pk, prompt + max_new_tokens, max_new_tokens)
         DailyUsage.objects.filter(pk=usage.pk).update(reserved=F("reserved") + hold.tokens)
         if message_id is not None:
@@ -153,9 +149,11 @@ def spent(message: Message | None) -> int:
     return (message.prompt_tokens or 0) + (message.completion_tokens or 0)
 
 
-def _settle_ended(usage: DailyUsage) -> None:
+def _settle_ended(usage: DailyUsage) -> bool:
     """Settle holds of replies that ended without finish() (a server killed outright, marked interrupted
-    at its next start; a conversation deleted mid-reply), so neither eats a user's budget."""
+    at its next start; a conversation deleted mid-reply), so neither eats a user's budget. True if any was."""
     ended = Reservation.objects.filter(usage=usage).exclude(message__status=Message.Status.STREAMING)
-    for hold in ended.select_related("message"):
+    holds = list(ended.select_related("message"))
+    for hold in holds:
         _release_hold(hold, spent(hold.message))
+    return bool(holds)
