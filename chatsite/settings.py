@@ -356,6 +356,12 @@ CHAT_IMPORT_MAX_MB = env_int("CHAT_IMPORT_MAX_MB", 64, minimum=1, maximum=4096)
 # A reply nobody watches any more (every tab closed) is stopped after this
 # many seconds; a reload or a reconnect within it picks the reply back up.
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))
+# Temporary chats (docs/history.md): never listed, searched or exported, and deleted
+# once no tab has had one open for this many seconds; 0 refuses them.
+CHAT_TEMPORARY_CHATS = env_bool("CHAT_TEMPORARY_CHATS", True)
+CHAT_TEMPORARY_GRACE = float(env_int("CHAT_TEMPORARY_GRACE_S", 60, minimum=1, maximum=86_400))
+# A deleted chat can be brought back (Undo) for this many seconds; then it is gone.
+CHAT_DELETE_UNDO = float(env_int("CHAT_DELETE_UNDO_S", 300, minimum=1, maximum=86_400))
 # Worker mode (CHAT_INFERENCE=worker). A live reply whose lease is not renewed
 # for this many seconds (its worker died, or no worker took the request) is
 # ended by a reaper in any web process or worker; workers renew every fifth of

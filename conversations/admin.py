@@ -62,7 +62,7 @@ class MessageInline(admin.TabularInline):
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = ("display_title", "user", "message_count", "source", "model_name", "created_at", "updated_at")
-    list_filter = ("source", "user", "created_at")
+    list_filter = ("source", "temporary", "user", "created_at")
     list_select_related = ("user",)
     search_fields = ("title", "messages__content", "user__username")
     date_hierarchy = "created_at"
@@ -158,7 +158,8 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected conversations as JSON")
     def export_json(self, request, queryset):
-        conversations = list(queryset.select_related("user"))  # export.as_json reads each one's messages
+        # Temporary chats are never exported; export.as_json reads each one's messages.
+        conversations = list(queryset.filter(temporary=False).select_related("user"))
         audit.record(request, audit.EXPORT_JSON, conversations)
         response = HttpResponse(export.to_json(conversations), content_type="application/json")
         response["Content-Disposition"] = 'attachment; filename="conversations.json"'
@@ -166,7 +167,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected conversations as Markdown")
     def export_markdown(self, request, queryset):
-        conversations = list(queryset.select_related("user").prefetch_related("messages"))
+        conversations = list(queryset.filter(temporary=False).select_related("user").prefetch_related("messages"))
         audit.record(request, audit.EXPORT_MARKDOWN, conversations)
         text = "\n---\n\n".join(export.to_markdown(c) for c in conversations)
         response = HttpResponse(text, content_type="text/markdown; charset=utf-8")

@@ -10,6 +10,8 @@ from django.db import connections
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from .endpoints import catalog
@@ -46,6 +48,8 @@ def _chat_page(request, conversation: Conversation | None):
         "current_model": conversation.model_name if conversation else models["default"],
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
+        "temporary_chats": settings.CHAT_TEMPORARY_CHATS,
+        "temporary_grace": int(settings.CHAT_TEMPORARY_GRACE),
     }
     return render(request, "conversations/chat.html", context)
 
@@ -74,9 +78,15 @@ def new(request):
     except catalog.UnknownModel as exc:
         flash.error(request, str(exc))
         return redirect("index")
+    temporary = request.POST.get("temporary") == "1"
+    if temporary and not settings.CHAT_TEMPORARY_CHATS:
+        flash.error(request, "Temporary chats are turned off on this site.")
+        return redirect("index")
     conversation = form.save(commit=False)
     conversation.user = request.user
     conversation.model_name = model
+    if temporary:
+        conversation.temporary, conversation.seen_at = True, timezone.now()
     conversation.save()
     return redirect(conversation)
 
@@ -99,22 +109,50 @@ def rename(request, conversation_id):
 async def delete(request, conversation_id):
     """Through the turn owner: a reply streaming in the chat is stopped, ended and charged first.
 
+    The chat leaves every view at once; the page says so, with Undo for
+    CHAT_DELETE_UNDO_S (conversations.live.sweep). Back to `next` when it is
+    a page of this site, else to a new chat.
     Async, so no thread is held while the reply ends: its final save needs
     the one thread that synchronous views and database calls share.
     """
     conversation = await database_sync_to_async(_get_conversation_for_user)(request, conversation_id)
     try:
-        await turns.delete(conversation.id)
+        await turns.delete(conversation.id, undo=True)
     except turns.Refused as exc:
         await database_sync_to_async(flash.error)(request, exc.message)
         return redirect(conversation)
+    text = f"Deleted “{conversation.display_title}”."
+    undo = f"undo {reverse('restore', args=[conversation.id])}"
+    await database_sync_to_async(flash.success)(request, text, extra_tags=undo)
+    back = request.POST.get("next", "")
+    if back and url_has_allowed_host_and_scheme(back, {request.get_host()}, request.is_secure()):
+        return redirect(back)
     return redirect("index")
+
+
+@login_required
+@require_POST
+def restore(request, conversation_id):
+    """Undo a delete, while the chat is still kept (CHAT_DELETE_UNDO_S); 404 once it is gone for good."""
+    deleted = Conversation.objects.filter(user=request.user, id=conversation_id, deleted_at__isnull=False)
+    conversation = get_object_or_404(deleted)
+    deleted.update(deleted_at=None)
+    flash.success(request, f"“{conversation.display_title}” is back in your chats.")
+    return redirect(conversation)
+
+
+def _exportable(request, conversation_id) -> Conversation:
+    """The user's conversation, unless it is a temporary chat: those are never exported."""
+    conversation = _get_conversation_for_user(request, conversation_id)
+    if conversation.temporary:
+        raise Http404("A temporary chat is not exported.")
+    return conversation
 
 
 @login_required
 @require_GET
 def export_json(request, conversation_id):
-    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation = _exportable(request, conversation_id)
     response = JsonResponse(export.as_json(conversation), json_dumps_params={"indent": 2})
     response["Content-Disposition"] = f'attachment; filename="{export.filename(conversation, "json")}"'
     return response
@@ -123,7 +161,7 @@ def export_json(request, conversation_id):
 @login_required
 @require_GET
 def export_markdown(request, conversation_id):
-    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation = _exportable(request, conversation_id)
     response = HttpResponse(export.to_markdown(conversation), content_type="text/markdown; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{export.filename(conversation, "md")}"'
     return response

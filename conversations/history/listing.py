@@ -225,7 +225,7 @@ def _after(key: tuple, *, searching: bool) -> Q:
 
 
 def _filtered(user, query: ListQuery) -> QuerySet:
-    conversations = Conversation.objects.for_user(user).filter(archived=query.archived)
+    conversations = Conversation.objects.for_user(user).filter(archived=query.archived, temporary=False)
     if query.sources:
         conversations = conversations.filter(source__in=query.sources)
     return conversations

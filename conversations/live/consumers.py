@@ -18,11 +18,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
 from inference import GenerationParams, InvalidParams
 
 from ..models import Conversation, unstorable
-from . import state, turns
+from . import state, sweep, turns
 from .frames import client_frame, group_name, layer_errors, user_group
 from .turns import Gone, Refused
 
@@ -82,6 +83,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.live.runner.watch(self.key)
         self.live.sockets.add(self)
+        await self._seen()
         await self.accept()
         await self._resume_live_reply()
 
@@ -107,6 +109,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.channel_layer.group_discard(user_group(self.user_id), self.channel_name)
             except layer_errors() as exc:  # the membership expires by itself
                 logger.warning("cannot leave %s: %s", self.key, exc)
+            await self._seen()  # a temporary chat's grace runs from its last tab's close
 
     def watching(self) -> set[tuple[str, int]]:
         """The live replies this socket follows (shutdown waits for their `end`)."""
@@ -256,6 +259,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     @database_sync_to_async
     def _get_conversation(self, user, conversation_id) -> Conversation | None:
         return Conversation.objects.for_user(user).filter(id=conversation_id).first()
+
+    async def _seen(self) -> None:
+        """A temporary chat open in a tab, or just closed, is not due for the sweep (conversations.live.sweep)."""
+        if self.conversation is None or not self.conversation.temporary:
+            return
+        try:
+            await database_sync_to_async(sweep.seen)(self.key)
+        except DatabaseError as exc:  # each sweep marks the chats open here anyway
+            logger.warning("cannot mark %s seen: %s", self.key, exc)
 
 
 def logged_out(sender, request, user, **kwargs) -> None:

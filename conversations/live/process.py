@@ -17,7 +17,7 @@ from django.conf import settings
 from inference import InferenceError, model_name
 
 from ..endpoints.registry import Registry
-from . import runners, state
+from . import runners, state, sweep
 from .state import Live
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def start_web_process() -> Live:
         raise SystemExit(f"chatsite: cannot load CHAT_MODEL={settings.CHAT_MODEL!r}: {exc}") from None
     state.install(live)
     live.models.start()
+    sweep.start()
     return live
 
 

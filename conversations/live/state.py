@@ -54,6 +54,10 @@ class Live:
             pairs |= socket.watching()
         return pairs
 
+    def open_temporary_chats(self) -> set[str]:
+        """The temporary chats this process's sockets have open (read by the sweep's thread too)."""
+        return {socket.key for socket in list(self.sockets) if socket.conversation.temporary}
+
     def keep(self, task: asyncio.Task) -> None:
         """Hold on to a background save until it is done."""
         self.saves.add(task)

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
+from django.utils import timezone
 
 from inference import GenerationParams, InferenceError
 
@@ -164,7 +165,7 @@ def _locked_idle(conversation_id: str) -> tuple[Conversation, Tree]:
     """
     locked = Conversation.objects.select_for_update(of=("self",)).select_related("user")
     conversation = locked.filter(id=conversation_id).first()
-    if conversation is None:
+    if conversation is None or conversation.deleted_at is not None:
         raise Gone
     tree = Tree.of(conversation)
     if state.current().runner.in_progress(conversation_id) or tree.streaming():
@@ -251,10 +252,13 @@ async def stop(conversation_id) -> bool:
     return await state.current().runner.stop(str(conversation_id))
 
 
-async def delete(conversation_id) -> None:
+async def delete(conversation_id, undo: bool = False) -> None:
     """Delete a conversation. A reply streaming in it is stopped first, through its runner, and ends as
     any other (`end` to every tab, its quota settled with what it spent); only then do the rows go.
 
+    With `undo`, the rows stay for CHAT_DELETE_UNDO_S, out of every user's
+    sight, until the sweep (conversations.live.sweep) removes them, unless
+    `restore()` brings the conversation back first.
     Deleted under the conversation's lock, once no reply streams, so a turn
     started meanwhile is stopped in its turn rather than deleted under its runner.
     Raises Refused (busy) when replies keep streaming (the database refuses their ends).
@@ -262,7 +266,7 @@ async def delete(conversation_id) -> None:
     key = str(conversation_id)
     for _ in range(DELETE_ATTEMPTS):
         async with follow(key) as followed:
-            message_id = await _delete_if_idle(key)
+            message_id = await _delete_if_idle(key, undo)
             if message_id is None:
                 return
             await state.current().runner.stop(key)
@@ -279,7 +283,7 @@ async def delete(conversation_id) -> None:
 
 
 @database_sync_to_async
-def _delete_if_idle(conversation_id: str) -> int | None:
+def _delete_if_idle(conversation_id: str, undo: bool) -> int | None:
     """Delete the conversation unless a reply streams in it; returns that reply's id, or None once deleted."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().filter(id=conversation_id).first()
@@ -288,7 +292,10 @@ def _delete_if_idle(conversation_id: str) -> int | None:
         live = conversation.live_reply()
         if live is not None:
             return live.id
-        conversation.delete()
+        if undo:
+            Conversation.objects.filter(id=conversation_id).update(deleted_at=timezone.now())
+        else:
+            conversation.delete()
     return None
 
 

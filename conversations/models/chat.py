@@ -36,10 +36,11 @@ def unstorable(text: str) -> str | None:
 
 class ConversationQuerySet(models.QuerySet):
     def for_user(self, user) -> ConversationQuerySet:
-        """Only `user`'s conversations: a foreign id then simply is not found."""
+        """Only `user`'s conversations: a foreign id then simply is not found, nor is a deleted one
+        (kept a while for Undo, conversations.live.sweep)."""
         if not user.is_authenticated:
             return self.none()
-        return self.filter(user=user)
+        return self.filter(user=user, deleted_at__isnull=True)
 
 
 class Conversation(models.Model):
@@ -62,6 +63,13 @@ class Conversation(models.Model):
     # Archived chats leave the default list; pinned ones lead it.
     archived = models.BooleanField(default=False)
     pinned = models.BooleanField(default=False)
+    # Never listed, searched or exported; deleted once no tab has had it open for
+    # CHAT_TEMPORARY_GRACE_S (`seen_at`: when one last had), by conversations.live.sweep.
+    temporary = models.BooleanField(default=False, editable=False)
+    seen_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Deleted by its user: out of every user-facing view at once, and removed
+    # for good CHAT_DELETE_UNDO_S later unless they undo it.
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
     # The end of the active path through the message tree (conversations.history.tree):
     # pages, the API and the model's history follow it up to the root.
     active_leaf = models.ForeignKey("Message", models.SET_NULL, null=True, blank=True, related_name="+", editable=False)
@@ -77,6 +85,8 @@ class Conversation(models.Model):
             # The paged list's sort key (conversations/history/listing.py), so a page
             # is an index range however long the history gets.
             models.Index(fields=["user", "archived", "-pinned", "-updated_at", "-id"], name="conv_user_list"),
+            # The sweep's question, every few seconds: which temporary chats nobody has had open.
+            models.Index(fields=["seen_at"], condition=Q(temporary=True), name="conv_temporary_seen"),
         ]
         # On PostgreSQL, migration 0003_conversation_list adds a GIN full-text
         # index on titles (SQLite has no GIN); messages: see Message.Meta.
@@ -177,6 +187,7 @@ class Conversation(models.Model):
             "source": self.source,
             "archived": self.archived,
             "pinned": self.pinned,
+            "temporary": self.temporary,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

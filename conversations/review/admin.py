@@ -91,7 +91,8 @@ class FeedbackAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected ratings as JSON Lines")
     def export_jsonl(self, request, queryset):
-        feedback = list(queryset.select_related("message__conversation__user"))
+        exported = queryset.filter(message__conversation__temporary=False)  # temporary chats never are
+        feedback = list(exported.select_related("message__conversation__user"))
         audit.record(request, audit.EXPORT_FEEDBACK, [f.message.conversation for f in feedback])
         response = HttpResponse(review.to_jsonl(feedback), content_type="application/jsonl; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="feedback.jsonl"'

@@ -1,10 +1,11 @@
-/* The settings drawer, the ⋯ menus, the rename and delete dialogs, dismissable alerts.
+/* The settings drawer, the ⋯ menus, the rename dialog, Delete, dismissable alerts.
  *
  * A full-screen panel holds focus (everything behind it is inert); a menu
  * answers the arrow keys, and closing any of them returns focus to the
  * control that opened it.
  */
-import { $, $all, holdFocus, isNarrow } from './dom.js';
+import { $, $all, csrfToken, el, holdFocus, isNarrow } from './dom.js';
+import { page } from './state.js';
 
 const settingsPanel = $('#settings-panel');
 const settingsToggle = $('#settings-toggle');
@@ -57,7 +58,6 @@ function onMenuKey(event) {
 // ---- dialogs ----
 
 const renameDialog = $('#rename-dialog');
-const deleteDialog = $('#delete-dialog');
 let dialogOpener = null;
 
 /** Where focus goes back to: a button inside a closed menu returns it to the menu's button. */
@@ -84,12 +84,26 @@ function onDialogButtons(event) {
     return;
   }
   const del = event.target.closest('[data-delete-url]');
-  if (del && deleteDialog) {
-    $('form', deleteDialog).action = del.getAttribute('data-delete-url');
-    $('[data-delete-title]', deleteDialog).textContent = del.getAttribute('data-title') || 'this chat';
-    openDialog(deleteDialog, del);
-    $('[data-close-dialog]', deleteDialog).focus();
+  if (del) deleteChat(del.getAttribute('data-delete-url'));
+}
+
+/** Delete at once, with no dialog: the next page says so and offers Undo (conversations.views.delete).
+ * Deleting another chat than the open one stays on this page. */
+function deleteChat(url) {
+  const form = el('form');
+  form.method = 'post';
+  form.action = url;
+  const fields = { csrfmiddlewaretoken: csrfToken() };
+  if (!page.conversationId || !url.includes(page.conversationId)) fields.next = location.pathname + location.search;
+  for (const [name, value] of Object.entries(fields)) {
+    const input = el('input');
+    input.type = 'hidden';
+    input.name = name;
+    input.value = value;
+    form.append(input);
   }
+  document.body.append(form);
+  form.submit();
 }
 
 /** Flash messages and inline errors share one look: text plus a dismiss button. */
@@ -126,13 +140,12 @@ export function initPanels({ closeSidebar }) {
     if (closeMenus(true) || closeSettings(true) || closeSidebar(true)) event.preventDefault();
   });
 
-  for (const dialog of [renameDialog, deleteDialog]) {
-    if (!dialog) continue;
-    dialog.addEventListener('close', () => {
+  if (renameDialog) {
+    renameDialog.addEventListener('close', () => {
       if (dialogOpener && document.contains(dialogOpener)) dialogOpener.focus();
       dialogOpener = null;
     });
-    for (const button of $all('[data-close-dialog]', dialog)) button.addEventListener('click', () => dialog.close());
+    for (const button of $all('[data-close-dialog]', renameDialog)) button.addEventListener('click', () => renameDialog.close());
   }
   document.addEventListener('click', onDialogButtons);
   document.addEventListener('click', onDismiss);

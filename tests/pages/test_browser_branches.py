@@ -284,3 +284,38 @@ def test_the_list_has_date_groups_and_pin_and_archive_on_each_row_with_undo(brow
     expect(groups).to_have_text(["Today", "Yesterday", "Older"])
     problems.check()
     context.close()
+
+
+def test_a_temporary_chat_is_marked_and_unlisted_and_a_delete_offers_undo(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    base = daphne_server.url
+    sign_up(page, base, "temporary-user")
+    kept_url = new_chat(page, "A chat to keep")
+    page.goto(base + "/")
+    ready(page)
+    page.get_by_label("Temporary chat").check()
+    temporary_url = new_chat(page, "A passing question")
+    expect(page.locator("#temporary-badge")).to_have_text("Temporary")
+    rows = page.locator(".conv-list .conv")
+    expect(rows).to_have_text(["A chat to keep"])
+    assert audit(page, "a temporary chat") == []
+
+    # Deleting another chat from its row stays on this page, which says so, with Undo.
+    rows.filter(has_text="A chat to keep").hover()
+    page.get_by_role("button", name="Delete A chat to keep").click()
+    flash = page.locator(".flashes .alert")
+    expect(flash).to_contain_text("Deleted “A chat to keep”.")
+    assert page.url == temporary_url
+    expect(rows).to_have_count(0)
+    flash.get_by_role("button", name="Undo").click()
+    expect(page).to_have_url(kept_url)
+    expect(page.locator(".flashes .alert")).to_contain_text("“A chat to keep” is back in your chats.")
+    expect(rows).to_have_text(["A chat to keep"])
+
+    # Deleting the open chat from its menu goes to a new chat.
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Delete chat").click()
+    expect(page).to_have_url(base + "/")
+    expect(page.locator(".flashes .alert")).to_contain_text("Deleted “A chat to keep”.")
+    problems.check()
+    context.close()

@@ -48,7 +48,7 @@ def test_login_and_logout(client, alice):
     assert client.get("/").status_code == 302
 
 
-CSRF_POSTS = ["/c/new/", "/c/{id}/rename/", "/c/{id}/delete/", "/accounts/logout/"]
+CSRF_POSTS = ["/c/new/", "/c/{id}/rename/", "/c/{id}/delete/", "/c/{id}/restore/", "/accounts/logout/"]
 
 
 @pytest.mark.parametrize("path", CSRF_POSTS)
