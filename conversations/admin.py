@@ -61,9 +61,18 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("display_title", "user", "message_count", "source", "model_name", "created_at", "updated_at")
+    list_display = (
+        "display_title",
+        "user",
+        "message_count",
+        "source",
+        "model_name",
+        "assistant",
+        "created_at",
+        "updated_at",
+    )
     list_filter = ("source", "temporary", "user", "created_at")
-    list_select_related = ("user",)
+    list_select_related = ("user", "assistant")
     search_fields = ("title", "messages__content", "user__username")
     date_hierarchy = "created_at"
     inlines = [MessageInline]
@@ -74,6 +83,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "title",
         "source",
         "model_name",
+        "assistant",
         "created_at",
         "updated_at",
         "system_prompt",
@@ -82,7 +92,19 @@ class ConversationAdmin(admin.ModelAdmin):
     fieldsets = (
         (
             None,
-            {"fields": ("id", "title", "user", "source", "model_name", "created_at", "updated_at", "system_prompt")},
+            {
+                "fields": (
+                    "id",
+                    "title",
+                    "user",
+                    "source",
+                    "model_name",
+                    "assistant",
+                    "created_at",
+                    "updated_at",
+                    "system_prompt",
+                )
+            },
         ),
         ("Transcript (the active path; every branch is in the messages below)", {"fields": ("active_path",)}),
         (
@@ -204,5 +226,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
 
+from .assistants import admin as assistants_admin  # noqa: E402, F401  (registers assistants)
 from .endpoints import admin as endpoints_admin  # noqa: E402, F401  (registers endpoints and models)
 from .review import admin as review_admin  # noqa: E402, F401  (registers the review queue, quotas, usage and audit)

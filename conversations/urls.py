@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import views
+from .assistants import views as assistant_views
 from .endpoints import views as model_views
 from .review import views as review_views
 
@@ -23,4 +24,9 @@ urlpatterns = [
     path("api/messages/<int:message_id>/feedback/", review_views.feedback, name="feedback"),
     path("api/usage/", review_views.usage, name="usage"),
     path("api/models/", model_views.models, name="api_models_list"),
+    path("api/assistants/", assistant_views.api_list, name="api_assistants"),
+    path("api/assistants/<int:assistant_id>/", assistant_views.api_detail, name="api_assistant"),
+    path("assistants/", assistant_views.page, name="assistants"),
+    path("assistants/<int:assistant_id>/", assistant_views.page, name="assistant_edit"),
+    path("assistants/<int:assistant_id>/delete/", assistant_views.delete, name="assistant_delete"),
 ]

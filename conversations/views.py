@@ -14,13 +14,14 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
+from . import assistants
 from .endpoints import catalog
 from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
 from .history import listing as history
 from .history.tree import PAGE_SIZE, page_dicts, path_page
 from .live import process, state, turns
-from .models import Conversation
+from .models import Assistant, Conversation
 
 MAX_PAGE = 500  # messages of a transcript one request may ask for
 
@@ -49,6 +50,7 @@ def _chat_page(request, conversation: Conversation | None):
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "max_system_prompt_chars": settings.CHAT_MAX_SYSTEM_PROMPT_CHARS,
         "temporary_chats": settings.CHAT_TEMPORARY_CHATS,
+        "assistants": list(Assistant.objects.usable_by(request.user)) if conversation is None else [],
         "temporary_grace": int(settings.CHAT_TEMPORARY_GRACE),
     }
     return render(request, "conversations/chat.html", context)
@@ -73,8 +75,15 @@ def new(request):
     if not form.is_valid():
         flash.error(request, " ".join(e for errors in form.errors.values() for e in errors))
         return redirect("index")
+    assistant = None
+    if request.POST.get("assistant"):
+        assistant = assistants.usable(request.user, request.POST["assistant"])
+        if assistant is None:
+            raise Http404("No such assistant.")
+    # The assistant's model, else the one picked in the settings, else the default.
+    wanted = (assistant.model_name if assistant else "") or request.POST.get("model") or None
     try:
-        model = catalog.resolve(request.user, request.POST.get("model") or None, state.current().models)
+        model = catalog.resolve(request.user, wanted, state.current().models)
     except catalog.UnknownModel as exc:
         flash.error(request, str(exc))
         return redirect("index")
@@ -87,6 +96,8 @@ def new(request):
     conversation.model_name = model
     if temporary:
         conversation.temporary, conversation.seen_at = True, timezone.now()
+    if assistant is not None:
+        assistants.start_from(conversation, assistant, model)
     conversation.save()
     return redirect(conversation)
 

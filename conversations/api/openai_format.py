@@ -75,10 +75,11 @@ class Completion:
     continued: bool = False  # the reply goes on from the last message, an assistant's
 
 
-def parse(body: object, max_chars: int | None = None) -> Completion:
+def parse(body: object, max_chars: int | None = None, base: GenerationParams | None = None) -> Completion:
     """Check a chat-completions request body; raises BadRequest naming the first bad field.
 
     `max_chars`: the longest a message may be (CHAT_MAX_MESSAGE_CHARS, as in the web chat).
+    `base`: the parameters the body's own override (an assistant's), else the defaults.
     """
     if not isinstance(body, dict):
         raise BadRequest(None, "The request body must be a JSON object.")
@@ -96,7 +97,8 @@ def parse(body: object, max_chars: int | None = None) -> Completion:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):  # as the socket: 1 is not true
         raise BadRequest("stream", "stream must be a boolean.")
-    return Completion(system_prompt, history, prompt, _params(body), bool(stream), _include_usage(body), continued)
+    params = _params(body, base)
+    return Completion(system_prompt, history, prompt, params, bool(stream), _include_usage(body), continued)
 
 
 def _continued(body: dict) -> bool:
@@ -166,7 +168,7 @@ def _text(content: object, where: str) -> str:
     return text
 
 
-def _params(body: dict) -> GenerationParams:
+def _params(body: dict, base: GenerationParams | None) -> GenerationParams:
     values: dict = {}
     for name in ("temperature", "top_p", "repetition_penalty"):
         if body.get(name) is not None:
@@ -181,7 +183,7 @@ def _params(body: dict) -> GenerationParams:
     if stop is not None:
         values["stop"] = [stop] if isinstance(stop, str) else stop
     try:
-        return GenerationParams.from_dict(values)
+        return GenerationParams.from_dict(values, base=base)
     except InvalidParams as exc:
         message = str(exc)
         param = message.split(" ", 1)[0]

@@ -24,18 +24,22 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from inference import GenerationParams
+
+from .. import assistants
 from ..endpoints import catalog
 from ..history import tree
 from ..live import process, state, turns
 from ..live.frames import follow
 from ..live.replies import DB_BUSY, RESTARTING
-from ..models import Conversation, Message
+from ..models import Assistant, Conversation, Message
 from ..review import quotas
 from . import keys, openai_format
 from .openai_format import BadRequest, Completion
 
 logger = logging.getLogger(__name__)
 LOADED_AT = int(time.time())  # a model's `created`: when this process started serving it
+ASSISTANT_PREFIX = "assistant:"  # `"model": "assistant:<id>"` starts from that assistant
 
 # How each way a turn can fail reaches the client: (status, type).
 FAILURES = {
@@ -81,6 +85,19 @@ def _listed_models(user) -> list[dict]:
     if not any(model["available"] for model in listed):
         raise _not_ready()
     return listed
+
+
+@database_sync_to_async
+def _assistant(user, wanted: object) -> Assistant | None:
+    """The assistant `"model": "assistant:<id>"` names (None for any other model); ApiError 404 for one
+    this user may not use."""
+    if not isinstance(wanted, str) or not wanted.startswith(ASSISTANT_PREFIX):
+        return None
+    assistant = assistants.usable(user, wanted.removeprefix(ASSISTANT_PREFIX))
+    if assistant is None:
+        message = f"There is no assistant {wanted!r} you may use."
+        raise ApiError(404, message, "invalid_request_error", "model_not_found", "model")
+    return assistant
 
 
 @database_sync_to_async
@@ -131,12 +148,16 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
     if request.method != "POST":
         return _method_not_allowed()
     body = _json_body(request)
+    assistant = await _assistant(user, body.get("model") if isinstance(body, dict) else None)
+    base = GenerationParams.from_dict(assistant.params) if assistant else None
     try:
-        call = openai_format.parse(body, settings.CHAT_MAX_MESSAGE_CHARS)
+        call = openai_format.parse(body, settings.CHAT_MAX_MESSAGE_CHARS, base)
     except BadRequest as exc:
         raise ApiError(400, exc.message, "invalid_request_error", "invalid_value", exc.param) from None
-    model = await _model(user, body.get("model"))
-    answer = Answer(call, model, await _store(user, call, model))
+    if assistant is not None:
+        call.system_prompt = call.system_prompt or assistant.system_prompt  # the client's own wins
+    model = await _model(user, (assistant.model_name or None) if assistant else body.get("model"))
+    answer = Answer(call, model, await _store(user, call, model, assistant))
     # Joined before the turn starts, so no frame is missed; a stream takes it over.
     stack = AsyncExitStack()
     follower = await stack.enter_async_context(follow(answer.conversation_id))
@@ -195,7 +216,7 @@ def _method_not_allowed() -> JsonResponse:
 
 
 @database_sync_to_async
-def _store(user, call: Completion, model: str) -> str:
+def _store(user, call: Completion, model: str, assistant: Assistant | None = None) -> str:
     """The call's conversation: the client's system prompt and history, ready for the reply's turn."""
     # A spent quota stores nothing; the turn itself then holds its tokens atomically (turns.start).
     try:
@@ -205,7 +226,11 @@ def _store(user, call: Completion, model: str) -> str:
     try:
         with transaction.atomic():
             conversation = Conversation(
-                user=user, source=Conversation.Source.API, system_prompt=call.system_prompt, model_name=model
+                user=user,
+                source=Conversation.Source.API,
+                system_prompt=call.system_prompt,
+                model_name=model,
+                assistant=assistant,
             )
             conversation.set_params(call.params.to_dict())
             first_user = next((m["content"] for m in call.history if m["role"] == "user"), call.prompt)

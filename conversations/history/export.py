@@ -34,7 +34,9 @@ def to_markdown(conversation: Conversation) -> str:
     lines = [f"# {one_line(conversation.display_title)}", ""]
     lines.append(
         f"_{conversation.user.get_username()} · {conversation.created_at:%Y-%m-%d %H:%M} UTC"
-        f" · {conversation.model_name or 'unknown model'} · {conversation.source}_"
+        f" · {conversation.model_name or 'unknown model'} · {conversation.source}"
+        + (f" · assistant {one_line(conversation.assistant.name)}" if conversation.assistant else "")
+        + "_"
     )
     lines.append("")
     if conversation.system_prompt:

@@ -226,6 +226,7 @@ def _after(key: tuple, *, searching: bool) -> Q:
 
 def _filtered(user, query: ListQuery) -> QuerySet:
     conversations = Conversation.objects.for_user(user).filter(archived=query.archived, temporary=False)
+    conversations = conversations.select_related("assistant")  # each item names its assistant
     if query.sources:
         conversations = conversations.filter(source__in=query.sources)
     return conversations

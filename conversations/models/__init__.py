@@ -4,6 +4,7 @@ They stay in the one `conversations` app, so table names and migrations are
 those of the single models.py they came from.
 """
 
+from .assistants import Assistant, AssistantQuerySet
 from .chat import Conversation, ConversationQuerySet, Message, unstorable
 from .endpoints import Endpoint, ModelOption
 from .keys import ApiKey, ApiKeyQuerySet
@@ -13,6 +14,8 @@ from .workers import InferenceWorker
 __all__ = [
     "ApiKey",
     "ApiKeyQuerySet",
+    "Assistant",
+    "AssistantQuerySet",
     "Conversation",
     "ConversationQuerySet",
     "DailyUsage",

@@ -70,6 +70,10 @@ class Conversation(models.Model):
     # Deleted by its user: out of every user-facing view at once, and removed
     # for good CHAT_DELETE_UNDO_S later unless they undo it.
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
+    # The assistant it started from (its system prompt, parameters and model were copied).
+    assistant = models.ForeignKey(
+        "Assistant", models.SET_NULL, null=True, blank=True, related_name="conversations", editable=False
+    )
     # The end of the active path through the message tree (conversations.history.tree):
     # pages, the API and the model's history follow it up to the root.
     active_leaf = models.ForeignKey("Message", models.SET_NULL, null=True, blank=True, related_name="+", editable=False)
@@ -188,6 +192,7 @@ class Conversation(models.Model):
             "archived": self.archived,
             "pinned": self.pinned,
             "temporary": self.temporary,
+            "assistant": {"id": self.assistant.id, "name": self.assistant.name} if self.assistant else None,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

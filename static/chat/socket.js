@@ -61,7 +61,7 @@ function onStart(frame) {
   setRaw(li, typeof frame.content === 'string' ? frame.content : '');
   if (frame.model) {
     li.setAttribute('data-model', frame.model);
-    const sub = $('.topbar-sub');  // the chat's model, shown under its title, is this reply's from now on
+    const sub = $('#chat-model');  // the chat's model, shown under its title, is this reply's from now on
     if (sub) setText(sub, frame.model);
   }
   setStatus(li, 'streaming', {});

@@ -319,3 +319,26 @@ def test_a_temporary_chat_is_marked_and_unlisted_and_a_delete_offers_undo(browse
     expect(page.locator(".flashes .alert")).to_contain_text("Deleted “A chat to keep”.")
     problems.check()
     context.close()
+
+
+def test_an_assistant_made_on_its_page_starts_a_new_chat(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    base = daphne_server.url
+    sign_up(page, base, "assistant-user")
+    page.goto(base + "/assistants/")
+    page.get_by_label("Name").fill("Haiku poet")
+    page.get_by_label("System prompt").fill("Answer with a haiku.")
+    page.get_by_label("Temperature").fill("0.3")
+    page.get_by_role("button", name="Create the assistant").click()
+    expect(page.locator(".flashes .alert")).to_contain_text("Created “Haiku poet”.")
+    assert audit(page, "the assistants page") == []
+
+    page.goto(base + "/")
+    ready(page)
+    page.get_by_label("Assistant", exact=True).select_option(label="Haiku poet")
+    new_chat(page, "The sea at night")
+    expect(page.locator("#chat-assistant")).to_have_text("Haiku poet")
+    page.get_by_role("button", name="Chat settings").click()
+    expect(page.get_by_label("System prompt")).to_have_value("Answer with a haiku.")
+    problems.check()
+    context.close()
