@@ -356,6 +356,8 @@ CHAT_IMPORT_MAX_MB = env_int("CHAT_IMPORT_MAX_MB", 64, minimum=1, maximum=4096)
 # A reply nobody watches any more (every tab closed) is stopped after this
 # many seconds; a reload or a reconnect within it picks the reply back up.
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))
+# After a chat's first reply its model writes the chat's title, as background work (docs/history.md).
+CHAT_TITLES = env_bool("CHAT_TITLES", True)
 # Temporary chats (docs/history.md): never listed, searched or exported, and deleted
 # once no tab has had one open for this many seconds; 0 refuses them.
 CHAT_TEMPORARY_CHATS = env_bool("CHAT_TEMPORARY_CHATS", True)

@@ -108,8 +108,8 @@ def rename(request, conversation_id):
     conversation = _get_conversation_for_user(request, conversation_id)
     form = RenameForm(request.POST)
     if form.is_valid():
-        conversation.title = form.cleaned_data["title"]
-        conversation.save(update_fields=["title"])
+        conversation.title, conversation.title_source = form.cleaned_data["title"], Conversation.TitleSource.USER
+        conversation.save(update_fields=["title", "title_source"])
     else:
         flash.error(request, "A title needs 1 to 200 characters.")
     return redirect(conversation)

@@ -88,9 +88,11 @@ class Scheduler:
         self.busy_since: float | None = None
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()  # no row yet, in arrival order
+        self._background: deque[Job] = deque()  # background jobs with no row: they run only while nothing else does
         self._admitted: deque[Job] = deque()  # a row is reserved, prefill pending
         self._prefilling: deque[Prefill] = deque()  # prompts being read, touched by the thread only
         self._slots = 0  # rows reserved: admitted plus running
+        self._foreground = 0  # of those, the rows of requests that are not background work
         self._closed = False
         self._pauses = 0
         self._batch: Batch | None = None  # touched by the scheduler thread only
@@ -111,6 +113,8 @@ class Scheduler:
             self._check_open()
             if self._slots >= self.max_batch_size and len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server is busy: {len(self._waiting)} requests are already waiting")
+            if len(self._background) >= self.max_queue:
+                raise QueueFull(f"{len(self._background)} background requests are already waiting")
 
     def submit(self, job: Job) -> None:
         """Queue ``job``: a free row starts it at the next step, else it waits its turn.
@@ -134,7 +138,12 @@ class Scheduler:
         # Caller holds the lock.
         for job in jobs:
             self.stats.submitted += 1
-            if self._slots < self.max_batch_size:
+            if job.background:
+                if self._idle():
+                    self._reserve(job)
+                else:
+                    self._background.append(job)
+            elif self._slots < self.max_batch_size:
                 self._reserve(job)
             else:
                 self._waiting.append(job)
@@ -195,6 +204,10 @@ class Scheduler:
             return False
         return True
 
+    def _idle(self) -> bool:
+        # Caller holds the lock. No request holds a row or waits for one: background work may run.
+        return not self._foreground and not self._waiting and self._slots < self.max_batch_size
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosed("the inference engine is closed")
@@ -202,6 +215,7 @@ class Scheduler:
     def _reserve(self, job: Job) -> None:
         # Caller holds the lock.
         self._slots += 1
+        self._foreground += not job.background
         job.holds_slot = True
         self._admitted.append(job)
 
@@ -249,10 +263,23 @@ class Scheduler:
             return not self._closed
 
     def _iteration(self) -> None:
+        self._yield_background_rows()
         self._drop_cancelled_waiting()
         self._prefill_some()
         if self._batch is not None:
             self._step()
+
+    def _yield_background_rows(self) -> None:
+        """A request holds or wants a row: background work gives up its rows (cancelled, at this step), so
+        it never delays a reply nor slows one down; its owner may ask again later."""
+        with self._cond:
+            if not (self._foreground or self._waiting):
+                return
+            holders = [job for job in self._admitted if job.background]
+        holders += [job for item in self._prefilling for job in item.jobs if job.background]
+        holders += [job for job in (self._batch.jobs if self._batch is not None else ()) if job.background]
+        for job in holders:
+            job.request.cancel.set()
 
     def _active_count(self) -> int:
         return self._batch.size if self._batch is not None else 0
@@ -264,6 +291,10 @@ class Scheduler:
                 self._waiting.remove(job)
             if gone:
                 self._renumber_waiting()
+            background = [job for job in self._background if job.cancelled]
+            for job in background:
+                self._background.remove(job)
+            gone += background
         for job in gone:
             self._finish(job, "cancelled")
 
@@ -436,14 +467,19 @@ class Scheduler:
         )
         if job.holds_slot:
             job.holds_slot = False
-            self._release_slot()
+            self._release_slot(job)
 
-    def _release_slot(self) -> None:
+    def _release_slot(self, job: Job) -> None:
         with self._cond:
             self._slots -= 1
-            if self._waiting and not self._closed:
+            self._foreground -= not job.background
+            if self._closed:
+                return
+            if self._waiting:
                 self._reserve(self._waiting.popleft())
                 self._renumber_waiting()
+            while self._background and self._idle():
+                self._reserve(self._background.popleft())
 
     def _renumber_waiting(self) -> None:
         # Caller holds the lock. Tell each waiting job its place if it changed.
@@ -464,9 +500,10 @@ class Scheduler:
         left += [job for item in self._prefilling for job in item.jobs]
         self._prefilling.clear()
         with self._cond:
-            left += list(self._admitted) + list(self._waiting)
+            left += list(self._admitted) + list(self._waiting) + list(self._background)
             self._admitted.clear()
             self._waiting.clear()
+            self._background.clear()
         for job in left:
             self._finish(job, "cancelled")
 

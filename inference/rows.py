@@ -57,6 +57,10 @@ class Job:
     def cancelled(self) -> bool:
         return self.request.cancel.is_set()
 
+    @property
+    def background(self) -> bool:
+        return getattr(self.request, "background", False)
+
     def take(self, token: int, eos_token_ids: Collection[int]) -> str | None:
         """Record one generated token and send its text; returns why the reply ends there, if it does."""
         self.tokens.append(token)

@@ -113,7 +113,9 @@ class Request:
     server where an engine has several (its prompt cache stays warm); the
     local engine has one and ignores it. ``prefill``: the text the reply
     already has (a Continue): the model goes on from its end, and the events
-    carry only what follows it.
+    carry only what follows it. ``background``: work nobody waits on (a
+    chat's title): the local engine runs it only while no other request runs
+    or waits, and cancels it as soon as one comes (it ends "cancelled").
     """
 
     messages: list[dict]
@@ -121,6 +123,7 @@ class Request:
     cancel: threading.Event = field(default_factory=threading.Event)
     affinity: str = ""
     prefill: str = ""
+    background: bool = False
 
 
 @dataclass

@@ -49,6 +49,14 @@ def fast_password_hashing():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_titles_unless_asked():
+    """No title asked of the model after each first reply (tests/live/test_titles.py turns it on):
+    it would outlive the test whose reply asked for it."""
+    with override_settings(CHAT_TITLES=False):
+        yield
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup):
     """pytest-django's test databases; before it drops them, close asgiref's thread's connections.

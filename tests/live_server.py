@@ -213,6 +213,9 @@ def server_env(workdir: Path, env_overrides: dict | None = None) -> dict:
             "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
             "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             "CHAT_MODEL_CACHE": str(REPO / "var" / "models"),
+            # A title asked of the model after each chat's first reply would run beside every other test's
+            # replies (and their queue places); the tests of titles turn it on (tests/live/test_titles.py).
+            "CHAT_TITLES": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

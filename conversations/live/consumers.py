@@ -215,6 +215,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_path(self, event: dict) -> None:
         await self.send_json(client_frame(event))
 
+    async def chat_title(self, event: dict) -> None:
+        await self.send_json(client_frame(event))
+
     async def chat_queued(self, event: dict) -> None:
         await self.send_json(client_frame(event))
 

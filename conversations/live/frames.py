@@ -102,6 +102,8 @@ def client_frame(event: dict) -> dict | None:
         return frame | ({"replaces": event["replaces"]} if event.get("replaces") else {})
     if kind == "chat.token":
         return {"type": "token", "message_id": event["message_id"], "text": event["text"]}
+    if kind == "chat.title":
+        return {"type": "title", "title": event["title"]}
     if kind == "chat.queued":
         return {"type": "queued", "message_id": event["message_id"], "position": event["position"]}
     if kind == "chat.error":

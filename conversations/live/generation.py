@@ -30,6 +30,7 @@ from inference import (
     Started,
 )
 
+from . import titles
 from .frames import publish
 from .replies import Ending, Turn, finish, save_partial, usage_of
 
@@ -177,6 +178,8 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
                 ending.usage = turn.grown(spent)  # no Finished: what it cost up to where it stopped
             # Shielded so a cancelled task still stores and announces its end.
             await asyncio.shield(finish(turn.conversation_id, turn.message_id, ending))
+            if titles.wanted(turn, ending):  # after the `end`, which it never delays
+                titles.start(turn, ending.text, engine)
 
 
 def _ending(result: Result, reply: LiveReply) -> Ending:

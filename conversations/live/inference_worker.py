@@ -114,6 +114,7 @@ class ReplyConsumer(AsyncConsumer):
             model=model,
             prefill=message.get("prefill", ""),
             before=message.get("before") or {},
+            title=message.get("title"),
         )
         record = worker.leases.record(message_id)
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ class Live:
     accepting: bool = True
     # Final saves being retried in the background (conversations.live.replies).
     saves: set[asyncio.Task] = field(default_factory=set)
+    # Work nobody waits on, such as a chat's title (conversations.live.titles).
+    background: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def models(self) -> Registry:
@@ -62,6 +64,13 @@ class Live:
         """Hold on to a background save until it is done."""
         self.saves.add(task)
         task.add_done_callback(self.saves.discard)
+
+    def run_in_background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """Run `work` as a task held here until it is done (a task nobody holds may be collected)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     async def saves_pending(self, timeout: float) -> None:
         """Wait (up to `timeout`) for final saves still being retried; shutdown calls it."""

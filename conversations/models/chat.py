@@ -50,9 +50,17 @@ class Conversation(models.Model):
         API = "api"
         IMPORT = "import"
 
+    class TitleSource(models.TextChoices):
+        NONE = "", "none, or imported"
+        FIRST_LINE = "first_line", "its first message"
+        MODEL = "model", "its model"
+        USER = "user", "its user"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
+    # Who named it: the model may replace only a title its first message gave (conversations.live.titles).
+    title_source = models.CharField(max_length=10, choices=TitleSource.choices, blank=True, default="", editable=False)
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(default=0.7)
     top_p = models.FloatField(default=0.9)
@@ -157,10 +165,10 @@ class Conversation(models.Model):
         it moves to the top of the list, and its reply (`leaf`) ends the active path."""
         self.set_params(params)
         if first_text and not self.title:
-            self.title = self.title_from(first_text)
+            self.title, self.title_source = self.title_from(first_text), self.TitleSource.FIRST_LINE
         self.model_name = model or self.model_name
         self.updated_at = timezone.now()
-        fields = ["updated_at", "title", "model_name", *PARAM_FIELDS]
+        fields = ["updated_at", "title", "title_source", "model_name", *PARAM_FIELDS]
         if leaf is not None:
             self.active_leaf = leaf
             fields.append("active_leaf")

@@ -9,7 +9,7 @@ import { $, $all, el, setText } from './dom.js';
 import { announce } from './clipboard.js';
 import { page, state, changed } from './state.js';
 import { refill, restoreUnacked, sendPendingFirst, showError } from './composer.js';
-import { noteUserMessage, isTitled, moveCurrentUp } from './sidebar.js';
+import { noteUserMessage, isTitled, moveCurrentUp, showTitle } from './sidebar.js';
 import {
   createMessage, messageEl, rawText, removeMessage, scheduleRender, scrollToBottom, setRaw, setStatus, setStored, transcript
 } from './transcript.js';
@@ -118,7 +118,14 @@ function onErrorFrame(frame) {
   changed();
 }
 
-const HANDLERS = { message: onMessageFrame, start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame };
+/** The chat's model wrote its title after the first reply: the top bar, the tab and the list show it. */
+function onTitle(frame) {
+  if (typeof frame.title === 'string' && frame.title) showTitle(frame.title);
+}
+
+const HANDLERS = {
+  message: onMessageFrame, start: onStart, queued: onQueued, token: onToken, end: onEnd, error: onErrorFrame, title: onTitle
+};
 // Other modules' handlers (branches.js, feedback.js), run after the socket's own, for any frame
 // type (`feedback` has no handler of the socket's own); `synced` after each sync().
 const hooks = {};

@@ -19,7 +19,7 @@ from conversations.endpoints import catalog
 from conversations.endpoints.registry import Registry
 from conversations.live import state
 from conversations.live.runners.local import LocalRunner
-from conversations.models import ModelOption
+from conversations.models import Conversation, ModelOption
 from tests.live.test_consumer import connect, joined_tokens, receive_until_end, stored_reply
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -168,3 +168,17 @@ async def test_a_hung_endpoint_times_out_and_other_chats_go_on(tiny_engine, llam
         assert frames[-2]["code"] == "model_unavailable" and "timeout" in frames[-2]["message"]
         await waiting.disconnect()
         await other.disconnect()
+
+
+async def test_an_endpoint_model_writes_the_chats_title_after_its_first_reply(both, chat, alice, settings):
+    settings.CHAT_TITLES = True
+    ws, _, _ = await connect(chat.id, alice)
+    question = "What is the capital of France?"
+    await ws.send_json_to({"type": "send", "content": question, "params": ON_LLAMA})
+    frames = await receive_until_end(ws, timeout=60)
+    assert frames[0]["title"] == question
+    titled = await ws.receive_json_from(timeout=60)  # after the `end`
+    assert titled["type"] == "title" and titled["title"] != question and 2 <= len(titled["title"]) <= 60
+    stored = await Conversation.objects.aget(id=chat.id)
+    assert (stored.title, stored.title_source) == (titled["title"], "model")
+    await ws.disconnect()

@@ -420,6 +420,35 @@ async def test_waiting_requests_hear_their_place_whenever_it_changes(make_engine
         await stream.aclose()
 
 
+@pytest.mark.asyncio
+async def test_background_work_runs_only_while_no_request_does_and_gives_way_to_one(make_engine):
+    engine = make_engine(max_batch_size=2, max_queue=2)
+    a = Request(messages=user("A reply someone reads"), params=greedy(LONG))
+    title = Request(messages=user("A title nobody waits for"), params=greedy(LONG), background=True)
+    first = engine.stream(a)
+    assert isinstance(await anext(first), Started)
+    background = engine.stream(title)
+    # A row is free, but a reply runs: the background work waits, so the next reply gets the row at once.
+    b = Request(messages=user("Another reply"), params=greedy(LONG))
+    second = engine.stream(b)
+    assert isinstance(await anext(second), Started)
+    a.cancel.set()
+    b.cancel.set()
+    for stream in (first, second):
+        assert (await rest(stream))[-1].result.finish_reason == "cancelled"
+    # Nothing else runs: the background work starts.
+    assert isinstance(await anext(background), Started)
+    assert isinstance(await anext(background), Chunk)
+    # A reply comes: the background work is cancelled, so it neither delays nor slows the reply.
+    third = engine.stream(Request(messages=user("A third reply"), params=greedy(5)))
+    assert isinstance(await anext(third), Started)
+    ended = (await rest(background))[-1].result
+    assert ended.finish_reason == "cancelled" and title.cancel.is_set()
+    assert (await rest(third))[-1].result.finish_reason == "length"
+    for stream in (first, second, background, third):
+        await stream.aclose()
+
+
 # -- failures -----------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from channels.layers import channel_layers
 from django.utils import timezone
 
 from chatsite.settings import channel_layers as layer_settings
-from conversations.live import process, state, turns
+from conversations.live import process, state, titles, turns
 from conversations.live.inference_worker import InferenceWorkerServer
 from conversations.live.leases import Leases, stop_key
 from conversations.models import InferenceWorker, Message
@@ -35,6 +35,7 @@ from tests.live.test_consumer import (
     send_long,
     stored_reply,
 )
+from tests.live.test_titles import answer_to
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -100,6 +101,22 @@ async def test_it_streams_a_reply_through_a_worker(start_worker, chat, alice, ti
     reply = await stored_reply(chat)
     assert reply.status == "complete" and reply.content == joined_tokens(frames) != ""
     assert reply.content == await greedy_alone(tiny_engine, [{"role": "user", "content": "Hello there"}])
+    await ws.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_the_worker_that_wrote_a_chats_first_reply_writes_its_title(
+    start_worker, chat, alice, worker_mode, tiny_engine
+):
+    worker_mode.CHAT_TITLES = True
+    await start_worker()
+    ws, _, _ = await connect(chat.id, alice)
+    first = "Tell me about lighthouses"
+    await ws.send_json_to({"type": "send", "content": first, "params": GREEDY})
+    reply = joined_tokens(await receive_until_end(ws))
+    titled = await ws.receive_json_from(timeout=30)  # after the `end`
+    asked = titles.prompt([{"role": "user", "content": first}], reply)
+    assert titled == {"type": "title", "title": titles.clean(await answer_to(tiny_engine, asked))}
     await ws.disconnect()
 
 

@@ -58,6 +58,7 @@ class WorkerRunner(Runner):
             "params": turn.params.to_dict(),
             "prefill": turn.prefill,
             "before": turn.before,
+            "title": turn.title,  # set on a chat's first turn: the worker then asks for the model's title
         }
         try:
             await self.leases.hand_over(turn.message_id, turn.prefill)
