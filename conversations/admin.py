@@ -59,6 +59,20 @@ class MessageInline(admin.TabularInline):
         return False
 
 
+# What a transcript's page shows above it, read-only.
+HEAD_FIELDS = (
+    "id",
+    "title",
+    "user",
+    "source",
+    "model_name",
+    "assistant",
+    "created_at",
+    "updated_at",
+    "system_prompt",
+)
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = (
@@ -77,34 +91,11 @@ class ConversationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [MessageInline]
     actions = ["export_json", "export_markdown"]
-    readonly_fields = (
-        "id",
-        "user",
-        "title",
-        "source",
-        "model_name",
-        "assistant",
-        "created_at",
-        "updated_at",
-        "system_prompt",
-        "active_path",
-    )
+    readonly_fields = (*HEAD_FIELDS, "active_path")
     fieldsets = (
         (
             None,
-            {
-                "fields": (
-                    "id",
-                    "title",
-                    "user",
-                    "source",
-                    "model_name",
-                    "assistant",
-                    "created_at",
-                    "updated_at",
-                    "system_prompt",
-                )
-            },
+            {"fields": HEAD_FIELDS},
         ),
         ("Transcript (the active path; every branch is in the messages below)", {"fields": ("active_path",)}),
         (

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # Prompt tokens read per scheduler iteration, between two decoding steps.
 PREFILL_CHUNK = 512
+# Background requests (Request.background) that may wait for an idle engine; more are refused.
+BACKGROUND_QUEUE = 64
 # Keys and values of recently read prompts kept for reuse (prefix.py): about 2,800 tokens of SmolLM2-135M.
 PREFIX_BYTES = 64 * 2**20
 
@@ -107,14 +109,16 @@ class Scheduler:
 
     # -- other threads -------------------------------------------------------
 
-    def check_room(self) -> None:
-        """Raise QueueFull (or EngineClosed) now if a submit would be refused."""
+    def check_room(self, background: bool = False) -> None:
+        """Raise QueueFull (or EngineClosed) now if a submit would be refused (`background`: of background work,
+        which waits in a queue of its own)."""
         with self._cond:
             self._check_open()
-            if self._slots >= self.max_batch_size and len(self._waiting) >= self.max_queue:
+            if background:
+                if len(self._background) >= BACKGROUND_QUEUE:
+                    raise QueueFull(f"{len(self._background)} background requests are already waiting")
+            elif self._slots >= self.max_batch_size and len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server is busy: {len(self._waiting)} requests are already waiting")
-            if len(self._background) >= self.max_queue:
-                raise QueueFull(f"{len(self._background)} background requests are already waiting")
 
     def submit(self, job: Job) -> None:
         """Queue ``job``: a free row starts it at the next step, else it waits its turn.
@@ -122,7 +126,7 @@ class Scheduler:
         Raises QueueFull when ``max_queue`` jobs already wait, EngineClosed after close().
         """
         with self._cond:
-            self.check_room()
+            self.check_room(job.background)
             self._enqueue([job])
 
     def submit_all(self, jobs: Sequence[Job]) -> None:

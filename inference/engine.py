@@ -108,7 +108,7 @@ class TransformersEngine(Engine):
     async def stream(self, request: Request) -> AsyncIterator[Event]:
         """See Engine.stream."""
         _check_request(request)
-        self.scheduler.check_room()
+        self.scheduler.check_room(request.background)
         loop = asyncio.get_running_loop()
         # Rendering and trimming a long history takes a few tokenizer passes: off the loop.
         prompt = await loop.run_in_executor(None, self.prepare, request)
