@@ -56,6 +56,9 @@ def server_settings(
         "CHAT_MODEL_CACHE": str(model_cache),
         "CHAT_MAX_BATCH": str(max_batch),
         "PYTHONUNBUFFERED": "1",
+        # The benchmarks time replies: a title asked after each new chat's first reply would run beside the
+        # next turn (on an endpoint, ahead of the direct client's request). bench/titles.py measures titles.
+        "CHAT_TITLES": "0",
     }
     if dtype != "auto":
         settings["CHAT_DTYPE"] = dtype
