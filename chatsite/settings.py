@@ -202,6 +202,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # An account waiting for approval sees one page (conversations/accounts.py).
+    "conversations.accounts.waiting_room",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into its answer.
     "axes.middleware.AxesMiddleware",
@@ -323,7 +325,12 @@ LOGGING = {
 }
 
 # Chatsite's own settings.
-CHATSITE_ALLOW_SIGNUP = env_bool("CHATSITE_ALLOW_SIGNUP", True)
+# Who may make an account: `open`; `approval` (new accounts wait until staff approve them in the
+# admin); `closed`. CHATSITE_ALLOW_SIGNUP=0, the older setting, still closes it.
+CHATSITE_SIGNUP = env_choice("CHATSITE_SIGNUP", "open", ("open", "approval", "closed"))
+if not env_bool("CHATSITE_ALLOW_SIGNUP", True):
+    CHATSITE_SIGNUP = "closed"
+CHATSITE_ALLOW_SIGNUP = CHATSITE_SIGNUP != "closed"
 CHAT_INFERENCE = env_choice("CHAT_INFERENCE", "local", ("local", "worker", "none"))
 if CHAT_INFERENCE == "worker" and not REDIS_URL:
     raise ImproperlyConfigured("CHAT_INFERENCE='worker': needs REDIS_URL")

@@ -11,6 +11,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/waiting/", views.waiting, name="waiting"),
     path("healthz", views.healthz, name="healthz"),
     path("settings/keys/", key_views.keys, name="api_keys"),
     path("settings/keys/<int:key_id>/revoke/", key_views.revoke, name="api_key_revoke"),

@@ -15,7 +15,7 @@ from django.utils.text import smart_split, unescape_string_literal
 
 from .history import export
 from .history.tree import Tree
-from .models import ApiKey, Conversation, InferenceWorker, Message
+from .models import ApiKey, Conversation, InferenceWorker, Message, PendingAccount
 from .review import audit
 
 # The site's own name on every admin page (Django's says "Django administration").
@@ -186,6 +186,33 @@ class ConversationAdmin(admin.ModelAdmin):
         response = HttpResponse(text, content_type="text/markdown; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="conversations.md"'
         return response
+
+
+@admin.register(PendingAccount)
+class PendingAccountAdmin(admin.ModelAdmin):
+    """Who waits for approval (CHATSITE_SIGNUP=approval); approving lets them in."""
+
+    list_display = ("user", "signed_up_at")
+    list_select_related = ("user",)
+    search_fields = ("user__username",)
+    actions = ["approve"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # "delete" would read as deleting the accounts
+        return actions
+
+    @admin.action(description="Approve the selected accounts")
+    def approve(self, request, queryset):
+        names = [pending.user.get_username() for pending in queryset.select_related("user")]
+        queryset.delete()
+        self.message_user(request, f"Approved: {', '.join(names)}.")
 
 
 @admin.register(InferenceWorker)

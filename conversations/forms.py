@@ -8,7 +8,7 @@ from django.db import transaction
 
 from inference.params import GenerationParams, InvalidParams
 
-from .models import Conversation
+from .models import Conversation, PendingAccount
 
 
 class SignupForm(UserCreationForm):
@@ -20,10 +20,13 @@ class SignupForm(UserCreationForm):
     def save(self, commit: bool = True):
         user = super().save(commit=False)
         # The first account runs the site: it can review transcripts in the admin.
-        if not get_user_model().objects.exists():
+        first = not get_user_model().objects.exists()
+        if first:
             user.is_staff = user.is_superuser = True
         if commit:
             user.save()
+            if not first and settings.CHATSITE_SIGNUP == "approval":
+                PendingAccount.objects.create(user=user)  # it waits for staff (conversations.accounts)
         return user
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from . import assistants
+from . import accounts, assistants
 from .endpoints import catalog
 from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
@@ -331,8 +331,19 @@ def signup(request):
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("waiting" if accounts.is_pending(user) else "index")
+    return render(
+        request, "registration/signup.html", {"form": form, "approval": settings.CHATSITE_SIGNUP == "approval"}
+    )
+
+
+@login_required
+@require_GET
+def waiting(request):
+    """The one page of an account waiting for approval (conversations.accounts)."""
+    if not accounts.is_pending(request.user):
         return redirect("index")
-    return render(request, "registration/signup.html", {"form": form})
+    return render(request, "registration/waiting.html")
 
 
 @require_GET

@@ -29,6 +29,7 @@ def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
         ({"CHAT_INFERENCE": "worker"}, "CHAT_INFERENCE='worker': needs REDIS_URL"),
         ({"CHAT_MAX_BATCH": "0"}, "CHAT_MAX_BATCH='0'"),
         ({"CHAT_THREADS": "two"}, "CHAT_THREADS='two'"),
+        ({"CHATSITE_SIGNUP": "maybe"}, "CHATSITE_SIGNUP='maybe': expected open, approval or closed"),
     ],
 )
 def test_a_bad_setting_is_one_line(env, expected):
@@ -66,3 +67,11 @@ def test_without_redis_url_the_site_never_imports_redis(tmp_path):
     result = manage(env, "shell", "--no-imports", "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_older_sign_up_switch_still_closes_sign_up(tmp_path):
+    code = "from django.conf import settings; print(settings.CHATSITE_SIGNUP, settings.CHATSITE_ALLOW_SIGNUP)"
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "CHATSITE_ALLOW_SIGNUP": "0"}
+    result = manage(env | {"CHATSITE_SIGNUP": "approval"}, "shell", "--no-imports", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["closed", "False"]

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from .. import accounts
 from ..models import ApiKey
 
 KEY_PREFIX = "cs-"
@@ -44,8 +45,8 @@ def authenticate(raw: str) -> ApiKey | None:
     for key in candidates:
         if hmac.compare_digest(key.key_hash, wanted):
             found = key
-    if found is None or not found.user.is_active:
-        return None
+    if found is None or not found.user.is_active or accounts.is_pending(found.user):
+        return None  # a key of an account waiting for approval (conversations.accounts) opens nothing
     now = timezone.now()
     if found.last_used_at is None or now - found.last_used_at >= LAST_USED_RESOLUTION:
         ApiKey.objects.filter(id=found.id).update(last_used_at=now)

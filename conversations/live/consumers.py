@@ -22,6 +22,7 @@ from django.db import DatabaseError
 
 from inference import GenerationParams, InvalidParams
 
+from .. import accounts
 from ..models import Conversation, unstorable
 from . import state, sweep, turns
 from .frames import client_frame, group_name, layer_errors, user_group
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_WAITING = 4423  # the account waits for staff's approval (conversations.accounts)
 # The channel layer (Redis) went away under this socket; the browser reconnects.
 CLOSE_LAYER_DOWN = 1011
 # The server is going away (the `end` of every reply this socket watched went out first).
@@ -63,6 +65,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if await database_sync_to_async(accounts.is_pending)(user):
+            await self.close(code=CLOSE_WAITING)  # waiting for approval: no model for it yet
             return
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = await self._get_conversation(user, conversation_id)

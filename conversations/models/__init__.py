@@ -4,6 +4,7 @@ They stay in the one `conversations` app, so table names and migrations are
 those of the single models.py they came from.
 """
 
+from .accounts import PendingAccount
 from .assistants import Assistant, AssistantQuerySet
 from .chat import Conversation, ConversationQuerySet, Message, unstorable
 from .endpoints import Endpoint, ModelOption
@@ -24,6 +25,7 @@ __all__ = [
     "InferenceWorker",
     "Message",
     "ModelOption",
+    "PendingAccount",
     "QuotaOverride",
     "Reservation",
     "StaffRead",

@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from conversations import batch
+from conversations import accounts, batch
 from conversations.endpoints import catalog
 from conversations.live import process, state
 from conversations.review import quotas
@@ -103,6 +103,8 @@ class Command(BaseCommand):
         fmt = batch.detect_format(path, lines) if input_format == "auto" else input_format
         prompts, bad = batch.read_prompts(lines, fmt, base, system)
         owner = batch.batch_user(user)
+        if accounts.is_pending(owner):
+            raise CommandError(f"{owner.get_username()!r} is waiting for approval (the admin's accounts waiting).")
         try:
             quotas.check(owner.pk)
         except quotas.QuotaExceeded as exc:
