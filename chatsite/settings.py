@@ -331,6 +331,8 @@ CHATSITE_SIGNUP = env_choice("CHATSITE_SIGNUP", "open", ("open", "approval", "cl
 if not env_bool("CHATSITE_ALLOW_SIGNUP", True):
     CHATSITE_SIGNUP = "closed"
 CHATSITE_ALLOW_SIGNUP = CHATSITE_SIGNUP != "closed"
+# Share links (/s/<token>/) open without logging in.
+CHATSITE_SHARE_PUBLIC = env_bool("CHATSITE_SHARE_PUBLIC", False)
 CHAT_INFERENCE = env_choice("CHAT_INFERENCE", "local", ("local", "worker", "none"))
 if CHAT_INFERENCE == "worker" and not REDIS_URL:
     raise ImproperlyConfigured("CHAT_INFERENCE='worker': needs REDIS_URL")

@@ -5,6 +5,7 @@ from django.urls import include, path, re_path
 from conversations import views
 from conversations.api import key_views
 from conversations.api import views as api_views
+from conversations.shares import views as share_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -14,6 +15,10 @@ urlpatterns = [
     path("accounts/waiting/", views.waiting, name="waiting"),
     path("healthz", views.healthz, name="healthz"),
     path("settings/keys/", key_views.keys, name="api_keys"),
+    path("settings/shares/", share_views.listing, name="shares"),
+    path("settings/shares/<int:share_id>/revoke/", share_views.revoke, name="share_revoke"),
+    path("s/<str:token>/", share_views.read, name="shared"),
+    path("s/<str:token>/continue/", share_views.continue_chat, name="shared_continue"),
     path("settings/keys/<int:key_id>/revoke/", key_views.revoke, name="api_key_revoke"),
     path("v1/models", api_views.models, name="api_models"),
     path("v1/chat/completions", api_views.chat_completions, name="api_chat_completions"),

@@ -15,7 +15,7 @@ from django.utils.text import smart_split, unescape_string_literal
 
 from .history import export
 from .history.tree import Tree
-from .models import ApiKey, Conversation, InferenceWorker, Message, PendingAccount
+from .models import ApiKey, Conversation, InferenceWorker, Message, PendingAccount, Share
 from .review import audit
 
 # The site's own name on every admin page (Django's says "Django administration").
@@ -59,6 +59,21 @@ class MessageInline(admin.TabularInline):
         return False
 
 
+class SharedFilter(admin.SimpleListFilter):
+    """Chats with a live share link (conversations/shares/)."""
+
+    title = "shared"
+    parameter_name = "shared"
+
+    def lookups(self, request, model_admin):
+        return [("1", "Shared"), ("0", "Not shared")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("1", "0"):
+            return queryset.filter(shared=self.value() == "1")
+        return queryset
+
+
 # What a transcript's page shows above it, read-only.
 HEAD_FIELDS = (
     "id",
@@ -82,10 +97,11 @@ class ConversationAdmin(admin.ModelAdmin):
         "source",
         "model_name",
         "assistant",
+        "is_shared",
         "created_at",
         "updated_at",
     )
-    list_filter = ("source", "temporary", "user", "created_at")
+    list_filter = ("source", "temporary", SharedFilter, "user", "created_at")
     list_select_related = ("user", "assistant")
     search_fields = ("title", "messages__content", "user__username")
     date_hierarchy = "created_at"
@@ -112,7 +128,8 @@ class ConversationAdmin(admin.ModelAdmin):
         # over messages multiplied one big chat's rows by themselves (N²).
         count = Message.objects.filter(conversation=OuterRef("pk")).order_by().values("conversation")
         count = count.annotate(n=Count("id")).values("n")
-        return super().get_queryset(request).annotate(_message_count=Coalesce(Subquery(count), 0))
+        shared = Exists(Share.objects.filter(conversation=OuterRef("pk")))
+        return super().get_queryset(request).annotate(_message_count=Coalesce(Subquery(count), 0), shared=shared)
 
     def get_search_results(self, request, queryset, search_term):
         """Each word in the title, the owner's name or any message; messages through EXISTS (no join, no DISTINCT)."""
@@ -164,6 +181,10 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="title", ordering="title")
     def display_title(self, obj: Conversation) -> str:
         return obj.display_title
+
+    @admin.display(description="shared", boolean=True, ordering="shared")
+    def is_shared(self, obj: Conversation) -> bool:
+        return obj.is_shared
 
     @admin.display(description="messages", ordering="_message_count")
     def message_count(self, obj: Conversation) -> int:

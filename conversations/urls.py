@@ -4,6 +4,7 @@ from . import views
 from .assistants import views as assistant_views
 from .endpoints import views as model_views
 from .review import views as review_views
+from .shares import views as share_views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -13,6 +14,8 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/rename/", views.rename, name="rename"),
     path("c/<uuid:conversation_id>/delete/", views.delete, name="delete"),
     path("c/<uuid:conversation_id>/restore/", views.restore, name="restore"),
+    path("c/<uuid:conversation_id>/share/", share_views.create, name="share"),
+    path("c/<uuid:conversation_id>/unshare/", share_views.unshare, name="unshare"),
     path("c/<uuid:conversation_id>/archive/", views.archive, name="archive"),
     path("c/<uuid:conversation_id>/unarchive/", views.unarchive, name="unarchive"),
     path("c/<uuid:conversation_id>/pin/", views.pin, name="pin"),

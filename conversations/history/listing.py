@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import QueryDict
 
-from ..models import Conversation, Message
+from ..models import Conversation, Message, Share
 from .search import Snippet, search, snippets
 
 DEFAULT_LIMIT = 50
@@ -226,7 +226,9 @@ def _after(key: tuple, *, searching: bool) -> Q:
 
 def _filtered(user, query: ListQuery) -> QuerySet:
     conversations = Conversation.objects.for_user(user).filter(archived=query.archived, temporary=False)
-    conversations = conversations.select_related("assistant")  # each item names its assistant
+    # Each item names its assistant and says whether it is shared.
+    shared = Exists(Share.objects.filter(conversation=OuterRef("pk")))
+    conversations = conversations.select_related("assistant").annotate(shared=shared)
     if query.sources:
         conversations = conversations.filter(source__in=query.sources)
     return conversations

@@ -10,6 +10,7 @@ from .chat import Conversation, ConversationQuerySet, Message, unstorable
 from .endpoints import Endpoint, ModelOption
 from .keys import ApiKey, ApiKeyQuerySet
 from .review import DailyUsage, Feedback, QuotaOverride, Reservation, StaffRead
+from .shares import Share
 from .workers import InferenceWorker
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PendingAccount",
     "QuotaOverride",
     "Reservation",
+    "Share",
     "StaffRead",
     "unstorable",
 ]

@@ -189,6 +189,12 @@ class Conversation(models.Model):
     def live_reply(self) -> Message | None:
         return self.messages.filter(status=Message.Status.STREAMING).last()
 
+    @property
+    def is_shared(self) -> bool:
+        """Whether a share link to it is live; lists annotate it (`shared`) rather than ask each row."""
+        annotated = getattr(self, "shared", None)
+        return annotated if annotated is not None else self.shares.exists()
+
     def as_dict(self) -> dict:
         return {
             "id": str(self.id),
@@ -200,6 +206,7 @@ class Conversation(models.Model):
             "archived": self.archived,
             "pinned": self.pinned,
             "temporary": self.temporary,
+            "shared": self.is_shared,
             "assistant": {"id": self.assistant.id, "name": self.assistant.name} if self.assistant else None,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),

@@ -342,3 +342,28 @@ def test_an_assistant_made_on_its_page_starts_a_new_chat(browser, daphne_server)
     expect(page.get_by_label("System prompt")).to_have_value("Answer with a haiku.")
     problems.check()
     context.close()
+
+
+def test_a_share_link_renders_the_snapshot_safely_and_continues_it(browser, daphne_server):
+    context, page, problems = new_page(browser)
+    base = daphne_server.url
+    sign_up(page, base, "share-user")
+    new_chat(page, "Tell me about **lighthouses** <img src=x onerror=alert(1)>")
+    page.locator("details.menu summary").click()
+    page.get_by_role("button", name="Share a link").click()
+    flash = page.locator(".flashes .alert")
+    expect(flash).to_contain_text("Shared: ")
+    url = re.search(r"http://\S+/s/[\w-]+/", flash.inner_text()).group(0)
+
+    page.goto(url)
+    first = page.locator(".shared-transcript li.msg-user .md")
+    expect(first.locator("strong")).to_have_text("lighthouses")  # the chat's renderer, markdown and all
+    expect(first.locator("img")).to_have_count(0)  # and its defences: raw HTML stays text
+    expect(page.locator("#sidebar")).to_have_count(0)  # nothing else of its owner
+    assert audit(page, "a shared chat") == []
+    page.get_by_role("button", name="Continue this chat").click()
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    ready(page)
+    expect(page.locator("#transcript li.msg-user")).to_have_count(1)
+    problems.check()
+    context.close()
