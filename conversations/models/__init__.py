@@ -9,7 +9,7 @@ from .assistants import Assistant, AssistantQuerySet
 from .chat import Conversation, ConversationQuerySet, Message, unstorable
 from .endpoints import Endpoint, ModelOption
 from .keys import ApiKey, ApiKeyQuerySet
-from .review import DailyUsage, Feedback, QuotaOverride, Reservation, StaffRead
+from .review import DailyUsage, Feedback, GroupQuota, QuotaOverride, Reservation, StaffRead
 from .shares import Share
 from .workers import InferenceWorker
 
@@ -23,6 +23,7 @@ __all__ = [
     "DailyUsage",
     "Endpoint",
     "Feedback",
+    "GroupQuota",
     "InferenceWorker",
     "Message",
     "ModelOption",

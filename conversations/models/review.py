@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
 
@@ -55,6 +56,20 @@ class QuotaOverride(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.daily_tokens or 'no limit'}"
+
+
+class GroupQuota(models.Model):
+    """A group's daily token budget for each of its users: a user gets the largest of their groups' (0 = no
+    limit), unless they have a QuotaOverride of their own."""
+
+    group = models.OneToOneField(Group, models.CASCADE, primary_key=True, related_name="quota")
+    daily_tokens = models.PositiveIntegerField(
+        help_text="prompt + completion tokens per UTC day, per user; 0 = no limit"
+    )
+    note = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.group}: {self.daily_tokens or 'no limit'}"
 
 
 class DailyUsage(models.Model):

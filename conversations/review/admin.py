@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from ..models import Conversation, DailyUsage, Feedback, QuotaOverride, StaffRead
+from ..models import Conversation, DailyUsage, Feedback, GroupQuota, QuotaOverride, StaffRead
 from . import audit, quotas
 from . import feedback as review
 
@@ -112,6 +112,14 @@ class QuotaOverrideAdmin(admin.ModelAdmin):
         return quotas.status(obj.user_id)["used"]
 
 
+@admin.register(GroupQuota)
+class GroupQuotaAdmin(admin.ModelAdmin):
+    """A group's daily token budget per user; a user gets the largest of their groups', unless overridden."""
+
+    list_display = ("group", "daily_tokens", "note")
+    search_fields = ("group__name", "note")
+
+
 @admin.register(DailyUsage)
 class DailyUsageAdmin(admin.ModelAdmin):
     """Tokens per user per UTC day, with a chart of replies, tokens and tokens/s per day above the list."""
@@ -138,7 +146,12 @@ class DailyUsageAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         since = timezone.now() - timedelta(days=USAGE_CHART_DAYS - 1)
         days = review.daily_usage(since.replace(hour=0, minute=0, second=0, microsecond=0))
-        context = {"usage_days": days, "usage_chart": chart(days), "chart_days": USAGE_CHART_DAYS}
+        context = {
+            "usage_days": days,
+            "usage_chart": chart(days),
+            "chart_days": USAGE_CHART_DAYS,
+            "usage_groups": review.usage_by_group(quotas.today()),
+        }
         return super().changelist_view(request, {**(extra_context or {}), **context})
 
 

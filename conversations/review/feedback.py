@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import timezone as dt_timezone
 
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -152,3 +152,24 @@ def _rates(since) -> dict:
         for row in rows
         if row["generating_ms"] and row["generating_ms"] > 0
     }
+
+
+def usage_by_group(day) -> list[dict]:
+    """Each group's use on `day` (UTC): its users' tokens and replies summed, its quota per user, and how many
+    of its users chatted; a user in two groups counts in both."""
+    rows = (
+        DailyUsage.objects.filter(day=day, user__groups__isnull=False)
+        .values("user__groups__id", "user__groups__name", "user__groups__quota__daily_tokens")
+        .annotate(tokens=Sum("tokens"), replies=Sum("replies"), users=Count("user", distinct=True))
+        .order_by("user__groups__name")
+    )
+    return [
+        {
+            "group": row["user__groups__name"],
+            "quota": row["user__groups__quota__daily_tokens"],
+            "tokens": row["tokens"],
+            "replies": row["replies"],
+            "users": row["users"],
+        }
+        for row in rows
+    ]

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from ..models import DailyUsage, Message, QuotaOverride, Reservation
+from ..models import DailyUsage, GroupQuota, Message, QuotaOverride, Reservation
 
 # Tokens a chat template adds: a default system prompt, and role markers per message.
 TEMPLATE_TOKENS = 64
@@ -61,9 +61,15 @@ def resets_at() -> datetime:
 
 
 def daily_limit(user_id) -> int:
-    """The user's budget per day (0 = no limit): their override, else CHAT_USER_DAILY_TOKENS."""
+    """The user's budget per day (0 = no limit): their override, else the largest of their groups' quotas,
+    else CHAT_USER_DAILY_TOKENS."""
     override = QuotaOverride.objects.filter(user_id=user_id).values_list("daily_tokens", flat=True).first()
-    return settings.CHAT_USER_DAILY_TOKENS if override is None else override
+    if override is not None:
+        return override
+    groups = list(GroupQuota.objects.filter(group__user__id=user_id).values_list("daily_tokens", flat=True))
+    if groups:
+        return 0 if 0 in groups else max(groups)  # no limit is the largest
+    return settings.CHAT_USER_DAILY_TOKENS
 
 
 def status(user_id) -> dict:
