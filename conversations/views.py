@@ -204,7 +204,7 @@ def _set_flag(request, conversation_id, name: str, value: bool):
     conversation = _get_conversation_for_user(request, conversation_id)
     setattr(conversation, name, value)
     conversation.save(update_fields=[name])
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse(conversation.as_dict())
     text, undo = FLAG_CHANGED[(name, value)]
     undo_tag = f"undo {reverse(undo, args=[conversation.id])}" if undo else ""
@@ -236,7 +236,8 @@ def unpin(request, conversation_id):
     return _set_flag(request, conversation_id, "pinned", False)
 
 
-def _wants_json(request) -> bool:
+def wants_json(request) -> bool:
+    """Whether the client asked for JSON (a page's fetch) rather than a page (a form's post)."""
     return "application/json" in request.headers.get("Accept", "")
 
 
@@ -278,7 +279,7 @@ def _import_upload(request):
         return _import_refused(request, message, 413)
     with upload.open("rb") as file:
         result = importing.import_file(request.user, file)
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse(result.as_dict(), status=400 if result.error and not result.imported else 200)
     level = flash.success if result.imported and not (result.error or result.skipped) else flash.warning
     level(request, result.summary())
@@ -286,7 +287,7 @@ def _import_upload(request):
 
 
 def _import_refused(request, message: str, status: int):
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"error": message}, status=status)
     flash.error(request, message)
     return redirect("import")

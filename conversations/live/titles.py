@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from inference import Finished, GenerationParams, InferenceError, Request
 
@@ -65,7 +66,11 @@ async def write(conversation_id: str, history: list[dict], reply: str, engine: E
     """The model's title for the chat, stored and announced; None when it gave nothing usable, or the
     user renamed the chat meanwhile."""
     title = clean(await _ask(engine, prompt(history, reply)))
-    if not title or not await _store(conversation_id, title):
+    try:
+        if not title or not await _store(conversation_id, title):
+            return None
+    except DatabaseError as exc:  # the first line stays; nothing waits for this task to report it
+        logger.warning("cannot store the title of %s: %s", conversation_id, exc)
         return None
     try:
         await publish(conversation_id, {"type": "chat.title", "title": title})

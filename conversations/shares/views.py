@@ -11,11 +11,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from ..models import Conversation, Share
+from ..views import wants_json
 from . import NotShareable, as_dict, continue_as, share
-
-
-def _wants_json(request) -> bool:
-    return "application/json" in request.headers.get("Accept", "")
 
 
 def _own(request, conversation_id) -> Conversation:
@@ -30,12 +27,12 @@ def create(request, conversation_id):
     try:
         link = share(conversation)
     except NotShareable as exc:
-        if _wants_json(request):
+        if wants_json(request):
             return JsonResponse({"error": str(exc)}, status=400)
         flash.error(request, str(exc))
         return redirect(conversation)
     url = request.build_absolute_uri(link.get_absolute_url())
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"url": link.get_absolute_url()})
     flash.success(request, f"Shared: {url} shows this chat as it is now. Revoke it here or under Shared links.")
     return redirect(conversation)
@@ -47,7 +44,7 @@ def unshare(request, conversation_id):
     """POST /c/<uuid>/unshare/: every link to the chat answers 404 from now on."""
     conversation = _own(request, conversation_id)
     revoked, _ = conversation.shares.all().delete()
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"shared": False, "revoked": revoked})
     flash.success(request, "The chat's share links are revoked." if revoked else "The chat had no share links.")
     return redirect(conversation)
@@ -59,7 +56,7 @@ def read(request, token: str):
     if not settings.CHATSITE_SHARE_PUBLIC and not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     link = get_object_or_404(Share, token=token)
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse(as_dict(link))
     return render(request, "conversations/shared.html", {"share": link})
 
