@@ -94,3 +94,10 @@ def wait_ended(session: requests.Session, base_url: str, conversation_id: str, t
 
 def joined_tokens(frames: list[dict]) -> str:
     return "".join(f["text"] for f in frames if f["type"] == "token")
+
+
+def shown_text(frames: list[dict]) -> str:
+    """The reply as a tab shows it: the text its `start` carried, then its tokens. A socket still finishing its
+    handshake when the reply began gets the text so far in `start` (docs/protocol.md), not as tokens."""
+    start = next((f for f in frames if f["type"] == "start"), {})
+    return start.get("content", "") + joined_tokens(frames)
