@@ -26,7 +26,7 @@ from .models import Assistant, Conversation
 MAX_PAGE = 500  # messages of a transcript one request may ask for
 
 
-def _get_conversation_for_user(request, conversation_id) -> Conversation:
+def conversation_for_user(request, conversation_id) -> Conversation:
     """The user's conversation, or 404 — never 403, so ids of others stay secret."""
     return get_object_or_404(Conversation.objects.for_user(request.user), id=conversation_id)
 
@@ -65,7 +65,7 @@ def index(request):
 @login_required
 @require_GET
 def conversation(request, conversation_id):
-    return _chat_page(request, _get_conversation_for_user(request, conversation_id))
+    return _chat_page(request, conversation_for_user(request, conversation_id))
 
 
 @login_required
@@ -105,7 +105,7 @@ def new(request):
 @login_required
 @require_POST
 def rename(request, conversation_id):
-    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation = conversation_for_user(request, conversation_id)
     form = RenameForm(request.POST)
     if form.is_valid():
         conversation.title, conversation.title_source = form.cleaned_data["title"], Conversation.TitleSource.USER
@@ -126,7 +126,7 @@ async def delete(request, conversation_id):
     Async, so no thread is held while the reply ends: its final save needs
     the one thread that synchronous views and database calls share.
     """
-    conversation = await database_sync_to_async(_get_conversation_for_user)(request, conversation_id)
+    conversation = await database_sync_to_async(conversation_for_user)(request, conversation_id)
     try:
         await turns.delete(conversation.id, undo=True)
     except turns.Refused as exc:
@@ -154,7 +154,7 @@ def restore(request, conversation_id):
 
 def _exportable(request, conversation_id) -> Conversation:
     """The user's conversation, unless it is a temporary chat: those are never exported."""
-    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation = conversation_for_user(request, conversation_id)
     if conversation.temporary:
         raise Http404("A temporary chat is not exported.")
     return conversation
@@ -201,7 +201,7 @@ def _set_flag(request, conversation_id, name: str, value: bool):
     """Archive, unarchive, pin or unpin. The list's order changes, the
     conversation's `updated_at` does not. A page is told so, with Undo where
     the change takes the chat out of sight (archive) or out of its place (unpin)."""
-    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation = conversation_for_user(request, conversation_id)
     setattr(conversation, name, value)
     conversation.save(update_fields=[name])
     if wants_json(request):
@@ -298,7 +298,7 @@ def _import_refused(request, message: str, status: int):
 def api_conversation(request, conversation_id):
     """The conversation and its active path; with `limit` (and `before`, a message id), one page of the
     path, newest messages last, and `earlier`: whether the path goes on above it."""
-    conversation = _get_conversation_for_user(request, conversation_id)
+    conversation = conversation_for_user(request, conversation_id)
     if "limit" not in request.GET and "before" not in request.GET:
         return JsonResponse(export.as_json(conversation))
     limit, before = request.GET.get("limit", str(PAGE_SIZE)), request.GET.get("before")

@@ -11,19 +11,15 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from ..models import Conversation, Share
-from ..views import wants_json
+from ..views import conversation_for_user, wants_json
 from . import NotShareable, as_dict, continue_as, share
-
-
-def _own(request, conversation_id) -> Conversation:
-    return get_object_or_404(Conversation.objects.for_user(request.user), id=conversation_id)
 
 
 @login_required
 @require_POST
 def create(request, conversation_id):
     """POST /c/<uuid>/share/: {"url": "/s/<token>/"}; a page is told the link instead."""
-    conversation = _own(request, conversation_id)
+    conversation = conversation_for_user(request, conversation_id)
     try:
         link = share(conversation)
     except NotShareable as exc:
@@ -42,7 +38,7 @@ def create(request, conversation_id):
 @require_POST
 def unshare(request, conversation_id):
     """POST /c/<uuid>/unshare/: every link to the chat answers 404 from now on."""
-    conversation = _own(request, conversation_id)
+    conversation = conversation_for_user(request, conversation_id)
     revoked, _ = conversation.shares.all().delete()
     if wants_json(request):
         return JsonResponse({"shared": False, "revoked": revoked})
