@@ -329,6 +329,7 @@ def test_an_assistant_made_on_its_page_starts_a_new_chat(browser, daphne_server)
     page.get_by_label("Name").fill("Haiku poet")
     page.get_by_label("System prompt").fill("Answer with a haiku.")
     page.get_by_label("Temperature").fill("0.3")
+    page.get_by_label("Max new tokens").fill("4")  # the chat takes the assistant's parameters: a short reply
     page.get_by_role("button", name="Create the assistant").click()
     expect(page.locator(".flashes .alert")).to_contain_text("Created “Haiku poet”.")
     assert audit(page, "the assistants page") == []
