@@ -11,6 +11,7 @@
 #   make bench-history   search and the chat page at 10,000 conversations (docs/history.md)
 #   make bench-endpoints Chatsite in front of llama.cpp's server against clients straight to it (docs/models.md)
 #   make bench-titles    8 users' replies with the model's titles off and on (docs/history.md)
+#   make bench-summaries the TTFT of the turn that has a long chat summarised, against trimming it (docs/history.md)
 #   make soak            random users against real servers: local, worker and endpoint mode (SOAK_ARGS="--minutes 1")
 #   make fuzz            the fuzz suite with many more examples than make test runs (FUZZ_EXAMPLES=400)
 #   make vendor          refresh static/vendor/ and tests/vendor/ from npm (needs npm)
@@ -43,7 +44,7 @@ SERVICES := $(VENV_PYTHON) scripts/services.py
 # servers on demand too; one apt run up front is quicker.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
-.PHONY: install packages run test test-postgres test-redis test-servers lint bench bench-api bench-history bench-endpoints bench-titles soak fuzz vendor screenshots system-packages clean
+.PHONY: install packages run test test-postgres test-redis test-servers lint bench bench-api bench-history bench-endpoints bench-titles bench-summaries soak fuzz vendor screenshots system-packages clean
 .DELETE_ON_ERROR:
 
 install: $(INSTALLED)
@@ -116,6 +117,9 @@ bench-endpoints: $(BENCH_INSTALLED)
 
 bench-titles: $(BENCH_INSTALLED)
 	$(VENV_PYTHON) -m bench.titles $(BENCH_ARGS)
+
+bench-summaries: $(BENCH_INSTALLED)
+	$(VENV_PYTHON) -m bench.summaries $(BENCH_ARGS)
 
 # tests/fuzz/ as make test runs it (20 examples a test, derandomized), but FUZZ_EXAMPLES each and new ones
 # every run (Hypothesis's `fuzz` profile); the statistics say how many ran per endpoint.

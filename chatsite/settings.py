@@ -367,6 +367,9 @@ CHAT_IMPORT_MAX_MB = env_int("CHAT_IMPORT_MAX_MB", 64, minimum=1, maximum=4096)
 CHAT_ORPHAN_GRACE = float(env_int("CHAT_ORPHAN_GRACE_S", 30, maximum=86_400))
 # After a chat's first reply its model writes the chat's title, as background work (docs/history.md).
 CHAT_TITLES = env_bool("CHAT_TITLES", True)
+# A chat longer than its model's context: its oldest turns are summarised by the model, not left out
+# without a word (docs/history.md, "Summaries").
+CHAT_SUMMARIES = env_bool("CHAT_SUMMARIES", True)
 # Temporary chats (docs/history.md): never listed, searched or exported, and deleted
 # once no tab has had one open for this many seconds; 0 refuses them.
 CHAT_TEMPORARY_CHATS = env_bool("CHAT_TEMPORARY_CHATS", True)

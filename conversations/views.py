@@ -20,7 +20,7 @@ from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
 from .history import listing as history
 from .history.tree import PAGE_SIZE, page_dicts, path_page
-from .live import process, state, turns
+from .live import process, state, summaries, turns
 from .models import Assistant, Conversation
 
 MAX_PAGE = 500  # messages of a transcript one request may ask for
@@ -43,6 +43,7 @@ def _chat_page(request, conversation: Conversation | None):
         "sidebar_views": history.VIEWS,
         "conversation": conversation,
         "messages_list": messages,
+        "summary": summaries.on_active_path(conversation) if conversation else None,
         "earlier": earlier,
         "new_form": ConversationForm(),
         "models": models["models"],
@@ -299,13 +300,14 @@ def api_conversation(request, conversation_id):
     """The conversation and its active path; with `limit` (and `before`, a message id), one page of the
     path, newest messages last, and `earlier`: whether the path goes on above it."""
     conversation = conversation_for_user(request, conversation_id)
+    summary = {"summary": summaries.on_active_path(conversation)}
     if "limit" not in request.GET and "before" not in request.GET:
-        return JsonResponse(export.as_json(conversation))
+        return JsonResponse(export.as_json(conversation) | summary)
     limit, before = request.GET.get("limit", str(PAGE_SIZE)), request.GET.get("before")
     if not _whole_number(limit) or not 1 <= int(limit) <= MAX_PAGE or (before and not _whole_number(before)):
         return JsonResponse({"error": f"limit must be 1 to {MAX_PAGE}, before a message id"}, status=400)
     messages, earlier = path_page(conversation, int(before) if before else None, int(limit))
-    return JsonResponse(conversation.as_dict() | {"messages": page_dicts(messages), "earlier": earlier})
+    return JsonResponse(conversation.as_dict() | {"messages": page_dicts(messages), "earlier": earlier} | summary)
 
 
 def _whole_number(value: str) -> bool:

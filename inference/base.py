@@ -53,6 +53,15 @@ class Engine:
         """The prompt length of ``messages`` in tokens, before any trimming."""
         raise NotImplementedError("subclasses of Engine must provide a count_tokens() method")
 
+    def context_tokens(self) -> int:
+        """The model's context: the prompt and its reply, in tokens."""
+        return self.info.context_length
+
+    def fits(self, messages: list[dict], max_new_tokens: int, prefill: str = "") -> bool:
+        """Whether ``messages`` (and a reply begun with ``prefill``) leave room for ``max_new_tokens``
+        untrimmed: when not, stream() leaves the oldest turns out."""
+        raise NotImplementedError("subclasses of Engine must provide a fits() method")
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting requests; unfinished ones end with finish_reason "cancelled".
 

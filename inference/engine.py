@@ -230,6 +230,12 @@ class TransformersEngine(Engine):
         with self._tokenizer_lock:
             return len(render(self.tokenizer, checked))
 
+    def fits(self, messages: list[dict], max_new_tokens: int, prefill: str = "") -> bool:
+        """See Engine.fits: the prompt as prepare() renders it, before any trimming."""
+        checked = with_system(check_messages(messages), self.config.default_system_prompt)
+        with self._tokenizer_lock:
+            return len(render(self.tokenizer, checked, prefill)) + max_new_tokens <= self.info.context_length
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, end queued and running requests as "cancelled", and join the scheduler thread.
 

@@ -43,7 +43,7 @@ from inference import (
     Started,
 )
 
-from .tokens import estimate, fit_messages
+from .tokens import estimate, fit_messages, message_tokens
 
 if TYPE_CHECKING:
     from .registry import EndpointState, Registry
@@ -90,9 +90,8 @@ class EndpointEngine(Engine):
 
     async def _stream_from(self, replica: EndpointState, request: Request) -> AsyncIterator[Any]:
         params = request.params
-        context = self.registry.context_length(self.model_id)
         reply = [{"role": "assistant", "content": request.prefill}] if request.prefill else []
-        messages, dropped = fit_messages(request.messages, context - params.max_new_tokens - self.count_tokens(reply))
+        messages, dropped = fit_messages(request.messages, self._budget(params.max_new_tokens, reply))
         if not messages:
             raise PromptTooLong(f"the newest message alone does not fit in {self.model_id}'s context")
         messages += reply
@@ -157,6 +156,18 @@ class EndpointEngine(Engine):
     def count_tokens(self, messages: list[dict]) -> int:
         """An estimate (docs/models.md): the endpoint's own count comes with the reply."""
         return sum(estimate(m.get("content") or "") for m in messages)
+
+    def fits(self, messages: list[dict], max_new_tokens: int, prefill: str = "") -> bool:
+        """See Engine.fits: by the estimate stream() trims with."""
+        reply = [{"role": "assistant", "content": prefill}] if prefill else []
+        return sum(message_tokens(m) for m in messages) <= self._budget(max_new_tokens, reply)
+
+    def context_tokens(self) -> int:
+        return self.registry.context_length(self.model_id)
+
+    def _budget(self, max_new_tokens: int, reply: list[dict]) -> int:
+        """The prompt's tokens at most: the context less the reply's room and what it began with."""
+        return self.context_tokens() - max_new_tokens - self.count_tokens(reply)
 
     def close(self, timeout: float = 30.0) -> None:
         """Nothing to stop here: each stream closes with its turn."""

@@ -91,6 +91,8 @@ class Registry:
         self.timeout = timeout
         self._configured = dict(endpoints or {})
         self._admin_endpoints = admin_endpoints  # read Endpoint rows (off where there is no database to read)
+        # The admin's context of each model (ModelOption.context_length), for endpoints that do not say theirs.
+        self._admin_contexts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._endpoints: dict[str, EndpointState] = {}
         self._wake = threading.Event()
@@ -130,6 +132,7 @@ class Registry:
         configured = dict(self._configured)
         if self._admin_endpoints:
             configured.update(_admin_endpoints())
+            self._admin_contexts = _admin_contexts()
         with self._lock:
             for name in set(self._endpoints) - set(configured):
                 del self._endpoints[name]
@@ -156,7 +159,8 @@ class Registry:
             self._mark(endpoint, healthy=False, error=f"{type(exc).__name__}: {exc}")
             return
         with self._lock:
-            endpoint.models = {model: ctx or context for model, ctx in models.items()}
+            # /props says the context the server runs with; a model entry may say the one it was trained for.
+            endpoint.models = {model: context or ctx for model, ctx in models.items()}
         self._mark(endpoint, healthy=True)
 
     def _mark(self, endpoint: EndpointState, healthy: bool, error: str = "") -> None:
@@ -211,7 +215,7 @@ class Registry:
     def context_length(self, model_id: str, configured: int | None = None) -> int:
         """The model's context: what an endpoint says, else the admin's figure, else DEFAULT_CONTEXT."""
         said = [context for e in self.endpoints() if (context := e.models.get(model_id))]
-        return min(said) if said else (configured or DEFAULT_CONTEXT)
+        return min(said) if said else (configured or self._admin_contexts.get(model_id) or DEFAULT_CONTEXT)
 
     def health(self) -> dict[str, dict]:
         return {e.name: e.as_dict() for e in self.endpoints()}
@@ -318,6 +322,16 @@ def _props_context(http: httpx2.Client, endpoint: EndpointState) -> int | None:
         return None
     value = props.get("n_ctx") or (props.get("default_generation_settings") or {}).get("n_ctx")
     return value if isinstance(value, int) and value > 0 else None
+
+
+def _admin_contexts() -> dict[str, int]:
+    from ..models import ModelOption
+
+    try:
+        return dict(ModelOption.objects.filter(context_length__isnull=False).values_list("model_id", "context_length"))
+    except DatabaseError as exc:
+        logger.warning("cannot read the admin's model contexts: %s", exc)
+        return {}
 
 
 def _admin_endpoints() -> dict[str, dict[str, str]]:

@@ -116,23 +116,31 @@ def path_page(conversation: Conversation, before: int | None = None, limit: int 
     start = _page_start(conversation, before)
     if start is None:
         return [], False
-    table = message_model._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""WITH RECURSIVE up(id, parent_id, depth) AS (
-                    SELECT id, parent_id, 0 FROM {table} WHERE id = %s AND conversation_id = %s
-                    UNION ALL
-                    SELECT m.id, m.parent_id, up.depth + 1 FROM {table} m JOIN up ON m.id = up.parent_id
-                    WHERE up.depth < %s
-                ) SELECT id FROM up ORDER BY depth""",
-            [start, conversation._meta.pk.get_db_prep_value(conversation.pk, connection), limit],
-        )
-        ids = [row[0] for row in cursor.fetchall()]
+    ids = path_ids(conversation, start, limit + 1)
     more, ids = len(ids) > limit, ids[:limit]
     by_id = {m.id: m for m in message_model.objects.filter(id__in=ids).select_related("feedback")}
     messages = [by_id[ident] for ident in reversed(ids)]  # the walk went up: newest first
     _attach_siblings(conversation, messages)
     return messages, more
+
+
+def path_ids(conversation: Conversation, start: int, limit: int | None = None) -> list[int]:
+    """The ids of the path up from message `start` (included) to the first message, newest first: all
+    of them, or the first `limit`. Walked in SQL (a recursive query, on SQLite and PostgreSQL alike)."""
+    table = conversation.messages.model._meta.db_table
+    depth = "" if limit is None else "WHERE up.depth < %s"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""WITH RECURSIVE up(id, parent_id, depth) AS (
+                    SELECT id, parent_id, 1 FROM {table} WHERE id = %s AND conversation_id = %s
+                    UNION ALL
+                    SELECT m.id, m.parent_id, up.depth + 1 FROM {table} m JOIN up ON m.id = up.parent_id
+                    {depth}
+                ) SELECT id FROM up ORDER BY depth""",
+            [start, conversation._meta.pk.get_db_prep_value(conversation.pk, connection)]
+            + ([] if limit is None else [limit]),
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _page_start(conversation: Conversation, before: int | None) -> int | None:

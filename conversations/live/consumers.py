@@ -223,6 +223,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_title(self, event: dict) -> None:
         await self.send_json(client_frame(event))
 
+    async def chat_summary(self, event: dict) -> None:
+        await self.send_json(client_frame(event))
+
     async def chat_queued(self, event: dict) -> None:
         await self.send_json(client_frame(event))
 

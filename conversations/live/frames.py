@@ -104,6 +104,8 @@ def client_frame(event: dict) -> dict | None:
         return {"type": "token", "message_id": event["message_id"], "text": event["text"]}
     if kind == "chat.title":
         return {"type": "title", "title": event["title"]}
+    if kind == "chat.summary":
+        return {"type": "summary", "summary": event["summary"]}
     if kind == "chat.queued":
         return {"type": "queued", "message_id": event["message_id"], "position": event["position"]}
     if kind == "chat.error":
@@ -111,7 +113,7 @@ def client_frame(event: dict) -> dict | None:
     if kind == "chat.end":
         return event["frame"]
     if kind == "chat.path":
-        return {"type": "path", "messages": event["messages"]}
+        return {"type": "path", "messages": event["messages"], "summary": event.get("summary")}
     if kind == "chat.feedback":  # a rating changed in another tab (conversations.review.views)
         return {"type": "feedback", "message_id": event["message_id"], "feedback": event["feedback"]}
     return None

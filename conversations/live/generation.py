@@ -30,7 +30,7 @@ from inference import (
     Started,
 )
 
-from . import titles
+from . import summaries, titles
 from .frames import publish
 from .replies import Ending, Turn, finish, save_partial, usage_of
 
@@ -116,7 +116,7 @@ async def run_reply(reply: LiveReply, engine: Engine) -> None:
 
     try:
         request = Request(
-            messages=turn.history,
+            messages=await summaries.prompt(turn, engine, reply.cancel),
             params=turn.params,
             cancel=reply.cancel,
             affinity=turn.conversation_id,

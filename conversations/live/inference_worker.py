@@ -115,6 +115,8 @@ class ReplyConsumer(AsyncConsumer):
             prefill=message.get("prefill", ""),
             before=message.get("before") or {},
             title=message.get("title"),
+            path=message.get("path") or [],
+            summary=message.get("summary"),
         )
         record = worker.leases.record(message_id)
         try:

@@ -63,6 +63,10 @@ class Turn:
     # A Continue: the reply's text and usage before this turn, which the new text and usage extend.
     prefill: str = ""
     before: dict = field(default_factory=dict)
+    # The ids of history's messages after its system prompt, and the stored summary on that path
+    # ({"text", "until"}), from which conversations.live.summaries builds what the model reads.
+    path: list[int] = field(default_factory=list)
+    summary: dict | None = None
 
     def grown(self, usage: dict) -> dict:
         """The reply's usage: this turn's `usage` added to what it had before (Message.USAGE_FIELDS)."""

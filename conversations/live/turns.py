@@ -23,7 +23,7 @@ from ..endpoints import catalog
 from ..history.tree import Tree
 from ..models import Conversation, Message
 from ..review import quotas
-from . import state
+from . import state, summaries
 from .frames import follow, publish
 from .replies import BUSY, DB_BUSY, RESTARTING, Ending, Gone, Refused, Turn, finish
 
@@ -113,10 +113,12 @@ def _create(
                 parent=parent,
             )
         )
-        history = conversation.prompt_history(until=reply, tree=tree)
+        path = conversation.prompt_path(until=reply, tree=tree)
+        history = conversation.prompt_history(path=path)
         capped = _reserve_tokens(conversation, reply, history, params, model)
         untitled = not conversation.title
         conversation.start_turn(params.to_dict(), first_text=text or None, model=model, leaf=reply)
+        summary = summaries.stored(path)
     return Turn(
         conversation_id=conversation_id,
         message_id=reply.id,
@@ -127,6 +129,8 @@ def _create(
         user_message=tree.as_dict(user_message) if user_message else None,
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
         title=conversation.title if untitled and conversation.title else None,
+        path=[message.id for message in path],
+        summary=summary,
     )
 
 
@@ -139,13 +143,15 @@ def _continued(conversation_id: str, params: GenerationParams) -> Turn:
         if reply is None or reply.role != Message.Role.ASSISTANT or reply.finish_reason == "stop":
             raise Refused("invalid", "There is no reply to continue: only one cut short (by its length or a stop) can.")
         model = _model(conversation, reply.model_name or None)
-        history = conversation.prompt_history(until=reply, tree=tree)  # the path above it
+        path = conversation.prompt_path(until=reply, tree=tree)  # the path above it
+        history = conversation.prompt_history(path=path)
         before = {name: getattr(reply, name) for name in Message.USAGE_FIELDS}
         quotas.settle(reply.id, quotas.spent(reply))  # a hold its last end never settled (a killed server)
         Message.objects.filter(id=reply.id).update(status=Message.Status.STREAMING, finish_reason="", model_name=model)
         prompt = [*history, {"role": "assistant", "content": reply.content}]
         capped = _reserve_tokens(conversation, reply, prompt, params, model, charged=quotas.spent(reply))
         conversation.start_turn(params.to_dict(), model=model)
+        summary = summaries.stored(path)
     return Turn(
         conversation_id=conversation_id,
         message_id=reply.id,
@@ -155,6 +161,8 @@ def _continued(conversation_id: str, params: GenerationParams) -> Turn:
         place={"parent": reply.parent_id, "siblings": tree.siblings(reply)},
         prefill=reply.content,
         before=before,
+        path=[message.id for message in path],
+        summary=summary,
     )
 
 
@@ -192,16 +200,17 @@ def _edited(tree: Tree, message_id: int | None) -> Message | None:
 async def switch(conversation_id, message_id: int) -> list[dict]:
     """Make the branch through `message_id` active (down to its newest leaf) and send every tab the path."""
     try:
-        path = await _switch(str(conversation_id), message_id)
+        path, summary = await _switch(str(conversation_id), message_id)
     except DatabaseError as exc:
         logger.warning("cannot switch a branch of %s: %s", conversation_id, exc)
         raise Refused("busy", DB_BUSY) from None
-    await publish(conversation_id, {"type": "chat.path", "messages": path})
+    await publish(conversation_id, {"type": "chat.path", "messages": path, "summary": summary})
     return path
 
 
 @database_sync_to_async
-def _switch(conversation_id: str, message_id: int) -> list[dict]:
+def _switch(conversation_id: str, message_id: int) -> tuple[list[dict], dict | None]:
+    """The new active path, and its summary."""
     with transaction.atomic():
         conversation, tree = _locked_idle(conversation_id)
         target = tree.by_id.get(message_id)
@@ -210,7 +219,7 @@ def _switch(conversation_id: str, message_id: int) -> list[dict]:
         leaf = tree.newest_leaf_under(target)
         conversation.activate(leaf)
         tree.active_leaf_id = leaf.id
-        return tree.path_dicts()
+        return tree.path_dicts(), summaries.public(summaries.stored(tree.path()))
 
 
 def _reserve_tokens(

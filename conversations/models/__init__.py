@@ -11,6 +11,7 @@ from .endpoints import Endpoint, ModelOption
 from .keys import ApiKey, ApiKeyQuerySet
 from .review import DailyUsage, Feedback, GroupQuota, QuotaOverride, Reservation, StaffRead
 from .shares import Share
+from .summaries import Summary
 from .workers import InferenceWorker
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "Reservation",
     "Share",
     "StaffRead",
+    "Summary",
     "unstorable",
 ]

@@ -128,26 +128,31 @@ class Conversation(models.Model):
             if name in params:
                 setattr(self, name, params[name])
 
-    def prompt_history(self, until: Message | None = None, tree: Tree | None = None) -> list[dict]:
-        """The transcript as chat messages for the model, oldest first.
+    def prompt_path(self, until: Message | None = None, tree: Tree | None = None) -> list[Message]:
+        """The messages the model reads, oldest first: the path down to `until` (excluded), else the active path.
 
         Only finished text counts: empty or failed replies are left out, so a
-        failure does not teach the model to answer with nothing. With `until`,
-        the history is the path down to that message (included); else the active path.
+        failure does not teach the model to answer with nothing.
         `tree`: the conversation's messages, where the caller has them loaded.
         """
-        history = []
-        if self.system_prompt:
-            history.append({"role": "system", "content": self.system_prompt})
-        for message in (tree or Tree.of(self)).path(until):
-            if message.role == Message.Role.SYSTEM:
-                continue
-            if message.role == Message.Role.ASSISTANT and (
-                message.status == Message.Status.ERROR or not message.content
-            ):
-                continue
-            history.append({"role": message.role, "content": message.content})
-        return history
+        return [
+            message
+            for message in (tree or Tree.of(self)).path(until)
+            if message.role != Message.Role.SYSTEM
+            and not (
+                message.role == Message.Role.ASSISTANT
+                and (message.status == Message.Status.ERROR or not message.content)
+            )
+        ]
+
+    def prompt_history(
+        self, until: Message | None = None, tree: Tree | None = None, path: list[Message] | None = None
+    ) -> list[dict]:
+        """The transcript as chat messages for the model: the system prompt, then prompt_path()
+        (`path`, where the caller has it)."""
+        history = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        path = self.prompt_path(until, tree) if path is None else path
+        return history + [{"role": message.role, "content": message.content} for message in path]
 
     def title_from(self, text: str) -> str:
         """A short title from the first user message: its first line, cut at a word."""

@@ -10,6 +10,7 @@
  *   feedback.js    thumbs up / down and a comment on replies
  *   earlier.js     a long transcript's earlier pages, loaded as the reader scrolls up
  *   usage.js       the day's token use under the composer
+ *   summary.js     "Earlier messages summarised" where a long chat's summary applies
  *
  * Message text only reaches the DOM through markdown.js.
  */
@@ -24,6 +25,7 @@ import { initBranches, refreshBranches } from './branches.js';
 import { initFeedback } from './feedback.js';
 import { initEarlier } from './earlier.js';
 import { initUsage } from './usage.js';
+import { initSummary } from './summary.js';
 import { onChange } from './state.js';
 
 initSidebar();
@@ -37,6 +39,7 @@ onChange(updateComposer);
 onChange(refreshBranches);
 updateComposer();
 initBranches(onFrame);
+initSummary(onFrame);
 initSocket();
 initFeedback();
 initEarlier();

@@ -19,7 +19,7 @@ from conversations.endpoints import catalog
 from conversations.endpoints.registry import Registry
 from conversations.live import state
 from conversations.live.runners.local import LocalRunner
-from conversations.models import Conversation, ModelOption
+from conversations.models import Conversation, ModelOption, Summary
 from tests.live.test_consumer import connect, joined_tokens, receive_until_end, stored_reply
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -182,3 +182,95 @@ async def test_an_endpoint_model_writes_the_chats_title_after_its_first_reply(bo
     stored = await Conversation.objects.aget(id=chat.id)
     assert (stored.title, stored.title_source) == (titled["title"], "model")
     await ws.disconnect()
+
+
+@pytest.fixture
+def llama_of_1024(tiny_engine, llama_server):
+    """llama-cpp-python's server does not say its context: the admin's figure (ModelOption.context_length)
+    is the model's, as docs/models.md tells. 1024, within the session server's 2048: a chat outgrows it soon."""
+    ModelOption.objects.create(model_id="smollm2", context_length=1024)
+    models = Registry(tiny_engine, "tiny-llama", {"llama": {"url": llama_server.url, "key": ""}}, timeout=60)
+    models.refresh()
+    assert models.context_length("smollm2") == 1024
+    with state.swapped(state.Live(runner=LocalRunner(models))) as live:
+        yield live
+
+
+async def test_a_long_chat_keeps_its_first_fact_through_the_real_models_summary(
+    llama_of_1024, chat, alice, monkeypatch
+):
+    """SmolLM2 on llama.cpp's server summarises the turns that no longer fit; the fact is checked in
+    the prompt the server gets once the fact's own message is no longer in it (docs/history.md)."""
+    from conversations.endpoints.engine import EndpointEngine
+    from conversations.live import summaries
+
+    seen = []
+    stream = EndpointEngine.stream
+
+    def recording(self, request):
+        seen.append(request)
+        return stream(self, request)
+
+    monkeypatch.setattr(EndpointEngine, "stream", recording)
+    ws, _, _ = await connect(chat.id, alice)
+    frames: list[dict] = []
+    sent = 0
+    while not any(f["type"] == "summary" for f in frames):
+        await ws.send_json_to({"type": "send", "content": [FACT, *NOTES][sent], "params": ON_LLAMA})
+        frames = await receive_until_end(ws, timeout=120)
+        assert frames[-1]["finish_reason"] in ("stop", "length"), frames[-1]
+        sent += 1
+    assert sent >= 3, "summarised before the chat outgrew the context"
+    (summary,) = [f["summary"] for f in frames if f["type"] == "summary"]
+    prompt = seen[-1].messages
+    assert not any(m["role"] == "user" and FACT in m["content"] for m in prompt)  # the fact's message is out...
+    assert summary["text"] in prompt[0]["content"] and FACT in summary["text"]  # ...and the fact is in
+    stored = await Summary.objects.aget(until_id=summary["until"])
+    assert stored.text and stored.text in prompt[0]["content"]  # with SmolLM2's own notes of the rest
+    asked = seen[-2].messages  # what SmolLM2 was asked to summarise
+    assert asked[0]["content"] == summaries.INSTRUCTION and NOTES[0][:100] in asked[1]["content"]
+    await ws.disconnect()
+
+
+FACT = "Please remember that my sister's name is Oriel."
+# Five days of travel notes, each twice over: about 340 tokens by the endpoint estimate (docs/models.md).
+DAYS = [
+    (
+        "Part one of my travel notes. We left the city early on Monday and drove north along the coast road. "
+        "The weather was grey but dry, and we stopped twice: once at a bakery in a small fishing town, where "
+        "the owner told us about the storm that flooded the harbour last winter, and once at a lighthouse "
+        "that has been turned into a museum. Its keeper's logbooks are on display, with entries going back to "
+        "1870, and a room upstairs shows how the lamp and its lenses were cleaned every evening. We reached "
+        "the guest house after dark and ate soup by the fire while the wind rattled the windows."
+    ),
+    (
+        "Part two of my travel notes. On Tuesday we walked the cliff path from the guest house to the next "
+        "bay, about eleven kilometres. The path climbs steeply at first and then follows the edge of the "
+        "fields, with sheep grazing right up to the fence. We saw seals on the rocks below and a pair of "
+        "falcons hunting over the heather. Lunch was bread, cheese and apples on a bench above the beach. In "
+        "the afternoon the tide came in quickly and we had to wait an hour for the causeway to the island to "
+        "clear again."
+    ),
+    (
+        "Part three of my travel notes. Wednesday was wet, so we spent it in the old market town. The covered "
+        "market sells wool, honey and smoked fish, and a man at one stall carves spoons from driftwood while "
+        "you watch. The town library has a small exhibition about the railway that closed in 1965; the "
+        "station is now a cafe, and the platform clock still works. In the evening a folk band played in the "
+        "pub, mostly songs about the sea, and an old fisherman sang one in a language none of us understood."
+    ),
+    (
+        "Part four of my travel notes. On Thursday we took the ferry to the island. The crossing took forty "
+        "minutes and the sea was calm. The island has one road, one shop and a ruined chapel on the hill, and "
+        "its school has only nine pupils. We hired bicycles and rode to the north beach, where the sand is "
+        "white and the water is clear enough to see the weed swaying on the bottom. The last ferry back left "
+        "at five, and we nearly missed it because a flock of geese blocked the road for ten minutes."
+    ),
+    (
+        "Part five of my travel notes. Friday was our last day. We packed early, thanked the hosts, and drove "
+        "back south through the hills instead of along the coast. The road crosses a high pass where snow "
+        "still lay in the ditches, and then drops into a valley of orchards. We bought cider and pears from a "
+        "farm stall, stopped at a castle that was closed for repairs, and got home just before midnight, "
+        "tired but already planning the next trip for the spring."
+    ),
+]
+NOTES = [day * 2 for day in DAYS]

@@ -59,6 +59,8 @@ class WorkerRunner(Runner):
             "prefill": turn.prefill,
             "before": turn.before,
             "title": turn.title,  # set on a chat's first turn: the worker then asks for the model's title
+            "path": turn.path,
+            "summary": turn.summary,
         }
         try:
             await self.leases.hand_over(turn.message_id, turn.prefill)
