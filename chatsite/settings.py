@@ -79,6 +79,36 @@ def env_endpoints(name: str) -> dict[str, dict[str, str]]:
     return endpoints
 
 
+OIDC_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def env_oidc(name: str) -> list[dict]:
+    """CHATSITE_OIDC: `name=issuer-url` pairs, comma-separated; each provider's client id and secret from
+    CHATSITE_OIDC_<NAME>_CLIENT_ID and _SECRET. Returns them as allauth's openid_connect APPS."""
+    apps: list[dict] = []
+    for pair in env_list(name, ""):
+        provider, _, issuer = (part.strip() for part in pair.partition("="))
+        if not OIDC_NAME.fullmatch(provider) or provider.lower() in {app["provider_id"] for app in apps}:
+            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {provider!r} is not a new name of [A-Za-z0-9_-]+")
+        parts = urlsplit(issuer)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {provider}'s issuer must be http:// or https://")
+        prefix = f"{name}_{provider.upper().replace('-', '_')}"
+        client_id = os.getenv(f"{prefix}_CLIENT_ID", "")
+        if not client_id:
+            raise ImproperlyConfigured(f"{name}: {provider} needs {prefix}_CLIENT_ID (and {prefix}_SECRET)")
+        apps.append(
+            {
+                "provider_id": provider.lower(),
+                "name": provider,
+                "client_id": client_id,
+                "secret": os.getenv(f"{prefix}_SECRET", ""),
+                "settings": {"server_url": issuer.rstrip("/"), "oauth_pkce_enabled": True},
+            }
+        )
+    return apps
+
+
 def drop_traceback(record) -> bool:
     """django.security records (DisallowedHost, ...) are expected noise: keep the message only."""
     if record.name.startswith("django.security."):
@@ -185,6 +215,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "axes",
+    # Single sign-on (conversations/sso.py): allauth's accounts are needed by its social accounts.
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "conversations",
 ]
 
@@ -201,6 +236,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # An account waiting for approval sees one page (conversations/accounts.py).
     "conversations.accounts.waiting_room",
@@ -301,9 +337,11 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Login throttling (django-axes): 5 wrong passwords for one username from one
 # address lock that pair out for 15 minutes; a right one resets the count.
 # `manage.py axes_reset` (or axes_reset_username NAME) lifts a lockout.
+# CHATSITE_PASSWORD_LOGIN=0 (with single sign-on): no backend takes a password (conversations/sso.py).
+CHATSITE_PASSWORD_LOGIN = env_bool("CHATSITE_PASSWORD_LOGIN", True)
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    "django.contrib.auth.backends.ModelBackend" if CHATSITE_PASSWORD_LOGIN else "conversations.sso.NoPasswords",
 ]
 AXES_FAILURE_LIMIT = env_int("CHATSITE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("CHATSITE_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
@@ -331,6 +369,19 @@ CHATSITE_SIGNUP = env_choice("CHATSITE_SIGNUP", "open", ("open", "approval", "cl
 if not env_bool("CHATSITE_ALLOW_SIGNUP", True):
     CHATSITE_SIGNUP = "closed"
 CHATSITE_ALLOW_SIGNUP = CHATSITE_SIGNUP != "closed"
+# Single sign-on with OpenID Connect (conversations/sso.py, docs/deploy.md): providers from the
+# environment here, or from the admin's Social applications. allauth runs the flow, with PKCE.
+SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"OAUTH_PKCE_ENABLED": True, "APPS": env_oidc("CHATSITE_OIDC")}}
+SOCIALACCOUNT_ADAPTER = "conversations.sso.SocialAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+# An account the provider vouches for the email of signs in to the local account with that email.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+SOCIALACCOUNT_STORE_TOKENS = False
+# Chatsite sends no mail: allauth's accounts are sign-in records, their emails as the provider says.
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email", "password1*", "password2*"]
 # Share links (/s/<token>/) open without logging in.
 CHATSITE_SHARE_PUBLIC = env_bool("CHATSITE_SHARE_PUBLIC", False)
 CHAT_INFERENCE = env_choice("CHAT_INFERENCE", "local", ("local", "worker", "none"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.http import JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -20,6 +21,16 @@ from django.utils.decorators import sync_and_async_middleware
 from .models import PendingAccount
 
 WAITING = "Your account is waiting for approval by this site's staff."
+
+
+def admit(user) -> None:
+    """The site's rule for an account just made (by the sign-up form or single sign-on): the first runs
+    the site and can review transcripts in the admin; under CHATSITE_SIGNUP=approval the others wait."""
+    if not get_user_model().objects.exclude(pk=user.pk).exists():
+        user.is_staff = user.is_superuser = True
+        user.save(update_fields=["is_staff", "is_superuser"])
+    elif settings.CHATSITE_SIGNUP == "approval":
+        PendingAccount.objects.create(user=user)
 
 
 def is_pending(user) -> bool:

@@ -8,7 +8,8 @@ from django.db import transaction
 
 from inference.params import GenerationParams, InvalidParams
 
-from .models import Conversation, PendingAccount
+from . import accounts
+from .models import Conversation
 
 
 class SignupForm(UserCreationForm):
@@ -18,15 +19,9 @@ class SignupForm(UserCreationForm):
 
     @transaction.atomic
     def save(self, commit: bool = True):
-        user = super().save(commit=False)
-        # The first account runs the site: it can review transcripts in the admin.
-        first = not get_user_model().objects.exists()
-        if first:
-            user.is_staff = user.is_superuser = True
+        user = super().save(commit=commit)
         if commit:
-            user.save()
-            if not first and settings.CHATSITE_SIGNUP == "approval":
-                PendingAccount.objects.create(user=user)  # it waits for staff (conversations.accounts)
+            accounts.admit(user)  # the first account runs the site; under approval the others wait
         return user
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from . import accounts, assistants
+from . import accounts, assistants, sso
 from .endpoints import catalog
 from .forms import ConversationForm, RenameForm, SignupForm
 from .history import export, importing
@@ -323,13 +323,13 @@ def locked_out(request, response, credentials):
         f"Too many failed logins for this account from your address. Try again in {minutes} minutes, "
         "or ask the site's admin to unlock it."
     )
-    context = {"form": form, "next": request.POST.get("next", ""), "lockout": lockout}
-    return render(request, "registration/login.html", context, status=429)
+    context = {"form": form, "next": request.POST.get("next", ""), "lockout": lockout, "password_login": True}
+    return render(request, "registration/login.html", context | {"sso_providers": sso.providers(request)}, status=429)
 
 
 def signup(request):
-    if not settings.CHATSITE_ALLOW_SIGNUP:
-        raise Http404("Sign-up is closed on this site.")
+    if not settings.CHATSITE_ALLOW_SIGNUP or not settings.CHATSITE_PASSWORD_LOGIN:
+        raise Http404("Sign-up with a password is closed on this site.")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()

@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.browser_support",
     "tests.worker_support",
     "tests.endpoint_support",
+    "tests.oidc_support",
 ]
 
 

@@ -30,6 +30,8 @@ def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
         ({"CHAT_MAX_BATCH": "0"}, "CHAT_MAX_BATCH='0'"),
         ({"CHAT_THREADS": "two"}, "CHAT_THREADS='two'"),
         ({"CHATSITE_SIGNUP": "maybe"}, "CHATSITE_SIGNUP='maybe': expected open, approval or closed"),
+        ({"CHATSITE_OIDC": "key cloak=https://sso"}, "CHATSITE_OIDC='key cloak=https://sso': 'key cloak' is not"),
+        ({"CHATSITE_OIDC": "kc=https://sso.example.com"}, "CHATSITE_OIDC: kc needs CHATSITE_OIDC_KC_CLIENT_ID"),
     ],
 )
 def test_a_bad_setting_is_one_line(env, expected):

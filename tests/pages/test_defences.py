@@ -123,12 +123,16 @@ def test_login_throttling_sees_the_client_behind_the_https_proxy(settings, rf):
     assert client_ip(request) == "10.0.0.1"
 
 
-def test_check_deploy_is_clean_with_chatsite_https():
+def test_check_deploy_is_clean_with_chatsite_https_and_single_sign_on():
     env = {
         **os.environ,
         "CHATSITE_HTTPS": "1",
         "DJANGO_SECRET_KEY": "x7!Qp2#Lm9@Zr4$Vt8&Wn3*Ks6^Jd1%Hb5(Gc0)Fa-Ey_Ux+Io=Pl~Ak",
         "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+        "CHATSITE_OIDC": "Keycloak=https://sso.example.com/realms/main",
+        "CHATSITE_OIDC_KEYCLOAK_CLIENT_ID": "chatsite",
+        "CHATSITE_OIDC_KEYCLOAK_SECRET": "a-secret",
+        "CHATSITE_PASSWORD_LOGIN": "0",
     }
     env.pop("DJANGO_DEBUG", None)
     result = subprocess.run(
