@@ -159,8 +159,10 @@ def pytest_collection_modifyitems(items) -> None:
     marker goes on each database test rather than on a hand-kept list. Tests
     that start their own server processes (`e2e`) bring their own database
     and are left to the default pass and, when marked `redis`, the server pass.
+    So are tests marked `one_database`: tests of an engine whose database
+    work is the same turn path tests/live runs on PostgreSQL.
     """
     for item in items:
         uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)
-        if uses_db and not item.get_closest_marker("e2e"):
+        if uses_db and not item.get_closest_marker("e2e") and not item.get_closest_marker("one_database"):
             item.add_marker(pytest.mark.postgres)

@@ -100,6 +100,8 @@ async def prompt(turn: Turn, engine: Engine, cancel: Event) -> list[dict]:
     except InferenceError as exc:
         logger.warning("no summary from the model for reply %s: %s", turn.message_id, exc)
         notes = turn.summary["notes"] if turn.summary else ""
+    if cancel.is_set():
+        return messages  # stopped while the model summarised: nothing half-done is stored
     said = _said(turn.summary["said"] if turn.summary else [], covered, engine.context_tokens())
     if not notes and not said:
         return messages  # nothing to stand in for them: the engine trims, as before

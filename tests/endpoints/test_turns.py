@@ -22,7 +22,9 @@ from conversations.live.runners.local import LocalRunner
 from conversations.models import Conversation, ModelOption, Summary
 from tests.live.test_consumer import connect, joined_tokens, receive_until_end, stored_reply
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+# About the endpoint engine: its turns write through turns.py and replies.py as the local engine's do,
+# which tests/live runs on PostgreSQL too; here they run on SQLite only (.ci/run's time).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio, pytest.mark.one_database]
 
 ON_LLAMA = {"temperature": 0, "max_new_tokens": 12, "model": "smollm2"}
 LOCAL = {"temperature": 0, "max_new_tokens": 12, "model": "tiny-llama"}
@@ -185,20 +187,18 @@ async def test_an_endpoint_model_writes_the_chats_title_after_its_first_reply(bo
 
 
 @pytest.fixture
-def llama_of_1024(tiny_engine, llama_server):
+def llama_of_512(tiny_engine, llama_server):
     """llama-cpp-python's server does not say its context: the admin's figure (ModelOption.context_length)
-    is the model's, as docs/models.md tells. 1024, within the session server's 2048: a chat outgrows it soon."""
-    ModelOption.objects.create(model_id="smollm2", context_length=1024)
+    is the model's, as docs/models.md tells. 512, within the session server's 2048: a chat outgrows it soon."""
+    ModelOption.objects.create(model_id="smollm2", context_length=512)
     models = Registry(tiny_engine, "tiny-llama", {"llama": {"url": llama_server.url, "key": ""}}, timeout=60)
     models.refresh()
-    assert models.context_length("smollm2") == 1024
+    assert models.context_length("smollm2") == 512
     with state.swapped(state.Live(runner=LocalRunner(models))) as live:
         yield live
 
 
-async def test_a_long_chat_keeps_its_first_fact_through_the_real_models_summary(
-    llama_of_1024, chat, alice, monkeypatch
-):
+async def test_a_long_chat_keeps_its_first_fact_through_the_real_models_summary(llama_of_512, chat, alice, monkeypatch):
     """SmolLM2 on llama.cpp's server summarises the turns that no longer fit; the fact is checked in
     the prompt the server gets once the fact's own message is no longer in it (docs/history.md)."""
     from conversations.endpoints.engine import EndpointEngine
@@ -233,8 +233,8 @@ async def test_a_long_chat_keeps_its_first_fact_through_the_real_models_summary(
 
 
 FACT = "Please remember that my sister's name is Oriel."
-# Five days of travel notes, each twice over: about 340 tokens by the endpoint estimate (docs/models.md).
-DAYS = [
+# Five days of travel notes, about 170 tokens each by the endpoint estimate (docs/models.md).
+NOTES = [
     (
         "Part one of my travel notes. We left the city early on Monday and drove north along the coast road. "
         "The weather was grey but dry, and we stopped twice: once at a bakery in a small fishing town, where "
@@ -273,4 +273,3 @@ DAYS = [
         "tired but already planning the next trip for the spring."
     ),
 ]
-NOTES = [day * 2 for day in DAYS]
