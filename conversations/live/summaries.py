@@ -14,9 +14,11 @@ reads:
   the new summary is stored and announced to every tab:
   `{"type": "summary", "summary": {"text", "until"}}`.
 
-A summary covers whole turns (a user message and its replies), and a quarter
-of the context more than the turn needs, so the turns after it fit without a
-summary each. Messages form a tree, so a summary serves every branch through
+A summary is the model's notes and, word for word, the user's short messages
+among the turns it covers: that is where people state names, preferences and
+instructions, which a small model's notes lose. It covers whole turns (a
+user message and its replies), and a quarter of the context more than the
+turn needs, so the turns after it fit without a summary each. Messages form a tree, so a summary serves every branch through
 its last message (`until`); an edit above it starts a branch that gets its
 own. Writing one is not charged to the user's quota, as titles are not.
 """
@@ -66,7 +68,8 @@ HEADER = "Summary of the earlier conversation, whose messages are left out here:
 
 
 def stored(path: list[Message]) -> dict | None:
-    """The newest summary on `path` (a turn's prompt_path) as Turn.summary: {"text", "until"}; None if none."""
+    """The newest summary on `path` (a turn's prompt_path) as Turn.summary ({"text", "until", "notes",
+    "said"}: Summary.as_turn); None if there is none."""
     summary = Summary.objects.filter(until_id__in=[message.id for message in path]).order_by("-covered").first()
     return summary.as_turn() if summary else None
 
