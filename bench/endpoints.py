@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -34,11 +33,11 @@ import psutil
 import requests
 
 from bench import clients
+from bench.report import write_results
 from bench.server import Server, migrate, server_env
 from tests.endpoint_support import start_llama
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 MODEL = "smollm2"
 PROMPTS = [
     "Explain why the sky is blue.",
@@ -192,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         llama.stop()
     results["replicas"] = replicas(args)
     report(results)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-endpoints.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {path.relative_to(REPO)}")
+    write_results(REPO, "endpoints", results)
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -30,6 +31,16 @@ TARGETS = (
 
 
 # -- machine and versions ---------------------------------------------------------
+
+
+def write_results(repo: Path, name: str, results: dict) -> Path:
+    """Write `results` to bench/results/<UTC time>-<name>.json, say where, and return the path."""
+    folder = repo / "bench" / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {path.relative_to(repo)}")
+    return path
 
 
 def machine() -> dict:

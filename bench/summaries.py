@@ -23,14 +23,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench import clients
+from bench import clients, report
 from bench.server import Server, migrate, server_env
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 PROMPTS = [line.strip() for line in (REPO / "bench" / "prompts.txt").read_text().splitlines() if line.strip()]
 FACT = "Please remember that my sister's name is Oriel."
 
@@ -114,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(trimmed instead: {results['trigger_ttft_off_s']:.2f} s); the turn after it: "
         f"{results['next_ttft_on_s']:.2f} s ({results['next_ttft_off_s']:.2f} s)"
     )
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-summaries.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {path.relative_to(REPO)}")
+    report.write_results(REPO, "summaries", results)
     return 0
 
 

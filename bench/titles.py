@@ -26,11 +26,10 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from bench import clients
+from bench import clients, report
 from bench.server import Server, migrate, server_env
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 PROMPTS = [line.strip() for line in (REPO / "bench" / "prompts.txt").read_text().splitlines() if line.strip()]
 
 
@@ -92,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(r['titles_written'] for r in runs if r['titles_on'])} of "
         f"{sum(r['replies'] for r in runs if r['titles_on'])} replies"
     )
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-titles.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {path.relative_to(REPO)}")
+    report.write_results(REPO, "titles", results)
     return 0
 
 
