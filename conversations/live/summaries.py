@@ -18,9 +18,10 @@ A summary is the model's notes and, word for word, the user's short messages
 among the turns it covers: that is where people state names, preferences and
 instructions, which a small model's notes lose. It covers whole turns (a
 user message and its replies), and a quarter of the context more than the
-turn needs, so the turns after it fit without a summary each. Messages form a tree, so a summary serves every branch through
-its last message (`until`); an edit above it starts a branch that gets its
-own. Writing one is not charged to the user's quota, as titles are not.
+turn needs, so the turns after it fit without a summary each. Messages form
+a tree, so a summary serves every branch through its last message
+(`until`); an edit above it starts a branch that gets its own. Writing one
+is not charged to the user's quota, as titles are not.
 """
 
 from __future__ import annotations
