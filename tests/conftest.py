@@ -166,3 +166,18 @@ def pytest_collection_modifyitems(items) -> None:
         uses_db = item.get_closest_marker("django_db") or {"db", "transactional_db"} & set(item.fixturenames)
         if uses_db and not item.get_closest_marker("e2e") and not item.get_closest_marker("one_database"):
             item.add_marker(pytest.mark.postgres)
+    _slow_files_first(items)
+
+
+def _slow_files_first(items) -> None:
+    """Files of browser tests, then of server processes, then the rest, each in collection order.
+
+    pytest-xdist hands a worker a file at a time in this order (the Makefile's --no-loadscope-reorder;
+    by default it orders files by their number of tests, which put the few slow browser files last):
+    started first, the slowest files no longer leave one worker running alone at the end.
+    """
+    rank: dict[str, int] = {}
+    for item in items:
+        weight = 0 if item.get_closest_marker("browser") else 1 if item.get_closest_marker("e2e") else 2
+        rank[item.nodeid.split("::")[0]] = min(weight, rank.get(item.nodeid.split("::")[0], 2))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
