@@ -224,17 +224,16 @@ class TransformersEngine(Engine):
                 self.tokenizer, messages, request.params.max_new_tokens, self.info.context_length, request.prefill
             )
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        """The untrimmed prompt length of ``messages`` (default system prompt included)."""
+    def count_tokens(self, messages: list[dict], prefill: str = "") -> int:
+        """The untrimmed prompt length of ``messages`` (default system prompt included; ``prefill`` as in
+        render())."""
         checked = with_system(check_messages(messages), self.config.default_system_prompt)
         with self._tokenizer_lock:
-            return len(render(self.tokenizer, checked))
+            return len(render(self.tokenizer, checked, prefill))
 
     def fits(self, messages: list[dict], max_new_tokens: int, prefill: str = "") -> bool:
         """See Engine.fits: the prompt as prepare() renders it, before any trimming."""
-        checked = with_system(check_messages(messages), self.config.default_system_prompt)
-        with self._tokenizer_lock:
-            return len(render(self.tokenizer, checked, prefill)) + max_new_tokens <= self.info.context_length
+        return self.count_tokens(messages, prefill) + max_new_tokens <= self.info.context_length
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, end queued and running requests as "cancelled", and join the scheduler thread.
