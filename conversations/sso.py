@@ -70,26 +70,25 @@ def providers(request) -> list[dict]:
     return buttons
 
 
+def login_context(request) -> dict:
+    """What the login page shows besides its form: the provider buttons, and whether passwords sign in."""
+    return {"sso_providers": providers(request), "password_login": settings.CHATSITE_PASSWORD_LOGIN}
+
+
+def allowing_providers(response, context: dict):
+    """`response` (a login page of `context`) with its buttons' providers in its CSP `form-action`."""
+    origins = sorted({button["origin"] for button in context["sso_providers"] if button["origin"]})
+    if origins:
+        response._csp_update = {"form-action": origins}
+    return response
+
+
 class Login(LoginView):
     """Django's login page, with a button for each provider, and without the password form where
     CHATSITE_PASSWORD_LOGIN=0 (a password posted then is refused as wrong, by NoPasswords)."""
 
-    def get(self, request, *args, **kwargs):
-        self.buttons = providers(request)
-        return self._allowing_providers(super().get(request, *args, **kwargs))
-
-    def post(self, request, *args, **kwargs):
-        self.buttons = providers(request)
-        return self._allowing_providers(super().post(request, *args, **kwargs))
-
     def get_context_data(self, **kwargs):
-        return super().get_context_data(**kwargs) | {
-            "sso_providers": self.buttons,
-            "password_login": settings.CHATSITE_PASSWORD_LOGIN,
-        }
+        return super().get_context_data(**kwargs) | login_context(self.request)
 
-    def _allowing_providers(self, response):
-        origins = sorted({button["origin"] for button in self.buttons if button["origin"]})
-        if origins:
-            response._csp_update = {"form-action": origins}
-        return response
+    def render_to_response(self, context, **response_kwargs):
+        return allowing_providers(super().render_to_response(context, **response_kwargs), context)

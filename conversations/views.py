@@ -300,14 +300,14 @@ def api_conversation(request, conversation_id):
     """The conversation and its active path; with `limit` (and `before`, a message id), one page of the
     path, newest messages last, and `earlier`: whether the path goes on above it."""
     conversation = conversation_for_user(request, conversation_id)
-    summary = {"summary": summaries.on_active_path(conversation)}
     if "limit" not in request.GET and "before" not in request.GET:
-        return JsonResponse(export.as_json(conversation) | summary)
+        return JsonResponse(export.as_json(conversation) | {"summary": summaries.on_active_path(conversation)})
     limit, before = request.GET.get("limit", str(PAGE_SIZE)), request.GET.get("before")
     if not _whole_number(limit) or not 1 <= int(limit) <= MAX_PAGE or (before and not _whole_number(before)):
         return JsonResponse({"error": f"limit must be 1 to {MAX_PAGE}, before a message id"}, status=400)
     messages, earlier = path_page(conversation, int(before) if before else None, int(limit))
-    return JsonResponse(conversation.as_dict() | {"messages": page_dicts(messages), "earlier": earlier} | summary)
+    page = {"messages": page_dicts(messages), "earlier": earlier, "summary": summaries.on_active_path(conversation)}
+    return JsonResponse(conversation.as_dict() | page)
 
 
 def _whole_number(value: str) -> bool:
@@ -323,8 +323,8 @@ def locked_out(request, response, credentials):
         f"Too many failed logins for this account from your address. Try again in {minutes} minutes, "
         "or ask the site's admin to unlock it."
     )
-    context = {"form": form, "next": request.POST.get("next", ""), "lockout": lockout, "password_login": True}
-    return render(request, "registration/login.html", context | {"sso_providers": sso.providers(request)}, status=429)
+    context = {"form": form, "next": request.POST.get("next", ""), "lockout": lockout} | sso.login_context(request)
+    return sso.allowing_providers(render(request, "registration/login.html", context, status=429), context)
 
 
 def signup(request):

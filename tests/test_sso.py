@@ -90,3 +90,13 @@ def test_a_provider_set_in_the_admin_gets_its_button(staff):
     response = Client().get("/accounts/login/")
     assert 'action="/accounts/oidc/authentik/login/"' in response.content.decode()
     assert "https://auth.example.org" in response["Content-Security-Policy"]
+
+
+def test_a_locked_out_login_page_still_offers_the_providers(keycloak, settings, alice):
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        attacker.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+    locked = attacker.post("/accounts/login/", {"username": "alice", "password": "pw-alice"})
+    assert locked.status_code == 429 and "Too many failed logins" in locked.content.decode()
+    assert "Sign in with Keycloak" in locked.content.decode()  # single sign-on is no password: not locked out
+    assert "https://sso.example.com" in locked["Content-Security-Policy"]  # and its button's form may go there
