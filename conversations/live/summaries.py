@@ -27,6 +27,7 @@ is not charged to the user's quota, as titles are not.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -88,8 +89,8 @@ async def prompt(turn: Turn, engine: Engine, cancel: Event) -> list[dict]:
     """The messages the model reads for `turn`: its stored summary in place of what it covers, and a
     longer summary, written now, when that still leaves the turn without room."""
     head = 1 if turn.history and turn.history[0]["role"] == "system" else 0
-    if len(turn.history) - head != len(turn.path):  # a sender that gave no path (an older web process)
-        return turn.history
+    if len(turn.history) - head != len(turn.path) or (turn.summary and turn.summary["until"] not in turn.path):
+        return turn.history  # a sender whose path does not match its history (an older web process)
     system, kept, kept_ids = _split(turn, head)
     messages = _assemble(system, turn.summary["text"] if turn.summary else "", kept, engine)
     if not settings.CHAT_SUMMARIES or await _fits(engine, messages, turn.params.max_new_tokens, turn.prefill):
@@ -132,8 +133,6 @@ def _short(text: str) -> bool:
 def _split(turn: Turn, head: int) -> tuple[str | None, list[dict], list[int]]:
     """The chat's system prompt, and the messages after its summary (with their ids)."""
     system = turn.history[0]["content"] if head else None
-    if turn.summary and turn.summary["until"] not in turn.path:
-        turn.summary = None
     start = turn.path.index(turn.summary["until"]) + 1 if turn.summary else 0
     return system, turn.history[head + start :], turn.path[start:]
 
@@ -171,14 +170,8 @@ def _cover(engine: Engine, system: str | None, kept: list[dict], turn: Turn) -> 
     def fits(cut: int) -> bool:
         return engine.fits(_assemble(system, "-", kept[cut:], engine), needed, turn.prefill)
 
-    low, high = 0, len(starts) - 1
-    while low < high:
-        middle = (low + high) // 2
-        if fits(starts[middle]):
-            high = middle
-        else:
-            low = middle + 1
-    return starts[high]
+    first = bisect.bisect_left(starts, True, key=fits)  # the first cut that fits; past the end if none does
+    return starts[min(first, len(starts) - 1)]
 
 
 def summary_tokens(context: int) -> int:
