@@ -58,6 +58,22 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 ENDPOINT_NAME = re.compile(r"[a-z0-9_-]+")
+OIDC_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def env_pairs(name: str, pattern: re.Pattern, what: str) -> list[tuple[str, str]]:
+    """`name=url` pairs, comma-separated, in the order given: each name new (whatever its case) and
+    matching `pattern`, each URL http:// or https:// (`what` says which URL, in the error)."""
+    pairs: list[tuple[str, str]] = []
+    for pair in env_list(name, ""):
+        key, _, url = (part.strip() for part in pair.partition("="))
+        if not pattern.fullmatch(key) or key.lower() in {seen.lower() for seen, _ in pairs}:
+            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {key!r} is not a new name of {pattern.pattern}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {key}'s {what} must be http:// or https://")
+        pairs.append((key, url.rstrip("/")))
+    return pairs
 
 
 def env_endpoints(name: str) -> dict[str, dict[str, str]]:
@@ -65,34 +81,17 @@ def env_endpoints(name: str) -> dict[str, dict[str, str]]:
 
     Returns {name: {"url": ..., "key": ...}} in the order given.
     """
-    endpoints: dict[str, dict[str, str]] = {}
-    for pair in env_list(name, ""):
-        endpoint, _, url = pair.partition("=")
-        endpoint, url = endpoint.strip(), url.strip()
-        if not ENDPOINT_NAME.fullmatch(endpoint) or endpoint in endpoints:
-            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {endpoint!r} is not a new name of [a-z0-9_-]+")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {endpoint}'s URL must be http:// or https://")
-        key = os.getenv(f"CHAT_ENDPOINT_{endpoint.upper().replace('-', '_')}_KEY", "")
-        endpoints[endpoint] = {"url": url.rstrip("/"), "key": key}
-    return endpoints
-
-
-OIDC_NAME = re.compile(r"[A-Za-z0-9_-]+")
+    return {
+        endpoint: {"url": url, "key": os.getenv(f"CHAT_ENDPOINT_{endpoint.upper().replace('-', '_')}_KEY", "")}
+        for endpoint, url in env_pairs(name, ENDPOINT_NAME, "URL")
+    }
 
 
 def env_oidc(name: str) -> list[dict]:
     """CHATSITE_OIDC: `name=issuer-url` pairs, comma-separated; each provider's client id and secret from
     CHATSITE_OIDC_<NAME>_CLIENT_ID and _SECRET. Returns them as allauth's openid_connect APPS."""
     apps: list[dict] = []
-    for pair in env_list(name, ""):
-        provider, _, issuer = (part.strip() for part in pair.partition("="))
-        if not OIDC_NAME.fullmatch(provider) or provider.lower() in {app["provider_id"] for app in apps}:
-            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {provider!r} is not a new name of [A-Za-z0-9_-]+")
-        parts = urlsplit(issuer)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ImproperlyConfigured(f"{name}={os.getenv(name)!r}: {provider}'s issuer must be http:// or https://")
+    for provider, issuer in env_pairs(name, OIDC_NAME, "issuer"):
         prefix = f"{name}_{provider.upper().replace('-', '_')}"
         client_id = os.getenv(f"{prefix}_CLIENT_ID", "")
         if not client_id:
@@ -103,7 +102,7 @@ def env_oidc(name: str) -> list[dict]:
                 "name": provider,
                 "client_id": client_id,
                 "secret": os.getenv(f"{prefix}_SECRET", ""),
-                "settings": {"server_url": issuer.rstrip("/"), "oauth_pkce_enabled": True},
+                "settings": {"server_url": issuer, "oauth_pkce_enabled": True},
             }
         )
     return apps
