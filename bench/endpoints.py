@@ -1,6 +1,6 @@
 """Chatsite in front of llama.cpp's server, against clients streaming straight from it, in the same run.
 
-    python -m bench.endpoints [--rounds 6] [--tokens 128]      (make bench-endpoints)
+    python -m bench.endpoints [--rounds 32] [--tokens 128]      (make bench-endpoints)
 
 One llama.cpp server (llama-cpp-python's, the packaged GGUF, requests queued
 rather than cut off) and a Chatsite with CHAT_INFERENCE=none in front of it:
@@ -10,7 +10,11 @@ rather than cut off) and a Chatsite with CHAT_INFERENCE=none in front of it:
    client streaming the same requests straight from the server, alternated
    round by round so a noisy machine hits both alike: stream tokens/s (each
    reply's tokens counted afterwards by the server's own tokenizer, the same
-   way for both sides) and TTFT;
+   way for both sides) and TTFT: each side's p50, and the median of the
+   rounds' differences (Chatsite's turn less the direct one of the same
+   round). llama.cpp's own time to a first token moves by hundreds of ms on a
+   shared machine, far more than Chatsite adds; a round's two turns are seconds
+   apart, so their difference cancels most of that;
 3. 8 users at once, the same way: aggregate tokens/s;
 4. two replicas: a conversation's second turn on the replica that read its
    first turn (llama.cpp keeps that prompt) against the other replica: TTFT.
@@ -49,7 +53,7 @@ PROMPTS = [
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6, help="one-user rounds (each: Chatsite, then direct)")
+    parser.add_argument("--rounds", type=int, default=32, help="one-user rounds (each: Chatsite and direct)")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of every reply")
     parser.add_argument("--users", type=int, default=8)
     return parser.parse_args(argv)
@@ -108,7 +112,12 @@ def compare(site: Server, llama_url: str, user: clients.User, args) -> dict:
                 through.append(asyncio.run(clients.chat_turn(user, conversation, text, args.tokens, model=MODEL)))
             else:
                 direct.append(asyncio.run(direct_turn(llama_url, text, args.tokens))[0])
-    return {"chatsite": figures(counted(llama_url, through)), "direct": figures(counted(llama_url, direct))}
+    paired = [c.ttft_s - d.ttft_s for c, d in zip(through, direct, strict=True) if c.ok and d.ok]
+    return {
+        "chatsite": figures(counted(llama_url, through)),
+        "direct": figures(counted(llama_url, direct)),
+        "ttft_paired_median_ms": 1000 * statistics.median(paired) if paired else None,
+    }
 
 
 def figures(turns: list[clients.Turn]) -> dict:
@@ -207,7 +216,8 @@ def report(results: dict) -> None:
     print(
         f"one user: {one['chatsite']['stream_tokens_per_s']:.1f} tokens/s through Chatsite, "
         f"{one['direct']['stream_tokens_per_s']:.1f} direct ({rate:.2f}x); TTFT p50 "
-        f"{one['chatsite']['ttft_p50_ms']:.0f} against {one['direct']['ttft_p50_ms']:.0f} ms ({ttft:+.0f} ms)"
+        f"{one['chatsite']['ttft_p50_ms']:.0f} against {one['direct']['ttft_p50_ms']:.0f} ms ({ttft:+.0f} ms), "
+        f"median of the rounds' differences {one['ttft_paired_median_ms']:+.0f} ms"
     )
     print(
         f"{results['args']['users']} users: {users['chatsite']:.1f} tokens/s through Chatsite, "

@@ -145,6 +145,9 @@ def database(url: str) -> dj_database_url.DBConfig:
         raise ImproperlyConfigured(f"DATABASE_URL={url!r}: unknown database scheme")
     if config["ENGINE"] == "django.db.backends.sqlite3":
         VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # Connections are kept for CONN_MAX_AGE, as for PostgreSQL: a new SQLite
+        # connection reads the schema before its first query, 1.2 ms of every
+        # database_sync_to_async call otherwise (docs/models.md, "Measured").
         # SQLite is shared by the web threads and the consumer's database
         # calls; a generous timeout turns lock contention into a short wait.
         # IMMEDIATE transactions take the write lock when they begin, so two
@@ -154,7 +157,6 @@ def database(url: str) -> dj_database_url.DBConfig:
             "timeout": env_int("CHAT_DB_LOCK_TIMEOUT_S", 20, maximum=3600),
             "transaction_mode": "IMMEDIATE",
         }
-        config["CONN_MAX_AGE"] = 0
     elif config["ENGINE"] == "django.db.backends.postgresql":
         # No query may run longer (SQLite gets the same guard in chatsite/db.py).
         timeout_ms = env_int("CHAT_DB_STATEMENT_TIMEOUT_S", 30, maximum=86_400) * 1000

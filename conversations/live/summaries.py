@@ -72,7 +72,13 @@ HEADER = "Summary of the earlier conversation, whose messages are left out here:
 def stored(path: list[Message]) -> dict | None:
     """The newest summary on `path` (a turn's prompt_path) as Turn.summary ({"text", "until", "notes",
     "said"}: Summary.as_turn); None if there is none."""
-    summary = Summary.objects.filter(until_id__in=[message.id for message in path]).order_by("-covered").first()
+    if not path:
+        return None
+    on_path = {message.id for message in path}
+    # The conversation's few summaries, matched here: an IN list of the whole path costs more to compile
+    # than the query does to run, on every turn (docs/models.md, "Measured").
+    summaries = Summary.objects.filter(conversation_id=path[0].conversation_id).order_by("-covered")
+    summary = next((s for s in summaries if s.until_id in on_path), None)
     return summary.as_turn() if summary else None
 
 
