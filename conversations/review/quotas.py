@@ -112,7 +112,8 @@ def reserve(user_id, prompt: int, max_new_tokens: int, message_id: int | None = 
     """
     with transaction.atomic():
         usage, _ = DailyUsage.objects.select_for_update().get_or_create(user_id=user_id, day=today())
-        if _settle_ended(usage):
+        # Nothing is held when nothing is reserved (a hold's tokens are part of `reserved` until it goes).
+        if usage.reserved and _settle_ended(usage):
             usage.refresh_from_db()
         limit = daily_limit(user_id)
         if limit:
