@@ -201,7 +201,10 @@ def free_port() -> int:
 
 
 def server_env(workdir: Path, env_overrides: dict | None = None) -> dict:
-    """The environment of a server process: ours, minus Chatsite's settings, plus the overrides."""
+    """The environment of a server process: ours, minus Chatsite's settings, plus the overrides.
+
+    Its settings are tests/server_settings.py: the site's own, with a fast password hasher.
+    """
     env = {
         name: value
         for name, value in os.environ.items()
@@ -209,7 +212,7 @@ def server_env(workdir: Path, env_overrides: dict | None = None) -> dict:
     }
     env.update(
         {
-            "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+            "DJANGO_SETTINGS_MODULE": "tests.server_settings",
             "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
             "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             "CHAT_MODEL_CACHE": str(REPO / "var" / "models"),
