@@ -17,7 +17,7 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import new_chat, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import new_chat, new_page, ready, set_settings, settle_reply, sign_up, sign_up_in_the_form
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -61,7 +61,7 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, real_daphne_s
     # The real model: it writes at a reader's pace, so the page is seen mid-reply (growing, reloaded, stopped).
     base = real_daphne_server.url
     context, page, problems = new_page(browser)
-    sign_up(page, base, "browser-tester")
+    sign_up_in_the_form(page, base, "browser-tester")
 
     # The welcome page: a new chat with its settings, started by the first message.
     expect(page.get_by_role("heading", name="What shall we talk about?")).to_be_visible()
