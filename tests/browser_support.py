@@ -4,8 +4,8 @@
 page whose /static/ URLs are answered straight from the repository's static/
 folder (Playwright routing, no server), for tests of the front-end modules on
 their own; whole-site tests use the real daphne of tests/live_server.py, with
-the page helpers below (`new_page`, `sign_up`, `ready`, `set_settings`,
-`settle_reply`, `audit`).
+the page helpers below (`new_page`, `sign_up`, `sign_up_in_the_form`,
+`ready`, `set_settings`, `settle_reply`, `audit`).
 """
 
 from __future__ import annotations
