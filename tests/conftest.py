@@ -15,6 +15,7 @@ from conversations.endpoints.registry import Registry
 from conversations.live import process, state
 from conversations.live.runners.local import LocalRunner
 from conversations.models import Conversation
+from tests import server_settings
 
 pytest_plugins = [
     "tests.inference_fixtures",
@@ -44,9 +45,10 @@ def fast_password_hashing():
     """MD5 instead of PBKDF2's million rounds: every user a test makes costs 0.3 s less.
 
     No test here is about the strength of the stored hash; sign-up, login,
-    lockout and the admin work the same with any hasher Django ships.
+    lockout and the admin work the same with any hasher Django ships. The
+    tests' server processes use the same one (tests/server_settings.py).
     """
-    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+    with override_settings(PASSWORD_HASHERS=server_settings.PASSWORD_HASHERS):
         yield
 
 
@@ -176,8 +178,12 @@ def _slow_files_first(items) -> None:
     by default it orders files by their number of tests, which put the few slow browser files last):
     started first, the slowest files no longer leave one worker running alone at the end.
     """
+
+    def file_of(item) -> str:
+        return item.nodeid.split("::")[0]
+
     rank: dict[str, int] = {}
     for item in items:
         weight = 0 if item.get_closest_marker("browser") else 1 if item.get_closest_marker("e2e") else 2
-        rank[item.nodeid.split("::")[0]] = min(weight, rank.get(item.nodeid.split("::")[0], 2))
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+        rank[file_of(item)] = min(weight, rank.get(file_of(item), 2))
+    items.sort(key=lambda item: rank[file_of(item)])
