@@ -39,7 +39,11 @@ SOAK_ARGS ?=
 # The benchmark's extras (llama-cpp-python builds from source: minutes).
 BENCH_INSTALLED := $(VENV)/.bench-installed
 DAPHNE_ARGS ?= -b 127.0.0.1 -p 8000
-PYTEST := $(VENV_PYTHON) -m pytest
+# Python writes its bytecode caches (__pycache__, git-ignored) even where the environment says not to
+# (PYTHONDONTWRITEBYTECODE): pytest then rewrites each test module's asserts once, not in every
+# worker on every run, and each of the suite's ~60 server and command processes reads the project's
+# modules compiled rather than compiling them again.
+PYTEST := env PYTHONDONTWRITEBYTECODE= $(VENV_PYTHON) -m pytest
 SERVICES := $(VENV_PYTHON) scripts/services.py
 # Debian packages the tests use. scripts/services.py would install the
 # servers on demand too; one apt run up front is quicker.
