@@ -150,7 +150,7 @@ def sign_up(page: Page, base_url: str, username: str) -> None:
 
     The account is made over HTTP (tests/clients.py) and its cookies are given to the context: the
     form's own page cost chromium about a second of CPU in each test. The form itself is driven by
-    sign_up_in_the_form (test_browser's first test) and audited by test_accessibility.
+    sign_up_in_the_form (test_e2e's browser test) and audited by test_accessibility.
     """
     session = clients.sign_up(base_url, username)
     page.context.add_cookies([{"name": c.name, "value": c.value or "", "url": base_url} for c in session.cookies])
