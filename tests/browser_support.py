@@ -1,8 +1,8 @@
 """Shared pieces of the browser tests: Debian's chromium through Playwright.
 
-`browser` starts one headless chromium per test module. `static_page` opens a
-page whose /static/ URLs are answered straight from the repository's static/
-folder (Playwright routing, no server), for tests of the front-end modules on
+`browser` is this worker's headless chromium, kept from one browser test to
+the next. `static_page` opens a page whose /static/ URLs are answered straight
+from the repository's static/ folder (Playwright routing, no server), for tests of the front-end modules on
 their own; whole-site tests use the real daphne of tests/live_server.py, with
 the page helpers below (`new_page`, `sign_up`, `sign_up_in_the_form`,
 `ready`, `set_settings`, `settle_reply`, `audit`).
@@ -42,7 +42,37 @@ if sync_playwright is not None:
     expect.set_options(timeout=TIMEOUT_MS)
 
 
-@pytest.fixture(scope="module")
+class _Chromium:
+    """This worker's chromium: launched for the first browser test, kept for the next ones, and stopped
+    before any test that does not use it.
+
+    A launch costs 1.2 s of CPU, and tests/conftest.py runs the files of browser tests first, so a
+    worker launches chromium once or twice rather than once per file. It cannot stay up for other
+    tests: while Playwright's sync API is started it keeps an event loop running in the thread,
+    and asyncio.run (and pytest-asyncio's tests) refuse to run there.
+    """
+
+    def __init__(self) -> None:
+        self.playwright = None
+        self.browser = None
+
+    def start(self):
+        if self.browser is None:
+            self.playwright = sync_playwright().start()
+            self.browser = self.playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        return self.browser
+
+    def stop(self) -> None:
+        if self.browser is not None:
+            self.browser.close()
+            self.playwright.stop()
+            self.browser = self.playwright = None
+
+
+_chromium = _Chromium()
+
+
+@pytest.fixture
 def browser():
     if sync_playwright is None:
         pytest.fail(PLAYWRIGHT_ERROR)
@@ -51,10 +81,17 @@ def browser():
             f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
             "(`apt-get install chromium`, or `make test`, which installs it)"
         )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    return _chromium.start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    if "browser" not in item.fixturenames:
+        _chromium.stop()
+
+
+def pytest_sessionfinish(session) -> None:
+    _chromium.stop()
 
 
 class PageProblems:
