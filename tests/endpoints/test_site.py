@@ -127,7 +127,7 @@ def test_batch_prompts_runs_on_an_endpoint_model(site, tmp_path):
 def test_the_model_picker_in_a_real_browser(browser, site, other_chatsite):
     from playwright.sync_api import expect
 
-    from tests.browser_support import LAST_REPLY, new_page, ready, set_settings, settle_reply
+    from tests.browser_support import LAST_REPLY, close, new_page, ready, set_settings, settle_reply
     from tests.browser_support import sign_up as browser_sign_up
 
     # A model the site knows but no endpoint serves now (its endpoint gone): listed as unavailable.
@@ -166,6 +166,6 @@ def test_the_model_picker_in_a_real_browser(browser, site, other_chatsite):
     expect(models).to_have_text(["smollm2", other_chatsite[2]])
     expect(page.locator("#set-model")).to_have_value(other_chatsite[2])
     problems.check()
-    context.close()
+    close(context)
     with sqlite3.connect(site.workdir / "db.sqlite3") as db:
         db.execute("DELETE FROM conversations_modeloption WHERE model_id = 'ghost'")

@@ -17,7 +17,7 @@ import requests
 import websockets
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import new_page, ready, set_settings, sign_up_in_the_form
+from tests.browser_support import close, new_page, ready, set_settings, sign_up_in_the_form
 from tests.clients import frames_until_end, joined_tokens, new_conversation, open_socket, sign_up
 
 pytestmark = pytest.mark.e2e
@@ -188,4 +188,4 @@ def test_chatting_streaming_reload_stop_and_safe_markdown(browser, real_daphne_s
     assert page.url == conversation_url
 
     problems.check()
-    context.close()
+    close(context)

@@ -13,7 +13,17 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import LAST_REPLY, audit, new_chat, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import (
+    LAST_REPLY,
+    audit,
+    close,
+    new_chat,
+    new_page,
+    ready,
+    set_settings,
+    settle_reply,
+    sign_up,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -73,11 +83,11 @@ def test_axe_finds_nothing_on_any_page_in_either_theme(browser, daphne_server):
         anon_page.get_by_role("button", name="Sign up").click()
         expect(anon_page.locator(".errorlist").first).to_be_visible()
         found += audit(anon_page, f"signup with errors ({scheme})")
-    anonymous.close()
+    close(anonymous)
     assert found == [], "\n".join(found)
     anon_problems.check()
     problems.check()
-    context.close()
+    close(context)
 
 
 def focused(page: Page) -> str:
@@ -232,7 +242,7 @@ def test_keyboard_only_walkthrough_keeps_focus(browser, daphne_server):
     page.keyboard.press("Escape")
     expect_focus(page, "#menu-toggle")
     problems.check()
-    context.close()
+    close(context)
 
 
 WATCH_LIVE_REGIONS = """() => {
@@ -299,4 +309,4 @@ def test_one_announcement_per_streamed_reply(browser, daphne_server):
     others = [entry for entry in announced if entry[0] != "reply-announcer" and entry[0] != "composer-status"]
     assert others == [], others
     problems.check()
-    context.close()
+    close(context)

@@ -17,7 +17,7 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import new_chat, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import close, new_chat, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -81,7 +81,7 @@ def test_pages_work_on_a_phone_and_by_keyboard(browser, daphne_server):
     expect(page.locator(".errorlist")).to_contain_text("correct username and password")
 
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_missing_chat_is_the_sites_own_page_with_a_way_back(browser, daphne_server):
@@ -99,7 +99,7 @@ def test_a_missing_chat_is_the_sites_own_page_with_a_way_back(browser, daphne_se
     expect(page).to_have_url(base + "/")
     ready(page)
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_new_api_key_is_one_line_with_a_copy_button_and_a_reload_makes_no_second(browser, daphne_server):
@@ -126,7 +126,7 @@ def test_a_new_api_key_is_one_line_with_a_copy_button_and_a_reload_makes_no_seco
     expect(page.locator("#new-key")).to_have_count(0)
     expect(page.locator(".key-list li")).to_have_count(1)
     problems.check()
-    context.close()
+    close(context)
 
 
 def listed_titles(page: Page) -> list[str]:
@@ -173,7 +173,7 @@ def test_the_list_keeps_the_servers_order_as_chats_are_opened_and_used(browser, 
     ready(page)
     assert listed_titles(page) == ["First chat", "Second chat", "Third chat"]
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_the_sidebar_gives_titles_and_the_user_name_their_room(browser, daphne_server):
@@ -194,7 +194,7 @@ def test_the_sidebar_gives_titles_and_the_user_name_their_room(browser, daphne_s
     # The API keys link has its own icon, not the chat settings' sliders.
     expect(page.get_by_role("link", name="API keys").locator("svg.icon-key")).to_have_count(1)
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_the_composers_errors_and_settings_follow_what_is_typed(browser, daphne_server):
@@ -220,7 +220,7 @@ def test_the_composers_errors_and_settings_follow_what_is_typed(browser, daphne_
     expect(page.locator('input[type=range][data-for="set-temperature"]')).to_have_value("0.5")
     expect(number).to_have_attribute("aria-invalid", "false")
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_the_composer_stays_put_while_a_reply_streams(browser, daphne_server):
@@ -239,4 +239,4 @@ def test_the_composer_stays_put_while_a_reply_streams(browser, daphne_server):
     settle_reply(page)
     assert page.evaluate(box) == idle
     problems.check()
-    context.close()
+    close(context)

@@ -22,6 +22,7 @@ from tests.browser_support import (
     LAST_REPLY,
     REPO,
     audit,
+    close,
     new_chat,
     new_page,
     ready,
@@ -129,8 +130,8 @@ def test_edit_variants_search_and_archive(browser, daphne_server):
     assert found == [], "\n".join(found)
     other_problems.check()
     problems.check()
-    other_context.close()
-    context.close()
+    close(other_context)
+    close(context)
 
 
 def test_editing_has_visible_send_and_cancel_and_latest_covers_no_text(browser, daphne_server):
@@ -165,7 +166,7 @@ def test_editing_has_visible_send_and_cancel_and_latest_covers_no_text(browser, 
     expect(page.locator(FIRST_USER).locator(".branch-count")).to_contain_text("2 / 2")
     settle_reply(page)
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_reply_cut_short_offers_continue_which_extends_it_in_place(browser, daphne_server):
@@ -192,7 +193,7 @@ def test_a_reply_cut_short_offers_continue_which_extends_it_in_place(browser, da
     expect(reply.locator(".msg-meta")).to_contain_text("12 tokens")
     expect(reply.get_by_role("button", name="Continue this reply from where it stopped")).to_be_visible()
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_archive_and_unpin_say_so_with_undo_and_an_archived_chat_opens_in_its_view(browser, daphne_server):
@@ -229,7 +230,7 @@ def test_archive_and_unpin_say_so_with_undo_and_an_archived_chat_opens_in_its_vi
     expect(page.locator(".conv-list .conv.current")).to_have_count(1)
     assert page.url == url
     problems.check()
-    context.close()
+    close(context)
 
 
 AGE = """
@@ -283,7 +284,7 @@ def test_the_list_has_date_groups_and_pin_and_archive_on_each_row_with_undo(brow
     expect(toast).to_contain_text("Unpinned “An old chat”.")
     expect(groups).to_have_text(["Today", "Yesterday", "Older"])
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_temporary_chat_is_marked_and_unlisted_and_a_delete_offers_undo(browser, daphne_server):
@@ -318,7 +319,7 @@ def test_a_temporary_chat_is_marked_and_unlisted_and_a_delete_offers_undo(browse
     expect(page).to_have_url(base + "/")
     expect(page.locator(".flashes .alert")).to_contain_text("Deleted “A chat to keep”.")
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_an_assistant_made_on_its_page_starts_a_new_chat(browser, daphne_server):
@@ -342,7 +343,7 @@ def test_an_assistant_made_on_its_page_starts_a_new_chat(browser, daphne_server)
     page.get_by_role("button", name="Chat settings").click()
     expect(page.get_by_label("System prompt")).to_have_value("Answer with a haiku.")
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_share_link_renders_the_snapshot_safely_and_continues_it(browser, daphne_server):
@@ -367,4 +368,4 @@ def test_a_share_link_renders_the_snapshot_safely_and_continues_it(browser, daph
     ready(page)
     expect(page.locator("#transcript li.msg-user")).to_have_count(1)
     problems.check()
-    context.close()
+    close(context)

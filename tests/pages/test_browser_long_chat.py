@@ -8,7 +8,7 @@ import json
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser_support import audit, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import audit, close, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -43,7 +43,7 @@ def test_scrolling_up_loads_earlier_pages_until_the_first_message(browser, daphn
     expect(bubbles.first).to_contain_text("message 0")
     expect(page.locator("[data-earlier]")).to_have_count(0)
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_chat_past_the_models_context_shows_where_its_summary_applies(browser, daphne_server):
@@ -78,4 +78,4 @@ def test_a_chat_past_the_models_context_shows_where_its_summary_applies(browser,
     ready(page)
     expect(page.locator(f"#transcript li.msg[data-id='{until}'] .summary-note")).to_have_count(1)
     problems.check()
-    context.close()
+    close(context)

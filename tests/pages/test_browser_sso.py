@@ -14,7 +14,7 @@ import sys
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import PASSWORD, audit, new_page, ready, sign_up
+from tests.browser_support import PASSWORD, audit, close, new_page, ready, sign_up
 from tests.live_server import REPO, start_daphne
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -69,13 +69,13 @@ def test_the_first_account_signs_in_with_the_provider_and_runs_the_site(browser,
     expect(page.get_by_role("link", name="Admin: browse transcripts")).to_be_visible()  # the first account
     expect(page.locator("#sidebar")).to_contain_text("oriel")
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_a_verified_email_signs_in_to_the_local_account_with_it(browser, site, oidc_provider):
     context, page, problems = new_page(browser)
     sign_up(page, site.url, "bea-local")  # an account with a password, made before single sign-on
-    context.close()
+    close(context)
     set_email(site, "bea-local", "bea@example.com")
     oidc_provider.add_user("bea", "pw-bea", "bea@example.com")
     oidc_provider.add_user("mallory", "pw-mallory", "bea@example.com", email_verified=False)
@@ -83,13 +83,13 @@ def test_a_verified_email_signs_in_to_the_local_account_with_it(browser, site, o
     sign_in_at_the_provider(page, site, oidc_provider, "bea")
     expect(page).to_have_url(site.url + "/")
     expect(page.locator("#sidebar")).to_contain_text("bea-local")  # the same account, not a second one
-    context.close()
+    close(context)
     # The provider does not vouch for this one's email: it is never let into bea-local's account.
     context, page, problems = new_page(browser)
     sign_in_at_the_provider(page, site, oidc_provider, "mallory")
     page.goto(site.url + "/")
     expect(page.locator("body")).not_to_contain_text("bea-local")
-    context.close()
+    close(context)
 
 
 def test_a_forged_state_and_a_revoked_client_sign_nobody_in(browser, site, oidc_provider):
@@ -118,7 +118,7 @@ def test_a_forged_state_and_a_revoked_client_sign_nobody_in(browser, site, oidc_
     page.goto(site.url + "/")
     expect(page).to_have_url(re.compile(r"/accounts/login/"))
     oidc_provider.add_client(CLIENT_ID, SECRET, callback(site))  # for the tests after this one
-    context.close()
+    close(context)
 
 
 def test_a_password_still_signs_in_beside_the_provider(browser, site):
@@ -132,4 +132,4 @@ def test_a_password_still_signs_in_beside_the_provider(browser, site):
     page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(site.url + "/")
     problems.check()
-    context.close()
+    close(context)

@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser_support import new_chat, new_page, sign_up
+from tests.browser_support import close, new_chat, new_page, sign_up
 from tests.live_server import tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -33,4 +33,4 @@ def test_the_models_title_replaces_the_first_line_in_the_top_bar_the_tab_and_the
     page.reload()
     expect(page.locator(".conv.current a")).to_have_text(title)  # stored
     problems.check()
-    context.close()
+    close(context)

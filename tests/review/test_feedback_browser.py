@@ -13,7 +13,7 @@ import sys
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser_support import LAST_REPLY, REPO, audit, new_page, ready, set_settings, settle_reply, sign_up
+from tests.browser_support import LAST_REPLY, REPO, audit, close, new_page, ready, set_settings, settle_reply, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -84,7 +84,7 @@ def test_thumbs_by_keyboard_with_a_comment_seen_by_another_tab(browser, daphne_s
     expect(other_good).to_have_attribute("aria-pressed", "false")
     expect(other_bad).to_have_attribute("aria-pressed", "false")
     problems.check()
-    context.close()
+    close(context)
 
 
 def test_axe_finds_nothing_on_the_feedback_controls(browser, daphne_server):
@@ -104,7 +104,7 @@ def test_axe_finds_nothing_on_the_feedback_controls(browser, daphne_server):
         expect(bad).to_have_attribute("aria-pressed", "false")
     assert found == [], "\n".join(found)
     problems.check()
-    context.close()
+    close(context)
 
 
 PROMOTE = """
@@ -136,4 +136,4 @@ def test_the_admin_is_branded_and_its_review_queue_fits_1280_px(browser, daphne_
     )
     assert overflow == [0, 0], f"scrolls sideways by {overflow} px (page, table)"
     problems.check()
-    context.close()
+    close(context)
