@@ -2,10 +2,11 @@
 
 `browser` is this worker's headless chromium, kept from one browser test to
 the next. `static_page` opens a page whose /static/ URLs are answered straight
-from the repository's static/ folder (Playwright routing, no server), for tests of the front-end modules on
-their own; whole-site tests use the real daphne of tests/live_server.py, with
-the page helpers below (`new_page`, `sign_up`, `sign_up_in_the_form`,
-`ready`, `set_settings`, `settle_reply`, `audit`).
+from the repository's static/ folder (Playwright routing, no server), for
+tests of the front-end modules on their own; whole-site tests use the real
+daphne of tests/live_server.py, with the page helpers below (`new_page` and
+`close`, `sign_up`, `sign_up_in_the_form`, `ready`, `set_settings`,
+`settle_reply`, `audit`).
 """
 
 from __future__ import annotations
