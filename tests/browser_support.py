@@ -183,19 +183,23 @@ def new_page(browser, width=1280, height=860, **options):
     chromium 1.7 s of CPU, a used one's 0.85 s (the hashed static files are cached, as in a
     person's browser).
     """
-    if options or browser is not _chromium.browser:
-        context = browser.new_context(viewport={"width": width, "height": height}, **options)
-        context.set_default_timeout(TIMEOUT_MS)
+    if options:
+        context = _new_context(browser, **options)
     elif _chromium.idle:
         context = _chromium.idle.pop()
     else:
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        context.set_default_timeout(TIMEOUT_MS)
+        context = _new_context(browser)
         _chromium.pooled.add(context)
     page = context.new_page()
-    if context in _chromium.pooled and (width, height) != (1280, 860):
+    if (width, height) != (1280, 860):
         page.set_viewport_size({"width": width, "height": height})
     return context, page, PageProblems(page)
+
+
+def _new_context(browser, **options):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, **options)
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
 
 
 def close(context) -> None:
