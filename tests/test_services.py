@@ -25,8 +25,12 @@ SERVICES = ROOT / "scripts" / "services.py"
 # line; a signal that lands after Python's last check for signals but before a blocking
 # read() starts only marks the handler as pending, and the read never returns (seen:
 # the holder stuck in read() 20 s after SIGINT). A short sleep ends with the handler run.
+# HOLD_STUCK: a holder once outlived its SIGINT by 30 s in a whole-suite run and never in
+# isolation; if one does again, it prints where each of its threads was after 20 s, and
+# the test shows that with the rest of its stderr.
 HOLD_POSTGRES = """
-import psycopg, time
+import faulthandler, psycopg, time
+faulthandler.dump_traceback_later(20)  # see HOLD_STUCK
 from scripts.services import postgres_server
 with postgres_server() as url:
     with psycopg.connect(url) as connection:
@@ -36,7 +40,8 @@ with postgres_server() as url:
         time.sleep(0.05)  # see HOLD_WAIT
 """
 HOLD_REDIS = """
-import redis, time
+import faulthandler, redis, time
+faulthandler.dump_traceback_later(20)  # see HOLD_STUCK
 from scripts.services import redis_server
 with redis_server() as url:
     folder = redis.Redis.from_url(url).config_get("dir")["dir"]
@@ -69,11 +74,21 @@ def redis_folder(url: str) -> Path:
         client.close()
 
 
-def start_holding(args: list[str]) -> tuple[subprocess.Popen, str, Path]:
-    """Start a process that holds a server; returns it, the URL and the folder."""
-    process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def start_holding(args: list[str], stderr) -> tuple[subprocess.Popen, str, Path]:
+    """Start a process that holds a server, its stderr to the file `stderr`; returns it, the URL and the folder."""
+    process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
     url, folder = process.stdout.readline().split()
     return process, url, Path(folder)
+
+
+def exited(process: subprocess.Popen, stderr: Path, timeout: float = 30) -> int:
+    """The holder's exit status; it fails the test with the holder's stderr if it is still running."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"the holder still ran {timeout:.0f} s after the signal; its stderr:\n{stderr.read_text()}")
 
 
 @pytest.mark.postgres
@@ -136,12 +151,14 @@ def test_it_stops_redis_when_the_block_raises():
     ],
 )
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_it_cleans_up_when_the_process_is_signalled(code, signum):
-    process, url, folder = start_holding([sys.executable, "-c", code])
+def test_it_cleans_up_when_the_process_is_signalled(code, signum, tmp_path):
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as file:
+        process, url, folder = start_holding([sys.executable, "-c", code], file)
     assert folder.is_dir()
 
     process.send_signal(signum)
-    process.wait(timeout=30)
+    exited(process, stderr)
 
     assert process.returncode != 0
     assert not folder.exists()
@@ -177,11 +194,15 @@ def test_it_exports_database_url():
 
 
 @pytest.mark.redis
-def test_it_passes_sigterm_to_the_command_then_stops_the_servers():
-    process, url, folder = start_holding([sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", PRINT_REDIS])
+def test_it_passes_sigterm_to_the_command_then_stops_the_servers(tmp_path):
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as file:
+        process, url, folder = start_holding(
+            [sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", PRINT_REDIS], file
+        )
 
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    exited(process, stderr)
 
     assert process.returncode == 128 + signal.SIGTERM  # the command's own fate
     assert not folder.exists()
