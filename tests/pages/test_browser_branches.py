@@ -138,7 +138,10 @@ def test_editing_has_visible_send_and_cancel_and_latest_covers_no_text(browser, 
     base = daphne_server.url
     context, page, problems = new_page(browser)
     sign_up(page, base, "edit-buttons-user")
-    new_chat(page, "\n".join(f"Line {n} of a long message" for n in range(60)), max_new_tokens=6)
+    # Paragraphs, not lines: Markdown joins single newlines into one paragraph, which left the
+    # transcript about 100 px to scroll, and a short reply from the tiny model made that less than
+    # what counts as "at the bottom" (transcript.js, NEAR_BOTTOM_PX): no Latest button to find.
+    new_chat(page, "\n\n".join(f"Line {n} of a long message" for n in range(60)), max_new_tokens=6)
 
     # Scrolled up, the Latest button sits beside the text, over none of it.
     page.mouse.move(640, 400)
