@@ -75,9 +75,12 @@ def redis_folder(url: str) -> Path:
         client.close()
 
 
-def start_holding(args: list[str], stderr) -> tuple[subprocess.Popen, str, Path]:
+def start_holding(args: list[str], stderr: Path) -> tuple[subprocess.Popen, str, Path]:
     """Start a process that holds a server, its stderr to the file `stderr`; returns it, the URL and the folder."""
-    process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    with stderr.open("w") as file:  # the child has its own copy of the file descriptor
+        process = subprocess.Popen(
+            args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=file, text=True
+        )
     url, folder = process.stdout.readline().split()
     return process, url, Path(folder)
 
@@ -154,8 +157,7 @@ def test_it_stops_redis_when_the_block_raises():
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_it_cleans_up_when_the_process_is_signalled(code, signum, tmp_path):
     stderr = tmp_path / "stderr"
-    with stderr.open("w") as file:
-        process, url, folder = start_holding([sys.executable, "-c", code], file)
+    process, url, folder = start_holding([sys.executable, "-c", code], stderr)
     assert folder.is_dir()
 
     process.send_signal(signum)
@@ -197,10 +199,9 @@ def test_it_exports_database_url():
 @pytest.mark.redis
 def test_it_passes_sigterm_to_the_command_then_stops_the_servers(tmp_path):
     stderr = tmp_path / "stderr"
-    with stderr.open("w") as file:
-        process, url, folder = start_holding(
-            [sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", PRINT_REDIS], file
-        )
+    process, url, folder = start_holding(
+        [sys.executable, SERVICES, "--redis", "--", sys.executable, "-c", PRINT_REDIS], stderr
+    )
 
     process.send_signal(signal.SIGTERM)
     exited(process, stderr)
