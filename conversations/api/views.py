@@ -30,7 +30,7 @@ from .. import assistants
 from ..endpoints import catalog
 from ..history import tree
 from ..live import process, state, turns
-from ..live.frames import follow
+from ..live.frames import follow, raise_lost_cancel
 from ..live.replies import DB_BUSY, RESTARTING
 from ..models import Assistant, Conversation, Message
 from ..review import quotas
@@ -166,6 +166,7 @@ async def chat_completions(request: HttpRequest, user) -> HttpResponseBase:
         try:
             kind = "continue" if call.continued else "send"
             turn = await turns.start(answer.conversation_id, kind, call.params, call.prompt, model=model)
+            raise_lost_cancel()  # a client that left during the hand-over stops its reply now
             frames = follower.until_end(turn.message_id)
             head = await _head(frames)
         except turns.Refused as exc:

@@ -33,6 +33,22 @@ def layer_errors() -> tuple[type[BaseException], ...]:
     return _LAYER_ERRORS if exceptions is None else (exceptions.RedisError, *_LAYER_ERRORS)
 
 
+def raise_lost_cancel() -> None:
+    """Raise the cancel that a Redis command lost, if one did.
+
+    redis-py writes each command under asyncio.wait_for(). On Python 3.11, a
+    wait_for whose command completes just as its task is cancelled returns the
+    result and drops the CancelledError (3.12 rebuilt wait_for on
+    asyncio.timeout). The task still counts the cancel (Task.cancelling()), so
+    code whose own path runs uncancelled raises it here. Without this, an API
+    client that left as its reply was handed to the workers was noticed only
+    when daphne gave the request up 10 s later, and the reply ran on meanwhile.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def group_name(conversation_id) -> str:
     return f"chat.{conversation_id}"
 

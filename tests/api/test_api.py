@@ -3,7 +3,9 @@
 The real `openai` client against a real daphne is tests/api/test_api_live.py.
 """
 
+import asyncio
 import json
+import sys
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -13,6 +15,7 @@ from conversations.api import keys as apikeys
 from conversations.api import openai_format as openai_api
 from conversations.api.openai_format import BadRequest
 from conversations.live import process, state
+from conversations.live.frames import raise_lost_cancel
 from conversations.models import Conversation, Message
 from inference import GenerationParams, Request
 
@@ -267,3 +270,27 @@ async def test_continue_final_message_goes_on_with_the_last_reply(engine, key):
         assert refused.status_code == 400, bad
     no_reply = await post(key, body | {"messages": messages[:1], "continue_final_message": True})
     assert no_reply.status_code == 400 and no_reply.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.asyncio
+async def test_a_cancel_that_wait_for_dropped_is_raised_after_the_hand_over():
+    """redis-py writes each command through asyncio.wait_for. On Python 3.11 a cancel that comes as the write
+    completes is dropped: an API client that left as its reply was handed to the workers went unnoticed for
+    10 s (tests/live/test_worker_stop.py, about 1 run in 6). The view raises it once the turn has started."""
+    written = asyncio.get_running_loop().create_future()
+    reached = []
+
+    async def hand_over():
+        reached.append(await asyncio.wait_for(written, timeout=5))  # as redis-py writes a command
+        raise_lost_cancel()
+        reached.append("went on")
+
+    task = asyncio.create_task(hand_over())
+    await asyncio.sleep(0)  # it waits in wait_for
+    written.set_result("OK")
+    task.cancel()  # the client leaves as the write completes
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "went on" not in reached
+    if sys.version_info < (3, 12):
+        assert reached == ["OK"]  # wait_for returned the write's result and dropped the cancel
