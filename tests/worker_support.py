@@ -115,6 +115,13 @@ class WorkerSite:
             sys.stderr.write(f"--- {worker.name} ---\n{worker.log()[-3000:]}\n")
 
     def stop(self) -> None:
+        """SIGTERM to every process at once, then each one waited for: in turn, their exits cost a module 3 s.
+
+        Nothing is live by then; a second SIGTERM from each stop() changes nothing.
+        """
+        for process in [server.process for server in self.webs] + [worker.process for worker in self.workers]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for server in reversed(self.webs):
             server.stop()
         for worker in self.workers:
