@@ -276,7 +276,7 @@ async def test_continue_final_message_goes_on_with_the_last_reply(engine, key):
 async def test_a_cancel_that_wait_for_dropped_is_raised_after_the_hand_over():
     """redis-py writes each command through asyncio.wait_for. On Python 3.11 a cancel that comes as the write
     completes is dropped: an API client that left as its reply was handed to the workers went unnoticed for
-    10 s (tests/live/test_worker_stop.py, about 1 run in 6). The view raises it once the turn has started."""
+    10 s (tests/live/test_worker_stop.py, 12 runs in 156 of a loop). The view raises it once the turn has started."""
     written = asyncio.get_running_loop().create_future()
     reached = []
 
