@@ -14,6 +14,7 @@ import json
 import logging
 
 from asgiref.sync import async_to_sync
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -55,6 +56,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("channel layer lost under a chat socket: %s", exc)
             await self.send_error("generation_failed", LAYER_DOWN)
             await self.close(code=CLOSE_LAYER_DOWN)
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels closes stale database connections before every message, on the one thread all
+        # database work of the process shares. Group events (chat.*) only send frames: each streamed
+        # token would wait there behind other chats' turns and saves, and cost a thread hop.
+        if not message["type"].startswith("chat."):
+            await super().dispatch(message)
+            return
+        await getattr(self, get_handler_name(message))(message)
 
     async def connect(self) -> None:
         # Characters of each live reply this socket has sent.

@@ -2,9 +2,11 @@
 
 import asyncio
 import socket
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
@@ -12,6 +14,7 @@ from chatsite.routing import websocket_application
 from chatsite.settings import channel_layers
 from conversations.live import state
 from conversations.live.consumers import LAYER_DOWN
+from conversations.live.frames import publish
 from conversations.models import Conversation, Message
 from inference import GenerationParams, Request
 from tests.conftest import serving
@@ -255,6 +258,32 @@ async def test_two_tabs_see_the_same_stream(chat, alice):
     assert joined_tokens(frames_a) == (await stored_reply(chat)).content
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_a_reply_streams_to_the_socket_while_the_database_thread_is_busy(chat, alice):
+    # Every database call of the process runs on one thread. Channels hops there before each message a
+    # consumer handles (to close stale connections); a frame that only forwards text must not wait there
+    # behind another chat's turn or save.
+    tab, _, _ = await connect(chat.id, alice)
+    held, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        held.set()
+        release.wait(30)
+
+    busy_call = asyncio.create_task(database_sync_to_async(busy)())
+    try:
+        assert await asyncio.to_thread(held.wait, 10)
+        await publish(chat.id, {"type": "chat.start", "message_id": 1, "model": "tiny"})
+        await publish(chat.id, {"type": "chat.token", "message_id": 1, "offset": 0, "text": "Hi"})
+        start = await tab.receive_json_from(timeout=5)
+        token = await tab.receive_json_from(timeout=5)
+        assert not busy_call.done()
+    finally:
+        release.set()
+        await busy_call
+    assert (start["type"], token) == ("start", {"type": "token", "message_id": 1, "text": "Hi"})
+    await tab.disconnect()
 
 
 async def test_a_socket_joining_mid_reply_gets_the_text_so_far_and_the_rest(chat, alice):
