@@ -15,7 +15,9 @@ rather than cut off) and a Chatsite with CHAT_INFERENCE=none in front of it:
    round). llama.cpp's own time to a first token moves by hundreds of ms on a
    shared machine, far more than Chatsite adds; a round's two turns are seconds
    apart, so their difference cancels most of that;
-3. 8 users at once, the same way: aggregate tokens/s;
+3. 8 users at once, the same way, for 4 rounds (each side first in turn): aggregate
+   tokens/s over all rounds (a round of each is a few seconds, so one round read
+   anywhere from 0.95x to 1.04x from run to run), and each round's;
 4. two replicas: a conversation's second turn on the replica that read its
    first turn (llama.cpp keeps that prompt) against the other replica: TTFT.
 
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=32, help="one-user rounds (each: Chatsite and direct)")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of every reply")
     parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--user-rounds", type=int, default=4, help="rounds of all users at once (each side once)")
     return parser.parse_args(argv)
 
 
@@ -132,11 +135,13 @@ def figures(turns: list[clients.Turn]) -> dict:
 
 
 def many(llama_url: str, users: list[clients.User], args) -> dict:
-    """`args.users` at once through Chatsite, then as many direct clients: aggregate tokens/s."""
-    prompts = [clients.numbered(PROMPTS[i % len(PROMPTS)]) for i in range(len(users))]
-    conversations = [user.new_conversation(args.tokens) for user in users]
+    """`args.users` at once through Chatsite, then as many direct clients, for `args.user_rounds` rounds
+    (each side first in turn, as for one user): aggregate tokens/s over all rounds, and each round's."""
 
-    async def through() -> list[clients.Turn]:
+    # A new chat each round (made before the clock starts), so Chatsite's prompts are the direct ones.
+    chats = [[user.new_conversation(args.tokens) for user in users] for _ in range(args.user_rounds)]
+
+    async def through(prompts: list[str], conversations: list[str]) -> list[clients.Turn]:
         return await asyncio.gather(
             *(
                 clients.chat_turn(u, c, p, args.tokens, model=MODEL)
@@ -144,17 +149,27 @@ def many(llama_url: str, users: list[clients.User], args) -> dict:
             )
         )
 
-    async def direct() -> list[clients.Turn]:
+    async def direct(prompts: list[str], _: list[str]) -> list[clients.Turn]:
         answers = await asyncio.gather(*(direct_turn(llama_url, p, args.tokens) for p in prompts))
         return [turn for turn, _ in answers]
 
-    results = {}
-    for name, run in (("chatsite", through), ("direct", direct)):
-        started = time.perf_counter()
-        turns = asyncio.run(run())
-        wall = time.perf_counter() - started
-        results[name] = clients.summarize(counted(llama_url, turns), wall)["aggregate_tokens_per_s"]
-    return results
+    tokens = {"chatsite": 0, "direct": 0}
+    walls = {"chatsite": 0.0, "direct": 0.0}
+    rounds = []
+    for round_ in range(args.user_rounds):
+        sides = (("chatsite", through), ("direct", direct))
+        rates = {}
+        for name, run in sides if round_ % 2 == 0 else sides[::-1]:
+            prompts = [clients.numbered(PROMPTS[i % len(PROMPTS)]) for i in range(len(users))]
+            started = time.perf_counter()
+            turns = asyncio.run(run(prompts, chats[round_]))
+            wall = time.perf_counter() - started
+            summary = clients.summarize(counted(llama_url, turns), wall)
+            tokens[name] += summary["completion_tokens"]
+            walls[name] += wall
+            rates[name] = summary["aggregate_tokens_per_s"]
+        rounds.append(rates)
+    return {name: tokens[name] / walls[name] for name in tokens} | {"rounds": rounds}
 
 
 def replicas(args) -> dict:
@@ -221,7 +236,8 @@ def report(results: dict) -> None:
     )
     print(
         f"{results['args']['users']} users: {users['chatsite']:.1f} tokens/s through Chatsite, "
-        f"{users['direct']:.1f} direct ({users['chatsite'] / users['direct']:.2f}x)"
+        f"{users['direct']:.1f} direct ({users['chatsite'] / users['direct']:.2f}x); rounds "
+        + ", ".join(f"{r['chatsite'] / r['direct']:.2f}x" for r in users["rounds"])
     )
     rep = results["replicas"]
     print(
