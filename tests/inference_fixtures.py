@@ -31,6 +31,17 @@ TINY_CONTEXT = 1024
 TINY_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
+def pytest_configure(config) -> None:
+    """torch at one thread in the test processes; the engines and the servers they start set their own.
+
+    `make test` runs one xdist worker per core, so a test's own torch work (the tiny model's
+    build, the quality gate's scoring, a forward pass) at two threads only waits for the other
+    worker's core: OpenMP's threads spin at every barrier. Measured on 227 in-process model
+    tests on 2 workers: 105 -> 84 CPU-s and 57 -> 46 s.
+    """
+    torch.set_num_threads(1)
+
+
 def default_model_tokenizer():
     """The packaged SmolLM2 tokenizer (chat template included), converted once into var/models."""
     from inference.config import DEFAULT_MODEL
